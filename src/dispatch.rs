@@ -1,0 +1,228 @@
+//! Turning wake-ups into callbacks: `dispatch`, and the `Mainloop` mode's
+//! `reaped` and `sigchld_occurred`.
+//!
+//! Every path goes drain → reap → remove from the table → queue → callback.
+//! The queue (`Reactor::pending`) is what makes a panicking callback
+//! harmless: each report is popped before its callback runs, so a panic
+//! loses nothing but that callback's own work, and the reports behind it stay
+//! queued for the next `dispatch` (the reactor wakes itself so there is one).
+
+use std::os::unix::process::ExitStatusExt;
+use std::panic::{self, AssertUnwindSafe};
+use std::process::ExitStatus;
+
+use crate::reactor::Pending;
+use crate::reap::{self, Reaped};
+use crate::sys::SysReap;
+use crate::{Claim, Error, Exit, Pid, Reactor, Result, SigchldOwner};
+
+impl<C> Reactor<C> {
+    /// Does what the wake-up asked for: reaps the children that died and
+    /// runs their death callbacks (and, in `LibraryAlways` mode, the
+    /// unknown-child hook), with `ctx`. Call it when the reactor's descriptor
+    /// is readable; calling it at other times is harmless.
+    ///
+    /// In order:
+    /// 1. Empty the wake pipe, *before* reaping: a `SIGCHLD` that lands during
+    ///    the reap writes a new byte, so the loop wakes again.
+    /// 2. Reap: `Library`, one `waitpid(pid, WNOHANG)` per registered child,
+    ///    never another pid; `LibraryAlways`, `waitpid(-1, WNOHANG)` until
+    ///    nothing is left; `Mainloop`, nothing (the application reaps).
+    /// 3. Each reaped child leaves the tables, then its callback runs.
+    ///
+    /// A callback may fork, kill and register children, and call `dispatch`
+    /// again. If a callback panics, the panic propagates out of `dispatch`
+    /// after the reactor has been left consistent: that child is gone from
+    /// the tables, and reports not yet delivered are delivered by the next
+    /// `dispatch` (the reactor makes its descriptor readable for it).
+    ///
+    /// # Errors
+    ///
+    /// * [`Error::ForkedChild`] in a forked child (nothing was read).
+    /// * [`Error::Io`] if reading the wake pipe or `waitpid` fails
+    ///   unexpectedly; the reports gathered before the failure are still
+    ///   delivered first.
+    pub fn dispatch(&mut self, ctx: &mut C) -> Result<()> {
+        self.check_process()?;
+        // 1. Drain first (see above).
+        let drained = self
+            .pipe
+            .drain()
+            .map_err(|e| Error::io("read(wake pipe)", e));
+        self.stats.dispatches += 1;
+        // 2-3. Reap; outcomes leave the table and join the queue.
+        let reaped = match self.mode {
+            SigchldOwner::Library if !self.children.is_empty() => self.reap_own(),
+            SigchldOwner::LibraryAlways => self.reap_everything(),
+            _ => Ok(()),
+        };
+        // 4. Callbacks, after all bookkeeping.
+        self.deliver(ctx);
+        self.release_idle_handler();
+        drained?;
+        reaped
+    }
+
+    /// `Mainloop` mode: the application reaped `pid` itself and reports its
+    /// status (libxl's `libxl_childproc_reaped`). If `pid` is one of ours, its
+    /// death callback runs now, with `ctx`.
+    ///
+    /// ```
+    /// use evchild::{Error, Hooks, Pid, Reactor, SigchldOwner};
+    /// use std::os::unix::process::ExitStatusExt;
+    /// let mut children = Reactor::<()>::new(Hooks::new(SigchldOwner::Mainloop))?;
+    /// // A pid the reactor did not start is the application's business:
+    /// let status = std::process::ExitStatus::from_raw(0);
+    /// assert!(matches!(
+    ///     children.reaped(&mut (), Pid::from_raw(1), status),
+    ///     Err(Error::UnknownChild { .. })
+    /// ));
+    /// # Ok::<(), evchild::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Nothing changed on error.
+    /// * [`Error::UnknownChild`] if `pid` is not a registered child: the
+    ///   status is the application's.
+    /// * [`Error::WrongMode`] outside `Mainloop` mode (evchild reaps its own
+    ///   children there; the application must not).
+    /// * [`Error::ForkedChild`] in a forked child.
+    pub fn reaped(&mut self, ctx: &mut C, pid: Pid, status: ExitStatus) -> Result<()> {
+        self.check_mainloop("reaped")?;
+        let on_death = self
+            .children
+            .remove(pid)
+            .ok_or(Error::UnknownChild { pid })?;
+        self.stats.reaped += 1;
+        self.recent.push(pid);
+        self.pending.push_back(Pending::Death(
+            on_death,
+            Exit::reaped(pid, status.into_raw()),
+        ));
+        self.deliver(ctx);
+        Ok(())
+    }
+
+    /// `Mainloop` mode: the application saw `SIGCHLD` and asks evchild to
+    /// reap its own children (libxl's `libxl_childproc_sigchld_occurred`).
+    /// One `waitpid(pid, WNOHANG)` per registered child; never another pid.
+    /// Callbacks run now, with `ctx`.
+    ///
+    /// # Errors
+    ///
+    /// * [`Error::WrongMode`] outside `Mainloop` mode (there, `dispatch` does
+    ///   this).
+    /// * [`Error::ForkedChild`] in a forked child.
+    /// * [`Error::Io`] if `waitpid` fails unexpectedly (after delivering what
+    ///   was reaped before the failure).
+    pub fn sigchld_occurred(&mut self, ctx: &mut C) -> Result<()> {
+        self.check_mainloop("sigchld_occurred")?;
+        let reaped = self.reap_own();
+        self.deliver(ctx);
+        reaped
+    }
+
+    fn check_mainloop(&self, call: &'static str) -> Result<()> {
+        self.check_process()?;
+        if self.mode == SigchldOwner::Mainloop {
+            Ok(())
+        } else {
+            Err(Error::WrongMode {
+                call,
+                mode: self.mode,
+                hint: "evchild reaps its own children in this mode: do not wait for them, \
+                       call dispatch when the reactor is readable",
+            })
+        }
+    }
+
+    fn reap_own(&mut self) -> Result<()> {
+        let Reactor {
+            children,
+            scratch,
+            pending,
+            stats,
+            recent,
+            ..
+        } = self;
+        reap::reap_own(&mut SysReap, children, scratch, |r| {
+            queue(pending, stats, recent, r)
+        })
+        .map_err(|e| Error::io("waitpid", e))
+    }
+
+    fn reap_everything(&mut self) -> Result<()> {
+        let Reactor {
+            children,
+            pending,
+            stats,
+            recent,
+            ..
+        } = self;
+        reap::reap_all(&mut SysReap, children, |r| queue(pending, stats, recent, r))
+            .map_err(|e| Error::io("waitpid(-1)", e))
+    }
+
+    /// Runs queued callbacks until the queue is empty. A panicking callback
+    /// propagates, after making sure the rest will be delivered.
+    pub(crate) fn deliver(&mut self, ctx: &mut C) {
+        while let Some(next) = self.pending.pop_front() {
+            let result = panic::catch_unwind(AssertUnwindSafe(|| match next {
+                Pending::Death(on_death, exit) => on_death(ctx, self, exit),
+                Pending::Stranger(pid, status) => self.stranger(ctx, pid, status),
+            }));
+            if let Err(panic) = result {
+                if !self.pending.is_empty() {
+                    self.pipe.wake();
+                }
+                panic::resume_unwind(panic);
+            }
+        }
+    }
+
+    /// Hands a child we did not start to the unknown-child hook.
+    fn stranger(&mut self, ctx: &mut C, pid: Pid, status: libc::c_int) {
+        let status = ExitStatus::from_raw(status);
+        let claim = match self.unknown_child.as_mut() {
+            Some(hook) => hook(ctx, pid, status),
+            None => Claim::Declined,
+        };
+        match claim {
+            Claim::Claimed => self.stats.unknown_claimed += 1,
+            Claim::Declined => {
+                self.stats.unknown_unclaimed += 1;
+                #[cfg(feature = "log")]
+                log::warn!("evchild: reaped child {pid} that nobody claimed ({status})");
+            }
+        }
+    }
+
+    /// In `Library` mode the handler is needed only while children live.
+    fn release_idle_handler(&mut self) {
+        if self.mode == SigchldOwner::Library && self.children.is_empty() {
+            self.registration = None;
+        }
+    }
+}
+
+fn queue<C>(
+    pending: &mut std::collections::VecDeque<Pending<C>>,
+    stats: &mut crate::Stats,
+    recent: &mut crate::reactor::RecentPids,
+    reaped: Reaped<crate::reactor::OnDeath<C>>,
+) {
+    match reaped {
+        Reaped::Died(pid, status, on_death) => {
+            stats.reaped += 1;
+            recent.push(pid);
+            pending.push_back(Pending::Death(on_death, Exit::reaped(pid, status)));
+        }
+        Reaped::Lost(pid, on_death) => {
+            stats.lost += 1;
+            recent.push(pid);
+            pending.push_back(Pending::Death(on_death, Exit::lost(pid)));
+        }
+        Reaped::Stranger(pid, status) => pending.push_back(Pending::Stranger(pid, status)),
+    }
+}

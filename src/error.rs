@@ -1,0 +1,129 @@
+//! The one error type of evchild.
+//!
+//! Every variant is a different thing a caller may do about it; every message
+//! says what that is. A call that returns an error changed nothing, unless its
+//! documentation says otherwise.
+
+use crate::Pid;
+
+/// What went wrong, and what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// `set_mode` was called while children are registered with the reactor.
+    ///
+    /// Nothing changed. Wait for the death callbacks of the live children
+    /// (keep calling `dispatch`), then change the mode.
+    #[error(
+        "cannot change the SIGCHLD mode while {live} child(ren) are registered: \
+         wait for their death callbacks, then call set_mode again"
+    )]
+    ChildrenActive {
+        /// How many children are registered.
+        live: usize,
+    },
+
+    /// The pid is not a live child registered with this reactor: it was never
+    /// registered here, or its death has already been reported.
+    ///
+    /// In `Mainloop` mode this is the answer of `reaped` for a child evchild did
+    /// not start: the application owns that status.
+    #[error("pid {pid} is not a child registered with this reactor: handle its status yourself")]
+    UnknownChild {
+        /// The pid the caller named.
+        pid: Pid,
+    },
+
+    /// The child was reaped by this reactor and its death reported; its pid
+    /// may already belong to an unrelated process, so it is not signalled.
+    #[error(
+        "child {pid} has already been reaped; its pid may have been recycled, \
+         so it was not signalled"
+    )]
+    AlreadyReaped {
+        /// The pid the child had.
+        pid: Pid,
+    },
+
+    /// The call is not allowed in the reactor's current SIGCHLD mode.
+    #[error("{call} is not available in {mode:?} mode: {hint}")]
+    WrongMode {
+        /// The method that was called.
+        call: &'static str,
+        /// The mode the reactor is in.
+        mode: crate::SigchldOwner,
+        /// What to do instead.
+        hint: &'static str,
+    },
+
+    /// Another reactor in this process is already in `LibraryAlways` mode.
+    ///
+    /// Two reap-all owners would steal each other's children. Use one
+    /// `LibraryAlways` reactor per process and `Library` mode for the others.
+    #[error(
+        "another reactor in this process already reaps every child (LibraryAlways): \
+         use Library mode for this one, or drop the other first"
+    )]
+    ReapAllTaken,
+
+    /// The process-wide table of wake pipes is full: too many reactors need
+    /// the `SIGCHLD` handler at once.
+    ///
+    /// Nothing changed. Use fewer reactors (one per event loop), or
+    /// `Mainloop` mode for some of them.
+    #[error(
+        "{capacity} reactors already need the SIGCHLD handler in this process: \
+         share a reactor per event loop, or use Mainloop mode"
+    )]
+    TooManyReactors {
+        /// The table's capacity.
+        capacity: usize,
+    },
+
+    /// The process's `SIGCHLD` disposition makes reaping impossible, or the
+    /// handler cannot be installed.
+    #[error("cannot own SIGCHLD: {reason}")]
+    HandlerConflict {
+        /// Why, and what to do about it.
+        reason: &'static str,
+    },
+
+    /// The reactor was created in another process: this process is a child
+    /// forked (without exec) from the one that created it.
+    ///
+    /// The reactor's descriptors are shared with the parent; using them would
+    /// steal the parent's wake-ups. Create a new reactor in this process, or
+    /// exec first.
+    #[error(
+        "this reactor belongs to process {owner}, and this is its forked child {current}: \
+         create a new reactor here (or exec) instead"
+    )]
+    ForkedChild {
+        /// The process that created the reactor.
+        owner: Pid,
+        /// This process.
+        current: Pid,
+    },
+
+    /// A system call failed; the error says which one.
+    #[error("{call} failed: {source}")]
+    Io {
+        /// The failing call, such as `fork` or `pipe2`.
+        call: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(call: &'static str, source: impl Into<std::io::Error>) -> Self {
+        Error::Io {
+            call,
+            source: source.into(),
+        }
+    }
+}
+
+/// `Result` with evchild's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,108 @@
+//! Death reports: what a death callback is told.
+
+use std::fmt;
+use std::process::ExitStatus;
+
+/// A process id.
+///
+/// A pid names a process only until that process is reaped: after that the
+/// kernel may give the same number to an unrelated process. evchild therefore
+/// refuses to signal a pid once it has reported its death.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pid(libc::pid_t);
+
+impl Pid {
+    /// Wraps a raw pid. Only positive values name a single process.
+    pub const fn from_raw(pid: libc::pid_t) -> Self {
+        Pid(pid)
+    }
+
+    /// The raw `pid_t`.
+    pub const fn as_raw(self) -> libc::pid_t {
+        self.0
+    }
+
+    /// The pid of this process (`getpid(2)`). This is async-signal-safe.
+    pub fn this() -> Self {
+        Pid(nix::unistd::getpid().as_raw())
+    }
+}
+
+impl From<u32> for Pid {
+    /// From `std::process::Child::id`.
+    fn from(id: u32) -> Self {
+        Pid(id as libc::pid_t)
+    }
+}
+
+impl fmt::Debug for Pid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for Pid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// How a registered child ended, as far as evchild could learn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// evchild reaped the child (or, in `Mainloop` mode, the application did
+    /// and reported it): this is its true wait status.
+    Reaped(ExitStatus),
+    /// Someone else in this process reaped the child before evchild could
+    /// (`waitpid` answered `ECHILD`): its status is unknown. This means other
+    /// code called `waitpid(-1)` or waited for this pid; evchild never makes up
+    /// a status for it.
+    Lost,
+}
+
+/// The report a death callback receives: exactly one per child.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Exit {
+    /// The pid the child had. It no longer names the child: do not signal it.
+    pub pid: Pid,
+    /// How the child ended.
+    pub outcome: Outcome,
+}
+
+impl Exit {
+    pub(crate) fn reaped(pid: Pid, raw_status: libc::c_int) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        Exit {
+            pid,
+            outcome: Outcome::Reaped(ExitStatus::from_raw(raw_status)),
+        }
+    }
+
+    pub(crate) fn lost(pid: Pid) -> Self {
+        Exit {
+            pid,
+            outcome: Outcome::Lost,
+        }
+    }
+
+    /// The child's wait status, or `None` if it was [`Outcome::Lost`].
+    ///
+    /// ```
+    /// # fn f(exit: evchild::Exit) {
+    /// use std::os::unix::process::ExitStatusExt;
+    /// match exit.status() {
+    ///     Some(s) if s.success() => println!("{} succeeded", exit.pid),
+    ///     Some(s) => println!("{} failed: code {:?} signal {:?}", exit.pid, s.code(), s.signal()),
+    ///     None => println!("{} was reaped by someone else", exit.pid),
+    /// }
+    /// # }
+    /// ```
+    pub fn status(&self) -> Option<ExitStatus> {
+        match self.outcome {
+            Outcome::Reaped(status) => Some(status),
+            Outcome::Lost => None,
+        }
+    }
+}

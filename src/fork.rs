@@ -1,0 +1,118 @@
+//! `Reactor::fork`: libxl's `libxl__ev_child_fork`, the raw primitive for
+//! children that run Rust code of their own.
+//!
+//! The ordering that makes it safe against a child that dies at once: the
+//! handler is installed (and our pipe registered) before `fork(2)`, and the
+//! child is in the table before `fork` returns, so before any `dispatch`
+//! can look for it. Everything the parent needs is allocated before the
+//! fork; the child touches nothing of the reactor's.
+
+#![allow(unsafe_code)]
+
+use crate::reactor::OnDeath;
+use crate::sigchld;
+use crate::{Error, Exit, Forked, Reactor, Result, SigchldOwner};
+
+impl<C> Reactor<C> {
+    /// `fork(2)` as an event source (libxl's `libxl__ev_child_fork`): starts a
+    /// child process and registers it, so that `on_death` runs exactly once
+    /// when it dies.
+    ///
+    /// In `Library` mode the `SIGCHLD` handler is installed *before* the
+    /// fork, so a child that dies at once is not missed, and the child is
+    /// registered before this returns, so before any `dispatch` can look for
+    /// it. Returns [`Forked::Parent`] with the child's pid in the parent and
+    /// [`Forked::Child`] in the child. Uses the hooks' `fork_replacement` if
+    /// there is one.
+    ///
+    /// Prefer [`std::process::Command`] for children that `exec` (its
+    /// `posix_spawn` path is much faster than `fork` in a large process); this
+    /// is the raw primitive for children that run Rust code of their own.
+    ///
+    /// # Safety
+    ///
+    /// As for `fork(2)` (see `nix::unistd::fork`): if the process has other
+    /// threads, the child may only call async-signal-safe functions until it
+    /// calls `execve(2)` or `_exit(2)`. No allocation, no locks (`println!`
+    /// takes one), no panics. Memory allocated by others may be in an
+    /// inconsistent state in the child.
+    ///
+    /// In the child, the reactor is a copy that belongs to the parent: every
+    /// method returns [`Error::ForkedChild`], and dropping it only closes the
+    /// child's copies of its descriptors. evchild's handler, inherited by the
+    /// child, never writes to the parent's wake pipe from the child. The
+    /// `on_death` closure is leaked in the child (never dropped), so none of
+    /// its destructors run there.
+    ///
+    /// # Errors
+    ///
+    /// The call changed nothing on error: nothing is registered, and the
+    /// handler's users are as they were (so a handler installed for this call
+    /// is removed again).
+    /// * [`Error::Io`] if `fork` (or the replacement) fails: `EAGAIN` at the
+    ///   process limit, `ENOMEM`.
+    /// * [`Error::HandlerConflict`] / [`Error::TooManyReactors`] (`Library`
+    ///   mode) if the handler cannot be installed.
+    /// * [`Error::ForkedChild`] in a forked child.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use evchild::{Forked, Hooks, Reactor};
+    /// let mut children = Reactor::<Vec<i32>>::new(Hooks::default())?;
+    /// // SAFETY: the child only calls `_exit`, which is async-signal-safe.
+    /// match unsafe { children.fork(|codes, _, exit| codes.extend(exit.status().and_then(|s| s.code()))) }? {
+    ///     Forked::Child => unsafe { libc::_exit(7) },
+    ///     Forked::Parent(_pid) => {}
+    /// }
+    /// let mut codes = Vec::new();
+    /// while codes.is_empty() {
+    ///     children.dispatch(&mut codes)?; // a real program waits in mio::Poll
+    /// }
+    /// assert_eq!(codes, [7]);
+    /// # Ok::<(), evchild::Error>(())
+    /// ```
+    pub unsafe fn fork(
+        &mut self,
+        on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + 'static,
+    ) -> Result<Forked> {
+        self.check_process()?;
+        // Allocate everything the parent needs before the fork.
+        let on_death: OnDeath<C> = Box::new(on_death);
+        self.children.reserve_one();
+        let acquired = self.need_handler()?;
+        let forked = match self.fork_replacement.as_mut() {
+            Some(replacement) => replacement(),
+            // SAFETY: forwarded to our caller, who upholds `fork`'s contract.
+            None => unsafe { crate::sys::fork() },
+        };
+        match forked {
+            Ok(Forked::Parent(pid)) => {
+                self.register(pid, on_death);
+                Ok(Forked::Parent(pid))
+            }
+            Ok(Forked::Child) => {
+                // Dropping the closure could free memory: not
+                // async-signal-safe in the child of a threaded parent.
+                std::mem::forget(on_death);
+                Ok(Forked::Child)
+            }
+            Err(e) => {
+                if acquired {
+                    self.registration = None;
+                }
+                Err(Error::io("fork", e))
+            }
+        }
+    }
+
+    /// In `Library` mode, makes sure the handler is installed and our pipe
+    /// registered. Returns whether this call acquired it.
+    fn need_handler(&mut self) -> Result<bool> {
+        if self.mode == SigchldOwner::Library && self.registration.is_none() {
+            self.registration = Some(sigchld::register(self.pipe.write_raw())?);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}

@@ -1,0 +1,131 @@
+//! The application's side of the SIGCHLD agreement: who owns the signal, and
+//! the hooks evchild calls (libxl's `libxl_childproc_hooks`).
+
+use std::fmt;
+use std::io;
+use std::process::ExitStatus;
+
+use crate::Pid;
+
+/// Who owns `SIGCHLD` and who reaps (libxl's `libxl_sigchld_owner`).
+///
+/// See the crate documentation, section *SIGCHLD ownership*, for what the
+/// application may and may not do in each mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SigchldOwner {
+    /// evchild installs a `SIGCHLD` handler while it has live children and
+    /// reaps only its own children, one pid at a time. Other code in the
+    /// process may have children and reap them as it likes.
+    #[default]
+    Library,
+    /// The application owns `SIGCHLD` and reaping. It reports each child it
+    /// reaps with [`Reactor::reaped`](crate::Reactor::reaped), or calls
+    /// [`Reactor::sigchld_occurred`](crate::Reactor::sigchld_occurred) and lets
+    /// evchild reap its own children. evchild installs no handler.
+    Mainloop,
+    /// evchild owns `SIGCHLD` for as long as the reactor exists and reaps
+    /// every child of the process (`waitpid(-1)`); children it did not start
+    /// go to the unknown-child hook. At most one reactor per process.
+    LibraryAlways,
+}
+
+/// The unknown-child hook's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Claim {
+    /// The application takes the status; evchild counts it as claimed.
+    Claimed,
+    /// The application does not know the child; evchild counts it as
+    /// unclaimed and, with the `log` feature, logs a warning.
+    Declined,
+}
+
+/// What `fork` returned, in the process that sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forked {
+    /// This is the parent; the new child has this pid and is registered.
+    Parent(Pid),
+    /// This is the new child process.
+    Child,
+}
+
+pub(crate) type ForkFn = Box<dyn FnMut() -> io::Result<Forked>>;
+pub(crate) type UnknownFn<C> = Box<dyn FnMut(&mut C, Pid, ExitStatus) -> Claim>;
+
+/// The mode and hooks a [`Reactor`](crate::Reactor) is created with
+/// (libxl's `libxl_childproc_hooks`).
+///
+/// ```
+/// use evchild::{Claim, Hooks, SigchldOwner};
+/// struct App { strays: u32 }
+/// let hooks = Hooks::<App>::new(SigchldOwner::LibraryAlways)
+///     .unknown_child(|app, pid, status| {
+///         app.strays += 1;
+///         eprintln!("reaped stray {pid}: {status}");
+///         Claim::Claimed
+///     });
+/// # drop(hooks);
+/// ```
+pub struct Hooks<C> {
+    pub(crate) owner: SigchldOwner,
+    pub(crate) fork_replacement: Option<ForkFn>,
+    pub(crate) unknown_child: Option<UnknownFn<C>>,
+}
+
+impl<C> Hooks<C> {
+    /// Hooks for the given mode, with no fork replacement and no
+    /// unknown-child hook.
+    pub fn new(owner: SigchldOwner) -> Self {
+        Hooks {
+            owner,
+            fork_replacement: None,
+            unknown_child: None,
+        }
+    }
+
+    /// The mode these hooks ask for.
+    pub fn owner(&self) -> SigchldOwner {
+        self.owner
+    }
+
+    /// Calls `f` instead of `fork(2)` in [`Reactor::fork`](crate::Reactor::fork).
+    ///
+    /// `f` must behave like `fork`: return `Forked::Child` only in a new
+    /// process, `Forked::Parent(pid)` only for a real child of this process,
+    /// or an error having started nothing. Use it to learn pids, to wrap
+    /// `fork` with bookkeeping of your own, or to inject failures in tests. A
+    /// replacement that lies breaks no memory safety: a pid that is not our
+    /// child is reported as [`Outcome::Lost`](crate::Outcome::Lost).
+    pub fn fork_replacement(mut self, f: impl FnMut() -> io::Result<Forked> + 'static) -> Self {
+        self.fork_replacement = Some(Box::new(f));
+        self
+    }
+
+    /// The hook for children evchild reaped but did not start (only in
+    /// `LibraryAlways` mode, which reaps every child of the process).
+    ///
+    /// It runs in [`Reactor::dispatch`](crate::Reactor::dispatch), in the
+    /// application's loop, with the application's context.
+    pub fn unknown_child(
+        mut self,
+        f: impl FnMut(&mut C, Pid, ExitStatus) -> Claim + 'static,
+    ) -> Self {
+        self.unknown_child = Some(Box::new(f));
+        self
+    }
+}
+
+impl<C> Default for Hooks<C> {
+    fn default() -> Self {
+        Hooks::new(SigchldOwner::Library)
+    }
+}
+
+impl<C> fmt::Debug for Hooks<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hooks")
+            .field("owner", &self.owner)
+            .field("fork_replacement", &self.fork_replacement.is_some())
+            .field("unknown_child", &self.unknown_child.is_some())
+            .finish()
+    }
+}

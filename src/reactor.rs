@@ -1,0 +1,369 @@
+//! The event source: one wake descriptor for the loop, a table of children,
+//! and the SIGCHLD mode's resources (handler registration, reap-all token).
+//!
+//! Reaping and callbacks live in `dispatch.rs`, `fork` in `fork.rs`; this
+//! file holds creation, mode changes, `kill` and the `mio` integration.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+
+use mio::event::Source;
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+
+use crate::mode::{ForkFn, UnknownFn};
+use crate::selfpipe::SelfPipe;
+use crate::sigchld::{self, ReapAllToken, Registration};
+use crate::table::ChildTable;
+use crate::{Error, Exit, Hooks, Pid, Result, SigchldOwner};
+
+/// A death callback: runs once, in [`Reactor::dispatch`] (or `reaped` /
+/// `sigchld_occurred`), after the child has left the reactor's tables. It
+/// gets the application's context, the reactor itself (to start, signal or
+/// adopt other children), and the report.
+pub(crate) type OnDeath<C> = Box<dyn FnOnce(&mut C, &mut Reactor<C>, Exit)>;
+
+/// Work waiting to be handed to the application.
+pub(crate) enum Pending<C> {
+    Death(OnDeath<C>, Exit),
+    Stranger(Pid, libc::c_int),
+}
+
+/// Counters of what a reactor has seen, from [`Reactor::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Registered children whose true status was delivered.
+    pub reaped: u64,
+    /// Registered children reported [`Outcome::Lost`](crate::Outcome::Lost):
+    /// reaped by other code in this process.
+    pub lost: u64,
+    /// Strangers (children the reactor did not start, reaped in
+    /// `LibraryAlways` mode) that the unknown-child hook claimed.
+    pub unknown_claimed: u64,
+    /// Strangers that nobody claimed: there was no hook, or it declined.
+    /// With the `log` feature each one is also logged as a warning.
+    pub unknown_unclaimed: u64,
+    /// Calls of `dispatch` that did their work (the wake-ups the loop acted on).
+    pub dispatches: u64,
+}
+
+/// The last few pids whose deaths were reported, to tell "already reaped"
+/// from "never ours" when a caller names a pid we no longer hold.
+#[derive(Debug, Default)]
+pub(crate) struct RecentPids {
+    ring: [i32; 32],
+    next: usize,
+}
+
+impl RecentPids {
+    pub(crate) fn push(&mut self, pid: Pid) {
+        self.ring[self.next] = pid.as_raw();
+        self.next = (self.next + 1) % self.ring.len();
+    }
+    fn forget(&mut self, pid: Pid) {
+        self.ring
+            .iter_mut()
+            .filter(|p| **p == pid.as_raw())
+            .for_each(|p| *p = 0);
+    }
+    fn contains(&self, pid: Pid) -> bool {
+        pid.as_raw() > 0 && self.ring.contains(&pid.as_raw())
+    }
+}
+
+/// An event source for a `mio` loop that starts children and reports each
+/// one's death exactly once (libxl's `libxl__ev_child`).
+///
+/// `C` is the application's context: [`dispatch`](Reactor::dispatch) takes a
+/// `&mut C` and hands it to every callback, so callbacks need no `Rc` or
+/// globals.
+///
+/// The reactor shows the loop one descriptor however many children it has.
+/// Register it with `mio` like a socket ([`Source`]), or watch
+/// [`as_raw_fd`](AsRawFd::as_raw_fd) for readability in another loop. When
+/// it is readable, call [`dispatch`](Reactor::dispatch). Spurious readiness
+/// is harmless.
+///
+/// # Drop
+///
+/// Dropping the reactor releases its `SIGCHLD` registration (removing the
+/// handler if it was the last user, and restoring the previous disposition
+/// if ours is still installed), gives up `LibraryAlways`, closes its
+/// descriptors and drops the callbacks of children still alive without
+/// calling them. The children themselves are left alone, as libxl does: they
+/// remain children of the process, and whoever reaps them next gets their
+/// status. Keep the reactor until its children are gone to avoid zombies.
+///
+/// Dropped in a forked child, it only closes that child's copies of its
+/// descriptors and frees nothing (freeing memory is not async-signal-safe).
+pub struct Reactor<C> {
+    /// The process that created the reactor; any other process is a forked
+    /// child and gets `Error::ForkedChild`.
+    pub(crate) owner: Pid,
+    pub(crate) mode: SigchldOwner,
+    pub(crate) fork_replacement: Option<ForkFn>,
+    pub(crate) unknown_child: Option<UnknownFn<C>>,
+    pub(crate) children: ChildTable<OnDeath<C>>,
+    pub(crate) pending: VecDeque<Pending<C>>,
+    pub(crate) scratch: Vec<(Pid, Option<libc::c_int>)>,
+    pub(crate) recent: RecentPids,
+    pub(crate) stats: Stats,
+    /// Held in `Library` mode while children are registered, and in
+    /// `LibraryAlways` mode always. Dropped before `pipe` is closed.
+    pub(crate) registration: Option<Registration>,
+    pub(crate) reap_all: Option<ReapAllToken>,
+    pub(crate) pipe: SelfPipe,
+}
+
+impl<C> Reactor<C> {
+    /// Creates a reactor in the mode `hooks` asks for.
+    ///
+    /// ```
+    /// use evchild::{Hooks, Reactor, SigchldOwner};
+    /// let children = Reactor::<()>::new(Hooks::new(SigchldOwner::Library))?;
+    /// assert_eq!(children.mode(), SigchldOwner::Library);
+    /// # Ok::<(), evchild::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Nothing is left behind on error.
+    /// * [`Error::Io`] if the wake pipe cannot be made (`pipe2`: usually
+    ///   `EMFILE`, too many open descriptors).
+    /// * `LibraryAlways` only: [`Error::ReapAllTaken`] if another reactor of
+    ///   the process is in that mode; [`Error::HandlerConflict`] if `SIGCHLD`
+    ///   is ignored or has `SA_NOCLDWAIT`; [`Error::TooManyReactors`].
+    pub fn new(hooks: Hooks<C>) -> Result<Self> {
+        let pipe = SelfPipe::new().map_err(|e| Error::io("pipe2", e))?;
+        let mut reactor = Reactor {
+            owner: Pid::this(),
+            mode: SigchldOwner::Library,
+            fork_replacement: None,
+            unknown_child: None,
+            children: ChildTable::default(),
+            pending: VecDeque::new(),
+            scratch: Vec::new(),
+            recent: RecentPids::default(),
+            stats: Stats::default(),
+            registration: None,
+            reap_all: None,
+            pipe,
+        };
+        reactor.apply(hooks)?;
+        Ok(reactor)
+    }
+
+    /// Changes the mode and hooks (libxl's `libxl_childproc_setmode`).
+    ///
+    /// Allowed only while no child is registered. Callbacks of children that
+    /// already died but have not run yet are kept and run as usual.
+    ///
+    /// # Errors
+    ///
+    /// The call changed nothing on error.
+    /// * [`Error::ChildrenActive`] if children are registered.
+    /// * [`Error::ForkedChild`] in a forked child.
+    /// * Switching to `LibraryAlways`: as for [`new`](Reactor::new).
+    pub fn set_mode(&mut self, hooks: Hooks<C>) -> Result<()> {
+        self.check_process()?;
+        if !self.children.is_empty() {
+            return Err(Error::ChildrenActive {
+                live: self.children.len(),
+            });
+        }
+        self.apply(hooks)
+    }
+
+    /// Acquires what the new mode needs, then commits; on error the reactor
+    /// is as it was (a newly taken token or registration is dropped again).
+    fn apply(&mut self, hooks: Hooks<C>) -> Result<()> {
+        let always = hooks.owner == SigchldOwner::LibraryAlways;
+        let token = match (always, self.reap_all.is_some()) {
+            (true, false) => Some(ReapAllToken::take()?),
+            _ => None,
+        };
+        let registration = match (always, self.registration.is_some()) {
+            (true, false) => Some(sigchld::register(self.pipe.write_raw())?),
+            _ => None,
+        };
+        if always {
+            self.reap_all = self.reap_all.take().or(token);
+            self.registration = self.registration.take().or(registration);
+            // Children that died before we took over are already waiting:
+            // make the first dispatch look for them.
+            self.pipe.wake();
+        } else {
+            // No child is registered, so neither Library nor Mainloop needs
+            // the handler now.
+            self.reap_all = None;
+            self.registration = None;
+        }
+        self.mode = hooks.owner;
+        self.fork_replacement = hooks.fork_replacement;
+        self.unknown_child = hooks.unknown_child;
+        Ok(())
+    }
+
+    /// Adds a started child to the table.
+    pub(crate) fn register(&mut self, pid: Pid, on_death: OnDeath<C>) {
+        self.recent.forget(pid);
+        if let Some(stale) = self.children.insert(pid, on_death) {
+            // The kernel gave out this pid again, so the child we had under
+            // it was reaped by someone else.
+            self.stats.lost += 1;
+            self.pending
+                .push_back(Pending::Death(stale, Exit::lost(pid)));
+            self.pipe.wake();
+        }
+    }
+
+    /// `kill(pid, signal)` for a live registered child.
+    ///
+    /// `signal` is a signal number such as `libc::SIGTERM`; 0 checks that the
+    /// child can be signalled without sending anything.
+    ///
+    /// Between its registration and the report of its death the pid cannot
+    /// name another process: the kernel does not reuse the pid of a child
+    /// that has not been reaped, and evchild reports each death only after
+    /// reaping. (In `Mainloop` mode this holds only if the application calls
+    /// [`reaped`](Reactor::reaped) before it signals through the reactor.)
+    ///
+    /// # Errors
+    ///
+    /// Nothing is signalled on error.
+    /// * [`Error::AlreadyReaped`] if the child's death has been reported (or
+    ///   is about to be, in this `dispatch`): the pid may have been recycled.
+    /// * [`Error::UnknownChild`] if the pid was never registered here (or was
+    ///   reaped too long ago to remember).
+    /// * [`Error::Io`] from `kill(2)`: `EINVAL` for a bad signal number.
+    /// * [`Error::ForkedChild`] in a forked child.
+    pub fn kill(&mut self, pid: Pid, signal: libc::c_int) -> Result<()> {
+        self.check_process()?;
+        if self.children.contains(pid) {
+            crate::sys::kill(pid, signal).map_err(|e| Error::io("kill", e))
+        } else if self.recent.contains(pid) {
+            Err(Error::AlreadyReaped { pid })
+        } else {
+            Err(Error::UnknownChild { pid })
+        }
+    }
+
+    /// The SIGCHLD mode.
+    pub fn mode(&self) -> SigchldOwner {
+        self.mode
+    }
+
+    /// How many children are registered (started and not yet reported dead).
+    pub fn len(&self) -> usize {
+        self.children.len()
+    }
+
+    /// Whether no child is registered.
+    pub fn is_empty(&self) -> bool {
+        self.children.is_empty()
+    }
+
+    /// Whether `pid` is a registered, live child of this reactor.
+    pub fn contains(&self, pid: Pid) -> bool {
+        self.children.contains(pid)
+    }
+
+    /// Counters of what the reactor has seen.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// `Err(ForkedChild)` unless this is the process that created the reactor.
+    /// Allocation-free, so it is fine to call in a forked child.
+    pub(crate) fn check_process(&self) -> Result<()> {
+        let current = Pid::this();
+        if current == self.owner {
+            Ok(())
+        } else {
+            Err(Error::ForkedChild {
+                owner: self.owner,
+                current,
+            })
+        }
+    }
+}
+
+impl<C> Drop for Reactor<C> {
+    fn drop(&mut self) {
+        if self.check_process().is_err() {
+            // A forked child: the registry's lock may be held by a thread
+            // that does not exist here, and freeing memory is not
+            // async-signal-safe. Leak everything; the descriptors (the
+            // child's own copies) are closed below, and close(2) is
+            // async-signal-safe.
+            std::mem::forget(std::mem::take(&mut self.children));
+            std::mem::forget(std::mem::take(&mut self.pending));
+            std::mem::forget(std::mem::take(&mut self.scratch));
+            std::mem::forget(self.fork_replacement.take());
+            std::mem::forget(self.unknown_child.take());
+            if let Some(registration) = self.registration.take() {
+                registration.forget();
+            }
+            if let Some(token) = self.reap_all.take() {
+                token.forget();
+            }
+            return;
+        }
+        // Unregister (waiting out any handler still using the write end)
+        // before the pipe is closed by the field drops.
+        self.registration = None;
+    }
+}
+
+impl<C> Source for Reactor<C> {
+    fn register(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interests: Interest,
+    ) -> io::Result<()> {
+        SourceFd(&self.as_raw_fd()).register(registry, token, interests)
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interests: Interest,
+    ) -> io::Result<()> {
+        SourceFd(&self.as_raw_fd()).reregister(registry, token, interests)
+    }
+
+    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        SourceFd(&self.as_raw_fd()).deregister(registry)
+    }
+}
+
+impl<C> AsFd for Reactor<C> {
+    /// The descriptor that becomes readable when `dispatch` has work. Watch
+    /// it for readability only; never read from it yourself.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.pipe.read_fd()
+    }
+}
+
+impl<C> AsRawFd for Reactor<C> {
+    fn as_raw_fd(&self) -> RawFd {
+        self.pipe.read_fd().as_raw_fd()
+    }
+}
+
+impl<C> fmt::Debug for Reactor<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reactor")
+            .field("mode", &self.mode)
+            .field("children", &self.children.len())
+            .field("pending", &self.pending.len())
+            .field("fd", &self.as_raw_fd())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,66 @@
+//! The system calls of the reaping and signalling paths, each wrapped once.
+//!
+//! `waitpid` is called through `libc` rather than `nix` so the raw wait
+//! status reaches `ExitStatus::from_raw` untouched (nix decodes it into an
+//! enum that cannot be turned back exactly for every status).
+
+#![allow(unsafe_code)]
+
+use nix::errno::Errno;
+
+use crate::reap::Reap;
+use crate::Pid;
+
+/// The real [`Reap`]: `waitpid(2)` with `WNOHANG`.
+#[derive(Debug, Default)]
+pub(crate) struct SysReap;
+
+fn waitpid(pid: libc::pid_t) -> Result<Option<(Pid, libc::c_int)>, Errno> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: `status` is a valid, writable `int`; waitpid has no other
+    // memory effects.
+    let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    match rc {
+        -1 => Err(Errno::last()),
+        0 => Ok(None),
+        pid => Ok(Some((Pid::from_raw(pid), status))),
+    }
+}
+
+impl Reap for SysReap {
+    fn reap_pid(&mut self, pid: Pid) -> Result<Option<libc::c_int>, Errno> {
+        debug_assert!(pid.as_raw() > 0, "a single child, never a group");
+        waitpid(pid.as_raw()).map(|r| r.map(|(_, status)| status))
+    }
+
+    fn reap_any(&mut self) -> Result<Option<(Pid, libc::c_int)>, Errno> {
+        waitpid(-1)
+    }
+}
+
+/// `kill(pid, sig)` for one process (pid > 0, checked by the caller).
+pub(crate) fn kill(pid: Pid, signal: libc::c_int) -> std::io::Result<()> {
+    debug_assert!(pid.as_raw() > 0);
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    if unsafe { libc::kill(pid.as_raw(), signal) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `fork(2)`.
+///
+/// # Safety
+/// The caller's caller must uphold `Reactor::fork`'s contract: in the child,
+/// only async-signal-safe work until `execve` or `_exit` if the parent had
+/// other threads.
+pub(crate) unsafe fn fork() -> std::io::Result<crate::Forked> {
+    // SAFETY: forwarded to the caller (see above).
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => {
+            Ok(crate::Forked::Parent(Pid::from_raw(child.as_raw())))
+        }
+        nix::unistd::ForkResult::Child => Ok(crate::Forked::Child),
+    }
+}
