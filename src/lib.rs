@@ -1,6 +1,171 @@
-//! evchild: child processes for a `mio` event loop.
+//! Child processes for a `mio` event loop: exactly one death callback per
+//! child, in your own loop, with an explicit agreement about who owns
+//! `SIGCHLD`.
 //!
-//! (Crate documentation: see below; filled in with the full SIGCHLD contract.)
+//! evchild is the Rust heir of the child-process facility of Xen's libxl
+//! (`libxl__ev_child_fork`, `libxl_childproc_setmode`,
+//! `libxl_childproc_reaped`). A [`Reactor`] is an event source that is both a
+//! version of `fork()` and a source of one death callback per child. It needs
+//! no runtime and no helper thread: the loop sees one descriptor, and all
+//! reaping and every callback happen when the loop calls
+//! [`Reactor::dispatch`].
+//!
+//! ```no_run
+//! use evchild::{Forked, Hooks, Reactor, SigchldOwner};
+//! use mio::{Events, Interest, Poll, Token};
+//!
+//! struct App { running: usize }
+//! const CHILDREN: Token = Token(0);
+//!
+//! let mut poll = Poll::new()?;
+//! let mut children = Reactor::<App>::new(Hooks::new(SigchldOwner::Library))?;
+//! poll.registry().register(&mut children, CHILDREN, Interest::READABLE)?;
+//!
+//! let mut app = App { running: 0 };
+//! // SAFETY: the child calls only `_exit`, which is async-signal-safe.
+//! match unsafe { children.fork(|app: &mut App, _children, exit| {
+//!     println!("child {} ended: {:?}", exit.pid, exit.status());
+//!     app.running -= 1;
+//! }) }? {
+//!     Forked::Child => unsafe { libc::_exit(3) },
+//!     Forked::Parent(_pid) => app.running += 1,
+//! }
+//!
+//! let mut events = Events::with_capacity(64);
+//! while app.running > 0 {
+//!     poll.poll(&mut events, None)?;
+//!     for event in &events {
+//!         if event.token() == CHILDREN {
+//!             children.dispatch(&mut app)?;
+//!         }
+//!     }
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # SIGCHLD ownership
+//!
+//! `SIGCHLD` is one process-wide resource, `waitpid(-1)` steals other code's
+//! children, and a signal handler may do almost nothing. So the application
+//! chooses, when it creates a reactor ([`Reactor::new`]) or later with no
+//! child registered ([`Reactor::set_mode`]), one of three modes
+//! ([`SigchldOwner`]):
+//!
+//! | mode | who has the `SIGCHLD` handler | who reaps | children evchild did not start |
+//! |---|---|---|---|
+//! | `Library` (default) | evchild, only while this reactor has live children | evchild, **its own children only**, one `waitpid(pid)` each | never touched |
+//! | `Mainloop` | the application | the application, which reports each pid with [`reaped`](Reactor::reaped); or it calls [`sigchld_occurred`](Reactor::sigchld_occurred) and evchild reaps its own | `reaped` answers [`Error::UnknownChild`] |
+//! | `LibraryAlways` | evchild, from `new`/`set_mode` until drop | evchild reaps **every** child of the process (`waitpid(-1)`) | handed to the unknown-child hook ([`Hooks::unknown_child`]); if there is none or it declines, counted in [`Stats::unknown_unclaimed`] (and logged with the `log` feature) |
+//!
+//! What the application may and may not do:
+//!
+//! * **`Library`**: the application may have children of its own and reap
+//!   them any way that names them: `Child::wait`, `waitpid(pid)`, its own
+//!   `SIGCHLD` handler (installed before or after evchild's, see
+//!   *Coexistence*). It must not call `waitpid(-1)`/`wait()` or ignore
+//!   `SIGCHLD`: that takes evchild's children, which are then reported as
+//!   [`Outcome::Lost`]. It must not block `SIGCHLD` in every thread.
+//! * **`Mainloop`**: the application installs the handler and reaps. For every
+//!   pid it reaps it calls [`Reactor::reaped`] (which runs our callback, or
+//!   answers `UnknownChild` for its own children), *before* it signals any
+//!   child through the reactor. Or, if it reaps only its own children by pid,
+//!   it calls [`Reactor::sigchld_occurred`] whenever `SIGCHLD` arrives.
+//!   evchild installs no handler. The reactor should still be registered in
+//!   the loop: `dispatch` delivers callbacks left over by a panicking one.
+//! * **`LibraryAlways`**: evchild reaps every child of the process. The
+//!   application must not reap at all; it learns of its own children through
+//!   the unknown-child hook. At most one reactor per process may be in this
+//!   mode ([`Error::ReapAllTaken`]). Other reactors of the process should not
+//!   start children meanwhile: the reap-all reactor would take them, and they
+//!   would be reported [`Outcome::Lost`] to their own reactor.
+//!
+//! Any number of reactors may be in `Library` or `Mainloop` mode at once, on
+//! any threads. The mode changes only while no child is registered;
+//! otherwise [`set_mode`](Reactor::set_mode) returns
+//! [`Error::ChildrenActive`] and changes nothing.
+//!
+//! # Guarantees
+//!
+//! * Every child registered with a reactor gets exactly one death callback,
+//!   with its true wait status ([`Outcome::Reaped`]), or [`Outcome::Lost`]
+//!   if other code reaped it first (evchild never makes up a status).
+//! * Callbacks run only inside [`dispatch`](Reactor::dispatch),
+//!   [`reaped`](Reactor::reaped) and [`sigchld_occurred`](Reactor::sigchld_occurred),
+//!   on the caller's thread, never in the signal handler. They run after the
+//!   child has left the reactor's tables, and get `&mut Reactor`: they may
+//!   fork, kill and register children, change state, and dispatch.
+//! * A panicking callback propagates out of `dispatch` and leaves the reactor
+//!   consistent; reports not yet delivered are delivered by the next
+//!   `dispatch`, and the reactor makes its descriptor readable so there is
+//!   one.
+//! * A child that dies before `fork` returns is reported (once): in `Library`
+//!   mode the handler is installed before the fork, and the child is
+//!   registered before any `dispatch` can look for it.
+//! * A pid is signalled only between registration and the report of its
+//!   death, while the kernel cannot give it to another process
+//!   ([`Error::AlreadyReaped`] afterwards).
+//! * `Library` mode never reaps, waits for or signals a pid it did not
+//!   register.
+//! * Every misuse is an [`Error`] and changes nothing; nothing reachable from
+//!   the API panics on bad input.
+//!
+//! # Coexistence
+//!
+//! evchild's handler saves the disposition it replaces. A previous real
+//! handler is called from evchild's (chained), so code that installed its own
+//! handler earlier keeps working; if it asked for stop/continue
+//! notifications, evchild's asks too. A previous `SIG_IGN` or `SA_NOCLDWAIT`
+//! makes the kernel reap children by itself, so nothing can be waited for:
+//! evchild refuses it with [`Error::HandlerConflict`] rather than report
+//! every child lost. When the last user is gone, evchild restores the
+//! previous disposition *only if its own handler is still the installed
+//! one*: a handler installed after evchild's is never clobbered (and if that
+//! handler chains, evchild keeps working through it; if it does not, use
+//! `Mainloop` mode).
+//!
+//! The handler is async-signal-safe: it saves and restores `errno`, writes
+//! one byte to the non-blocking, close-on-exec wake pipe of each reactor that
+//! needs it, chains, and does nothing else: no lock, no allocation, no
+//! panic, no logging.
+//!
+//! # Fork safety
+//!
+//! * Every descriptor evchild opens is close-on-exec: executed children
+//!   inherit none.
+//! * A reactor used in a process forked from the one that created it (by
+//!   [`Reactor::fork`] or anyone else, without exec) returns
+//!   [`Error::ForkedChild`] from every method instead of reading the parent's
+//!   wake pipe, and dropping it there only closes that process's copies of
+//!   its descriptors.
+//! * The handler, inherited by a forked child, wakes only reactors registered
+//!   by the process it runs in (it compares `getpid()`), so a forked child
+//!   never steals its parent's wake-ups.
+//! * In the child of a multi-threaded process, create a new reactor only
+//!   after `exec`, or if no other thread could have been inside evchild at
+//!   the fork: the process-wide registry's lock may be held by a thread that
+//!   does not exist in the child.
+//!
+//! # Implementation notes
+//!
+//! *The following is **not** guaranteed, just a description of the current
+//! situation.*
+//!
+//! | | |
+//! |---|---|
+//! | wake-up | one `SIGCHLD` handler per process; one self-pipe per reactor, registered in a fixed table of 256 slots while the reactor needs the handler |
+//! | `Library` reaping | one `waitpid(pid, WNOHANG)` per live child per wake-up: O(N) in the live children |
+//! | `LibraryAlways` reaping | `waitpid(-1, WNOHANG)` until nothing is left: k+1 calls for k exits |
+//! | per wake-up allocation | none in steady state (the report queue and scratch space are reused) |
+//! | platform | Linux; other Unix systems with `pipe2` untested |
+//!
+//! Where this differs from the project's design notes, deliberately: death
+//! callbacks receive `&mut Reactor` as well as the context (so they can start
+//! and signal children without `Rc`); `Mainloop` mode's `dispatch` reaps
+//! nothing but still delivers left-over reports; a `LibraryAlways` reactor
+//! makes its descriptor readable at creation so zombies that predate it are
+//! collected by the first `dispatch`; and in `Library` mode a reactor with
+//! no live child holds no slot in the handler's table, so idle reactors cost
+//! the handler nothing.
 
 #![deny(missing_docs, missing_debug_implementations, unsafe_code)]
 #![warn(rust_2018_idioms, clippy::undocumented_unsafe_blocks)]
