@@ -46,7 +46,8 @@ pub struct Stats {
     /// Strangers that nobody claimed: there was no hook, or it declined.
     /// With the `log` feature each one is also logged as a warning.
     pub unknown_unclaimed: u64,
-    /// Calls of `dispatch` that did their work (the wake-ups the loop acted on).
+    /// Calls of `dispatch` in the process that created the reactor, spurious
+    /// ones included.
     pub dispatches: u64,
 }
 
