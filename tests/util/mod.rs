@@ -129,7 +129,10 @@ impl Loop {
         let deadline = Instant::now() + limit;
         while !done(ctx) {
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "timed out after {limit:?} waiting for the loop");
+            assert!(
+                !left.is_zero(),
+                "timed out after {limit:?} waiting for the loop"
+            );
             match self.poll.poll(&mut self.events, Some(left)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
