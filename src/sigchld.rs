@@ -83,7 +83,8 @@ static PREV: AtomicPtr<libc::sigaction> = AtomicPtr::new(ptr::null_mut());
 struct State {
     /// Live registrations.
     users: usize,
-    /// We installed our handler and have not restored the previous one.
+    /// We installed our handler and have not restored the previous one
+    /// (either ours is current, or a later handler shadows it).
     installed: bool,
     used: [bool; CAPACITY],
 }
@@ -122,9 +123,8 @@ pub(crate) fn register(wake_fd: RawFd) -> Result<Registration, Error> {
         .iter()
         .position(|u| !u)
         .ok_or(Error::TooManyReactors { capacity: CAPACITY })?;
-    if st.users == 0 && !st.installed {
-        install()?;
-        st.installed = true;
+    if st.users == 0 {
+        ensure_installed(&mut st)?;
     }
     st.used[slot] = true;
     st.users += 1;
@@ -136,6 +136,31 @@ pub(crate) fn register(wake_fd: RawFd) -> Result<Registration, Error> {
     SLOTS[slot].fd.store(wake_fd, Ordering::Release);
     HIGH.fetch_max(slot + 1, Ordering::AcqRel);
     Ok(Registration { slot })
+}
+
+/// Makes sure our handler will run, for the first user after an idle time.
+///
+/// The disposition is read again every time, since other code may have
+/// changed it while nobody needed ours: libuv and libev reset it to
+/// `SIG_DFL` when they stop, and someone may have set `SIG_IGN`. If a real
+/// handler installed after ours is still there (we were *shadowed* when the
+/// last user left, and did not clobber it), ours stays reachable only through
+/// it, and installing over it could make the two call each other forever;
+/// so it is left in place. Anything else gets a fresh install, with its
+/// checks.
+fn ensure_installed(st: &mut State) -> Result<(), Error> {
+    let cur = current()?;
+    let ours = cur.sa_sigaction == on_sigchld_addr();
+    let shadowed = st.installed
+        && !ours
+        && cur.sa_sigaction != libc::SIG_DFL
+        && cur.sa_sigaction != libc::SIG_IGN
+        && cur.sa_flags & libc::SA_NOCLDWAIT == 0;
+    if !ours && !shadowed {
+        install()?;
+    }
+    st.installed = true;
+    Ok(())
 }
 
 impl Registration {
