@@ -1,0 +1,390 @@
+//! A `SIGCHLD` disposition that makes the kernel reap children itself
+//! (`SIG_IGN`, or `SA_NOCLDWAIT`) leaves nothing to wait for: evchild must
+//! refuse to own the signal with `Error::HandlerConflict`, change nothing,
+//! and start no child.
+//!
+//! In its own binary: the tests change the process's `SIGCHLD` disposition.
+
+mod util;
+
+use std::cell::Cell;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use evchild::{Error, Exit, Forked, Hooks, Outcome, Reactor, SigchldOwner};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+static CALLS: AtomicUsize = AtomicUsize::new(0);
+
+/// A real handler. Async-signal-safe: one atomic increment.
+extern "C" fn counting_handler(_: libc::c_int) {
+    CALLS.fetch_add(1, Ordering::SeqCst);
+}
+
+fn handler_addr() -> libc::sighandler_t {
+    counting_handler as extern "C" fn(libc::c_int) as libc::sighandler_t
+}
+
+/// Installs `handler` with `flags` as the `SIGCHLD` disposition.
+fn set_disposition(handler: libc::sighandler_t, flags: libc::c_int) {
+    // SAFETY: all-zero is a valid sigaction; the fields used are set below.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = handler;
+    action.sa_flags = flags;
+    // SAFETY: `sa_mask` is a valid out-pointer.
+    unsafe { libc::sigemptyset(&mut action.sa_mask) };
+    // SAFETY: `action` is fully initialised; `handler` is SIG_DFL, SIG_IGN or
+    // an `extern "C" fn(c_int)` (no SA_SIGINFO), as the kernel expects.
+    let rc = unsafe { libc::sigaction(libc::SIGCHLD, &action, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "sigaction(SIGCHLD)");
+}
+
+/// glibc adds `SA_RESTORER` (its signal trampoline) to every action it
+/// installs and reports it back; it is not ours to compare.
+const SA_RESTORER: libc::c_int = 0x0400_0000;
+
+/// The current `SIGCHLD` disposition: handler and flags (without
+/// `SA_RESTORER`).
+fn disposition() -> (libc::sighandler_t, libc::c_int) {
+    // SAFETY: all-zero is a valid sigaction; the kernel overwrites it.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a null new action only queries; `old` is a valid out-pointer.
+    let rc = unsafe { libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old) };
+    assert_eq!(rc, 0, "sigaction query");
+    (old.sa_sigaction, old.sa_flags & !SA_RESTORER)
+}
+
+/// Puts `SIG_DFL` back when the test ends, even if it fails.
+struct RestoreDefault;
+
+impl Drop for RestoreDefault {
+    fn drop(&mut self) {
+        set_disposition(libc::SIG_DFL, 0);
+    }
+}
+
+fn exited(code: i32) -> ExitStatus {
+    ExitStatus::from_raw(code << 8)
+}
+
+fn record(deaths: &mut Vec<Exit>, _: &mut Reactor<Vec<Exit>>, exit: Exit) {
+    deaths.push(exit);
+}
+
+/// A pipe a forked child blocks on until the parent drops the write end.
+struct Gate {
+    read: OwnedFd,
+    write: Option<OwnedFd>,
+}
+
+impl Gate {
+    fn new() -> Self {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).expect("pipe2");
+        Gate {
+            read,
+            write: Some(write),
+        }
+    }
+}
+
+/// In a forked child: closes every other descriptor, waits for end-of-file
+/// on `gate`, exits with `code`. Only `close(2)`, `read(2)` and `_exit(2)`:
+/// async-signal-safe.
+fn wait_then_exit(gate: RawFd, code: i32) -> ! {
+    for fd in 3..1024 {
+        if fd != gate {
+            // SAFETY: close(2) is async-signal-safe; this process exits
+            // below and uses none of these descriptors.
+            unsafe { libc::close(fd) };
+        }
+    }
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: read(2) is async-signal-safe; `byte` is a live local.
+        let rc = unsafe { libc::read(gate, std::ptr::addr_of_mut!(byte).cast(), 1) };
+        if rc >= 0 || Errno::last() != Errno::EINTR {
+            break;
+        }
+    }
+    util::exit_child(code)
+}
+
+/// Asserts `new(LibraryAlways)` and a `Library` fork are refused with
+/// `HandlerConflict`, leaving the disposition `(handler, flags)` as it is
+/// and starting and registering nothing.
+#[track_caller]
+fn assert_refused(handler: libc::sighandler_t, flags: libc::c_int) {
+    let before = disposition();
+    assert_eq!(before.0, handler);
+    assert_eq!(before.1 & flags, flags);
+
+    let err = Reactor::<Vec<Exit>>::new(Hooks::new(SigchldOwner::LibraryAlways))
+        .expect_err("LibraryAlways must be refused");
+    assert!(matches!(err, Error::HandlerConflict { .. }), "{err:?}");
+    // Again: the refused attempt gave the reap-all right back (not
+    // ReapAllTaken).
+    let err = Reactor::<Vec<Exit>>::new(Hooks::new(SigchldOwner::LibraryAlways))
+        .expect_err("LibraryAlways must be refused again");
+    assert!(matches!(err, Error::HandlerConflict { .. }), "{err:?}");
+    assert_eq!(disposition(), before, "refusal changed the disposition");
+
+    // The same through set_mode, which then changes nothing.
+    let mut library =
+        Reactor::<Vec<Exit>>::new(Hooks::new(SigchldOwner::Library)).expect("Library new");
+    let err = library
+        .set_mode(Hooks::new(SigchldOwner::LibraryAlways))
+        .expect_err("set_mode(LibraryAlways) must be refused");
+    assert!(matches!(err, Error::HandlerConflict { .. }), "{err:?}");
+    assert_eq!(library.mode(), SigchldOwner::Library);
+    drop(library);
+    assert_eq!(disposition(), before, "refusal changed the disposition");
+
+    // Library mode needs the handler only once it forks; with a fork
+    // replacement we can see that no child is started at all (with SIG_IGN
+    // the kernel would reap one at once, so a zombie check could not).
+    let forks = Rc::new(Cell::new(0));
+    let counter = Rc::clone(&forks);
+    let hooks = Hooks::new(SigchldOwner::Library).fork_replacement(move || {
+        counter.set(counter.get() + 1);
+        Err(std::io::Error::other(
+            "the fork replacement must not be called",
+        ))
+    });
+    let mut reactor = Reactor::<Vec<Exit>>::new(hooks).expect("Library new needs no handler");
+    // SAFETY: the fork replacement never forks; nothing runs in a child.
+    let err = unsafe { reactor.fork(record) }.expect_err("fork must be refused");
+    assert!(matches!(err, Error::HandlerConflict { .. }), "{err:?}");
+    assert_eq!(forks.get(), 0, "no child may be started");
+    assert!(reactor.is_empty());
+    assert_eq!(disposition(), before);
+
+    // The same with the real fork(2).
+    let mut reactor = Reactor::<Vec<Exit>>::new(Hooks::new(SigchldOwner::Library)).expect("new");
+    // SAFETY: should a child be started after all, it only calls _exit(2),
+    // which is async-signal-safe.
+    match unsafe { reactor.fork(record) } {
+        Ok(Forked::Child) => util::exit_child(99),
+        Ok(Forked::Parent(pid)) => panic!("fork started child {pid}"),
+        Err(Error::HandlerConflict { .. }) => {}
+        Err(e) => panic!("expected HandlerConflict, got {e:?}"),
+    }
+    assert!(reactor.is_empty());
+    assert_eq!(disposition(), before);
+}
+
+/// After a refusal and with `SIG_DFL` back, a fork works and the handler is
+/// removed when its child is reaped (so the refusals left no user behind),
+/// and `LibraryAlways` is available (no reap-all right leaked).
+#[track_caller]
+fn assert_works_after_restore() {
+    set_disposition(libc::SIG_DFL, 0);
+    let mut reactor = Reactor::new(Hooks::new(SigchldOwner::Library)).expect("new");
+    assert_works_after_restore_from(&mut reactor);
+}
+
+/// One fork-and-reap cycle through a mio loop with exact status, after which
+/// the disposition must be `SIG_DFL` again; then `LibraryAlways` must be
+/// available.
+#[track_caller]
+fn assert_works_after_restore_from(reactor: &mut Reactor<Vec<Exit>>) {
+    let mut lp = util::Loop::new(reactor);
+    let mut deaths = Vec::new();
+    let mut gate = Gate::new();
+    let fd = gate.read.as_raw_fd();
+    // SAFETY: the child only calls close(2), read(2) and _exit(2), which are
+    // async-signal-safe.
+    let pid = match unsafe { reactor.fork(record) }.expect("fork with SIG_DFL") {
+        Forked::Child => wait_then_exit(fd, 6),
+        Forked::Parent(pid) => pid,
+    };
+    assert_ne!(
+        disposition().0,
+        libc::SIG_DFL,
+        "handler installed for the child"
+    );
+    gate.write = None;
+    lp.run_until(reactor, &mut deaths, LIMIT, |d| !d.is_empty());
+    assert_eq!(deaths[0].pid, pid);
+    assert_eq!(deaths[0].outcome, Outcome::Reaped(exited(6)));
+    assert_eq!(
+        disposition(),
+        (libc::SIG_DFL, 0),
+        "handler removed when idle"
+    );
+
+    let always = Reactor::<Vec<Exit>>::new(Hooks::new(SigchldOwner::LibraryAlways))
+        .expect("LibraryAlways with SIG_DFL");
+    drop(always);
+    assert_eq!(disposition(), (libc::SIG_DFL, 0));
+}
+
+#[test]
+fn sig_ign_is_refused() {
+    let check = util::Check::start();
+    {
+        let _restore = RestoreDefault;
+        set_disposition(libc::SIG_IGN, 0);
+        assert_refused(libc::SIG_IGN, 0);
+        assert_works_after_restore();
+    }
+    check.finish();
+}
+
+#[test]
+fn real_handler_with_sa_nocldwait_is_refused() {
+    let check = util::Check::start();
+    {
+        let _restore = RestoreDefault;
+        set_disposition(handler_addr(), libc::SA_NOCLDWAIT | libc::SA_RESTART);
+        assert_refused(handler_addr(), libc::SA_NOCLDWAIT);
+        assert_works_after_restore();
+    }
+    check.finish();
+}
+
+#[test]
+fn sig_dfl_with_sa_nocldwait_is_refused() {
+    let check = util::Check::start();
+    {
+        let _restore = RestoreDefault;
+        set_disposition(libc::SIG_DFL, libc::SA_NOCLDWAIT);
+        assert_refused(libc::SIG_DFL, libc::SA_NOCLDWAIT);
+        assert_works_after_restore();
+    }
+    check.finish();
+}
+
+#[test]
+fn mainloop_mode_still_works_when_ignored() {
+    let check = util::Check::start();
+    {
+        let _restore = RestoreDefault;
+        set_disposition(libc::SIG_IGN, 0);
+        // Library mode without children needs no handler either.
+        drop(Reactor::<Vec<Exit>>::new(Hooks::new(SigchldOwner::Library)).expect("Library"));
+
+        let mut reactor =
+            Reactor::new(Hooks::new(SigchldOwner::Mainloop)).expect("Mainloop new succeeds");
+        let mut deaths = Vec::new();
+        // SAFETY: the child only calls _exit(2), which is async-signal-safe.
+        let pid = match unsafe { reactor.fork(record) }.expect("Mainloop fork") {
+            Forked::Child => util::exit_child(3),
+            Forked::Parent(pid) => pid,
+        };
+        assert_eq!(
+            disposition(),
+            (libc::SIG_IGN, 0),
+            "Mainloop installs nothing"
+        );
+
+        // The kernel reaps it itself; wait until it is gone.
+        let deadline = Instant::now() + LIMIT;
+        // SAFETY: kill(2) with signal 0 sends nothing. The pid cannot have
+        // been reused for anything that matters within this loop.
+        while unsafe { libc::kill(pid.as_raw(), 0) } == 0 {
+            assert!(Instant::now() < deadline, "child {pid} never went away");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Its status is gone: lost, never made up.
+        reactor
+            .sigchld_occurred(&mut deaths)
+            .expect("sigchld_occurred");
+        assert_eq!(deaths.len(), 1);
+        assert_eq!(deaths[0].pid, pid);
+        assert_eq!(deaths[0].outcome, Outcome::Lost);
+        assert_eq!(reactor.stats().lost, 1);
+        assert_eq!(reactor.stats().reaped, 0);
+        assert!(reactor.is_empty());
+        assert_eq!(disposition(), (libc::SIG_IGN, 0));
+    }
+    check.finish();
+}
+
+/// Other code replaces evchild's handler while evchild has a child, so that
+/// evchild cannot restore the previous disposition when it goes idle; later
+/// that code sets `SIGCHLD` to `SIG_IGN`. A new `Library` fork must still be
+/// refused with `HandlerConflict`, not start a child that the kernel reaps.
+#[test]
+fn sig_ign_set_after_ours_was_replaced_is_still_refused() {
+    let check = util::Check::start();
+    let result;
+    let always_refused;
+    {
+        let _restore = RestoreDefault;
+        let mut reactor = Reactor::new(Hooks::new(SigchldOwner::Library)).expect("new");
+        let mut deaths = Vec::new();
+
+        let mut gate = Gate::new();
+        let fd = gate.read.as_raw_fd();
+        // SAFETY: the child only calls close(2), read(2) and _exit(2), which
+        // are async-signal-safe.
+        let pid = match unsafe { reactor.fork(record) }.expect("fork") {
+            Forked::Child => wait_then_exit(fd, 0),
+            Forked::Parent(pid) => pid,
+        };
+        // SAFETY: all-zero is a valid sigaction; the kernel overwrites it.
+        let mut evchilds: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: a null new action only queries; valid out-pointer.
+        unsafe { libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut evchilds) };
+        // Other code installs a handler of its own (that does not chain), so
+        // the loop is not woken: collect the child by calling dispatch.
+        set_disposition(handler_addr(), libc::SA_RESTART);
+        gate.write = None;
+        let flags = nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOWAIT;
+        let zombie = nix::unistd::Pid::from_raw(pid.as_raw());
+        while let Err(Errno::EINTR) = nix::sys::wait::waitid(nix::sys::wait::Id::Pid(zombie), flags)
+        {
+        }
+        reactor.dispatch(&mut deaths).expect("dispatch");
+        assert_eq!(deaths.len(), 1);
+        assert_eq!(deaths[0].outcome, Outcome::Reaped(exited(0)));
+        assert_eq!(disposition().0, handler_addr(), "later handler clobbered");
+
+        // The other code now ignores SIGCHLD.
+        set_disposition(libc::SIG_IGN, 0);
+        // SAFETY: should a child be started, it only calls _exit(2), which is
+        // async-signal-safe.
+        result = match unsafe { reactor.fork(record) } {
+            Ok(Forked::Child) => util::exit_child(0),
+            other => other,
+        };
+        assert_eq!(disposition(), (libc::SIG_IGN, 0));
+        // And LibraryAlways must be refused too.
+        let always = Reactor::<Vec<Exit>>::new(Hooks::new(SigchldOwner::LibraryAlways));
+        always_refused = matches!(always, Err(Error::HandlerConflict { .. }));
+        drop(always);
+        if let Ok(Forked::Parent(pid)) = result {
+            // The kernel reaps it. Wait until it is gone, settle it (lost),
+            // and put evchild's handler back by hand so evchild can restore
+            // SIG_DFL and the process is clean for the other tests.
+            let deadline = Instant::now() + LIMIT;
+            // SAFETY: kill(2) with signal 0 sends nothing.
+            while unsafe { libc::kill(pid.as_raw(), 0) } == 0 {
+                assert!(Instant::now() < deadline, "child {pid} never went away");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            reactor.dispatch(&mut deaths).expect("dispatch");
+            assert_eq!(deaths.len(), 2);
+            assert_eq!(deaths[1].outcome, Outcome::Lost);
+        }
+        // SAFETY: `evchilds` came from the kernel, so it is valid to install.
+        unsafe { libc::sigaction(libc::SIGCHLD, &evchilds, std::ptr::null_mut()) };
+        assert_works_after_restore_from(&mut reactor);
+    }
+    check.finish();
+    assert!(
+        matches!(result, Err(Error::HandlerConflict { .. })),
+        "fork with SIGCHLD ignored must be refused, got {result:?}"
+    );
+    assert!(
+        always_refused,
+        "new(LibraryAlways) with SIGCHLD ignored must be refused"
+    );
+}
