@@ -174,6 +174,9 @@ mod dispatch;
 mod error;
 mod exit;
 mod fork;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod mode;
 mod reactor;
 mod reap;

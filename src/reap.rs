@@ -126,3 +126,177 @@ fn retry_eintr<T>(mut f: impl FnMut() -> Result<T, Errno>) -> Result<T, Errno> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuzzing::Procs;
+
+    fn pid(raw: libc::pid_t) -> Pid {
+        Pid::from_raw(raw)
+    }
+
+    /// A process with children 1..=n, all registered (token = pid) and all
+    /// running.
+    fn world(n: libc::pid_t) -> (Procs, ChildTable<libc::pid_t>) {
+        let (mut procs, mut table) = (Procs::default(), ChildTable::default());
+        for raw in 1..=n {
+            procs.spawn(pid(raw));
+            assert!(table.insert(pid(raw), raw).is_none());
+        }
+        (procs, table)
+    }
+
+    fn own(procs: &mut Procs, table: &mut ChildTable<libc::pid_t>) -> io::Result<Vec<Reaped<i32>>> {
+        let mut out = Vec::new();
+        reap_own(procs, table, &mut Vec::new(), |r| out.push(r)).map(|()| out)
+    }
+
+    fn all(procs: &mut Procs, table: &mut ChildTable<libc::pid_t>) -> io::Result<Vec<Reaped<i32>>> {
+        let mut out = Vec::new();
+        reap_all(procs, table, |r| out.push(r)).map(|()| out)
+    }
+
+    #[test]
+    fn selective_retries_eintr() {
+        let (mut procs, mut table) = world(2);
+        procs.exit(pid(2), 7 << 8);
+        procs.inject_eintr(3);
+        let out = own(&mut procs, &mut table).unwrap();
+        assert_eq!(out, [Reaped::Died(pid(2), 7 << 8, 2)]);
+        assert_eq!(procs.calls, 2 + 3);
+        assert!(table.contains(pid(1)) && table.len() == 1);
+    }
+
+    #[test]
+    fn reap_all_retries_eintr() {
+        let (mut procs, mut table) = world(2);
+        procs.exit(pid(1), libc::SIGKILL);
+        procs.inject_eintr(2);
+        let out = all(&mut procs, &mut table).unwrap();
+        assert_eq!(out, [Reaped::Died(pid(1), libc::SIGKILL, 1)]);
+        // k+1 answers for k exits, plus the interrupted calls.
+        assert_eq!(procs.calls, 2 + 2);
+    }
+
+    #[test]
+    fn echild_on_a_registered_pid_is_lost() {
+        let (mut procs, mut table) = world(3);
+        procs.exit(pid(2), 0);
+        assert!(procs.foreign_reap(pid(2)).is_some());
+        // Adopted by mistake: never a child of this process.
+        table.insert(pid(9), 9);
+        let mut out = own(&mut procs, &mut table).unwrap();
+        out.sort_by_key(|r| format!("{r:?}"));
+        assert_eq!(out, [Reaped::Lost(pid(2), 2), Reaped::Lost(pid(9), 9)]);
+        assert_eq!(table.len(), 2);
+    }
+
+    #[test]
+    fn unexpected_errno_stops_the_pass_and_loses_nothing() {
+        let (mut procs, mut table) = world(3);
+        for raw in 1..=3 {
+            procs.exit(pid(raw), raw);
+        }
+        let order: Vec<Pid> = table.pids().collect();
+        procs.inject_error(1, Errno::EINVAL);
+        let mut out = Vec::new();
+        let mut scratch = Vec::new();
+        let err = reap_own(&mut procs, &mut table, &mut scratch, |r| out.push(r)).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(Errno::EINVAL as i32));
+        // The one reaped before the failure is reported; the others stay.
+        let first = order[0];
+        assert_eq!(out, [Reaped::Died(first, first.as_raw(), first.as_raw())]);
+        assert_eq!(table.len(), 2);
+        for &later in &order[1..] {
+            assert!(table.contains(later));
+            assert_eq!(procs.child(later).unwrap().1, Some(later.as_raw()));
+        }
+        // The next pass picks them up.
+        let out = own(&mut procs, &mut table).unwrap();
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|r| matches!(r, Reaped::Died(..))));
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn reap_all_errno_is_returned() {
+        let (mut procs, mut table) = world(1);
+        procs.inject_error(0, Errno::EINVAL);
+        let err = all(&mut procs, &mut table).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(Errno::EINVAL as i32));
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn reap_all_hands_out_strangers_and_stops_at_none() {
+        let (mut procs, mut table) = world(2);
+        procs.spawn(pid(5));
+        procs.spawn(pid(6));
+        procs.exit(pid(1), 3);
+        procs.exit(pid(5), 4);
+        let out = all(&mut procs, &mut table).unwrap();
+        assert_eq!(
+            out,
+            [Reaped::Died(pid(1), 3, 1), Reaped::Stranger(pid(5), 4)]
+        );
+        assert_eq!(procs.calls, 3, "k+1 calls for k exits");
+        assert!(table.contains(pid(2)) && table.len() == 1);
+        assert_eq!(procs.child(pid(6)), Some((4, None)));
+    }
+
+    #[test]
+    fn reap_all_echild_reports_the_rest_lost() {
+        let (mut procs, mut table) = world(3);
+        procs.spawn(pid(7));
+        procs.exit(pid(1), 0);
+        procs.exit(pid(2), 0);
+        procs.exit(pid(7), 9);
+        assert!(procs.foreign_reap(pid(2)).is_some());
+        table.insert(pid(8), 8);
+        procs.exit(pid(3), 1);
+        let mut out = all(&mut procs, &mut table).unwrap();
+        assert_eq!(
+            out.drain(..3).collect::<Vec<_>>(),
+            [
+                Reaped::Died(pid(1), 0, 1),
+                Reaped::Died(pid(3), 1, 3),
+                Reaped::Stranger(pid(7), 9)
+            ]
+        );
+        out.sort_by_key(|r| format!("{r:?}"));
+        assert_eq!(out, [Reaped::Lost(pid(2), 2), Reaped::Lost(pid(8), 8)]);
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn steady_state_does_not_grow_scratch() {
+        let (mut procs, mut table) = world(16);
+        let mut scratch = Vec::new();
+        for raw in 1..=16 {
+            procs.exit(pid(raw), 0);
+        }
+        reap_own(&mut procs, &mut table, &mut scratch, |_| {}).unwrap();
+        let capacity = scratch.capacity();
+        let mut next = 17;
+        for round in 0..200 {
+            // Keep 16 children: replace the dead, let a few die.
+            while table.len() < 16 {
+                procs.spawn(pid(next));
+                table.insert(pid(next), next);
+                next += 1;
+            }
+            for dying in table
+                .pids()
+                .filter(|p| p.as_raw() % 5 == round % 5)
+                .collect::<Vec<_>>()
+            {
+                procs.exit(dying, 0);
+            }
+            let mut died = 0;
+            reap_own(&mut procs, &mut table, &mut scratch, |_| died += 1).unwrap();
+            assert!(died > 0 || round < 5);
+            assert_eq!(scratch.capacity(), capacity, "round {round}");
+        }
+    }
+}
