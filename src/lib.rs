@@ -64,7 +64,11 @@
 //!   `SIGCHLD` handler (installed before or after evchild's, see
 //!   *Coexistence*). It must not call `waitpid(-1)`/`wait()` or ignore
 //!   `SIGCHLD`: that takes evchild's children, which are then reported as
-//!   [`Outcome::Lost`]. It must not block `SIGCHLD` in every thread.
+//!   [`Outcome::Lost`]. (Worse, if a child taken that way has its pid given
+//!   to another child of the process before evchild looks, the per-pid
+//!   `waitpid` of `Library` mode reaps that other child in its place: a pid
+//!   cannot tell two processes apart. Only a pidfd can, which is why a pidfd
+//!   backend is planned.) It must not block `SIGCHLD` in every thread.
 //! * **`Mainloop`**: the application installs the handler and reaps. For every
 //!   pid it reaps it calls [`Reactor::reaped`] (which runs our callback, or
 //!   answers `UnknownChild` for its own children), *before* it signals any
