@@ -1,0 +1,1120 @@
+//! `Library` mode with real processes and real signals: evchild installs its
+//! `SIGCHLD` handler while it has live children and reaps only its own
+//! children, one pid at a time.
+//!
+//! Every test holds [`util::Check`], so the tests of this binary run one at a
+//! time and each must leave no child, no zombie and no descriptor behind.
+//!
+//! Forks: the test binary has other threads, so every forked child only
+//! calls async-signal-safe functions (`_exit`, `read`, `close`, `signal`,
+//! `raise`, `dup2`, `execv`) until it dies or execs; each `unsafe` block says
+//! which.
+
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+mod util;
+
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::ExitStatusExt;
+use std::panic::{self, AssertUnwindSafe};
+use std::process::{Command, ExitStatus, Stdio};
+use std::rc::Rc;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use evchild::{Error, Exit, Forked, Hooks, Outcome, Pid, Reactor, SigchldOwner};
+use nix::errno::Errno;
+
+/// How long any test waits for its children; far more than any of them needs.
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Every death report, per pid: a child reported twice shows up as two
+/// entries.
+#[derive(Debug, Default)]
+struct Deaths {
+    seen: HashMap<Pid, Vec<Outcome>>,
+    /// Children started from inside callbacks.
+    spawned: Vec<Pid>,
+    /// Children whose callback panicked on purpose (recorded first).
+    panicked: Vec<Pid>,
+}
+
+impl Deaths {
+    fn total(&self) -> usize {
+        self.seen.values().map(Vec::len).sum()
+    }
+
+    fn record(&mut self, exit: Exit) {
+        self.seen.entry(exit.pid).or_default().push(exit.outcome);
+    }
+
+    /// The status of `pid`, which must have been reported exactly once, and
+    /// reaped (not lost).
+    #[track_caller]
+    fn status(&self, pid: Pid) -> ExitStatus {
+        match self.seen.get(&pid).map(Vec::as_slice) {
+            Some([Outcome::Reaped(status)]) => *status,
+            other => panic!("child {pid}: expected exactly one reaped report, got {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    fn assert_code(&self, pid: Pid, code: i32) {
+        let status = self.status(pid);
+        assert_eq!(status.code(), Some(code), "child {pid}: {status}");
+        assert_eq!(status.signal(), None, "child {pid}: {status}");
+    }
+
+    #[track_caller]
+    fn assert_signal(&self, pid: Pid, signal: i32) {
+        let status = self.status(pid);
+        assert_eq!(status.signal(), Some(signal), "child {pid}: {status}");
+        assert_eq!(status.code(), None, "child {pid}: {status}");
+    }
+}
+
+/// The plain death callback: records the report.
+fn record(deaths: &mut Deaths, _: &mut Reactor<Deaths>, exit: Exit) {
+    deaths.record(exit);
+}
+
+fn library<C>() -> Reactor<C> {
+    Reactor::new(Hooks::new(SigchldOwner::Library)).expect("Reactor::new(Library)")
+}
+
+/// Forks a child that `_exit`s with `code` at once.
+fn fork_exit<C>(
+    reactor: &mut Reactor<C>,
+    code: i32,
+    on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + 'static,
+) -> Pid {
+    // SAFETY: the child only calls `_exit` (`util::exit_child`), which is
+    // async-signal-safe.
+    match unsafe { reactor.fork(on_death) } {
+        Ok(Forked::Child) => util::exit_child(code),
+        Ok(Forked::Parent(pid)) => pid,
+        Err(e) => panic!("fork: {e}"),
+    }
+}
+
+/// Declared first in every test's scope, so dropped last: if the test
+/// panics, reaps every child of the process (the test holds the process-wide
+/// lock of [`util::Check`], so they are all its own), so that one failing
+/// test does not make every later test of the binary fail at
+/// `Check::start`. Waiting children have been let go by then (their
+/// [`Lifeline`] is dropped before this).
+struct ReapOnPanic;
+
+impl Drop for ReapOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            reap_every_child(Duration::from_secs(10));
+        }
+    }
+}
+
+/// `waitpid(-1, WNOHANG)` until the process has no child, or `limit` passed.
+fn reap_every_child(limit: Duration) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(10)),
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => return, // ECHILD: none left
+        }
+    }
+}
+
+/// A pipe whose write end only the test holds. Children forked to wait for
+/// a signal block reading it instead of in `pause()`: if the test fails (its
+/// `Lifeline` is dropped while unwinding) or the test process dies, they see
+/// end of file and exit, so a failing test leaves no orphan behind holding
+/// the test runner's output pipes open.
+struct Lifeline {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+/// The exit code of a waiting child whose lifeline was cut.
+const LIFELINE_CUT: i32 = 86;
+
+impl Lifeline {
+    fn new() -> Self {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe2");
+        Lifeline { read, write }
+    }
+
+    /// In a forked child: blocks until a signal kills it, or until the test
+    /// lets go of the lifeline (then `_exit(LIFELINE_CUT)`). Only calls
+    /// `close`, `read` and `_exit`, which are async-signal-safe, and
+    /// allocates nothing.
+    fn wait_in_child(&self) -> ! {
+        let (read, write) = (self.read.as_raw_fd(), self.write.as_raw_fd());
+        // SAFETY: close(2) is async-signal-safe; this is the child's own copy
+        // of the write end, which would otherwise keep the pipe open.
+        unsafe { libc::close(write) };
+        let mut byte = 0u8;
+        loop {
+            // SAFETY: read(2) is async-signal-safe; the buffer is one live,
+            // writable byte.
+            let rc = unsafe { libc::read(read, std::ptr::addr_of_mut!(byte).cast(), 1) };
+            if rc == -1 && Errno::last() == Errno::EINTR {
+                continue;
+            }
+            util::exit_child(LIFELINE_CUT);
+        }
+    }
+}
+
+/// Forks a child that waits (on `lifeline`) until a signal kills it.
+fn fork_waiting<C>(
+    reactor: &mut Reactor<C>,
+    lifeline: &Lifeline,
+    on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + 'static,
+) -> Pid {
+    // SAFETY: the child only runs `Lifeline::wait_in_child`, which is
+    // async-signal-safe (see there).
+    match unsafe { reactor.fork(on_death) } {
+        Ok(Forked::Child) => lifeline.wait_in_child(),
+        Ok(Forked::Parent(pid)) => pid,
+        Err(e) => panic!("fork: {e}"),
+    }
+}
+
+/// Forks a child that kills itself with `signal` (after resetting it to the
+/// default action, as std's `SIGSEGV` handler is inherited).
+fn fork_raise<C>(
+    reactor: &mut Reactor<C>,
+    signal: libc::c_int,
+    on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + 'static,
+) -> Pid {
+    // SAFETY: the child only calls `signal`, `raise` and `_exit`, which are
+    // all async-signal-safe.
+    match unsafe { reactor.fork(on_death) } {
+        Ok(Forked::Child) => {
+            // SAFETY: `signal` and `raise` are async-signal-safe; SIG_DFL is
+            // a valid disposition.
+            unsafe {
+                libc::signal(signal, libc::SIG_DFL);
+                libc::raise(signal);
+            }
+            util::exit_child(100)
+        }
+        Ok(Forked::Parent(pid)) => pid,
+        Err(e) => panic!("fork: {e}"),
+    }
+}
+
+/// Blocks until `pid` has exited, without reaping it
+/// (`waitid(P_PID, pid, WEXITED | WNOWAIT)`): afterwards the child is a
+/// zombie that only its owner will reap.
+fn wait_zombie(pid: Pid) {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag};
+    let id = || Id::Pid(nix::unistd::Pid::from_raw(pid.as_raw()));
+    loop {
+        match waitid(id(), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Ok(_) => return,
+            Err(Errno::EINTR) => continue,
+            Err(e) => panic!("waitid({pid}, WNOWAIT): {e}"),
+        }
+    }
+}
+
+/// The current `SIGCHLD` disposition.
+fn sigchld_action() -> libc::sigaction {
+    // SAFETY: an all-zero `sigaction` is a valid value; the kernel overwrites it.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a null new action only queries; `old` is a valid out-pointer.
+    let rc = unsafe { libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old) };
+    assert_eq!(rc, 0, "sigaction(SIGCHLD): {}", io::Error::last_os_error());
+    old
+}
+
+#[track_caller]
+fn assert_sigchld_default() {
+    let action = sigchld_action();
+    assert_eq!(
+        action.sa_sigaction,
+        libc::SIG_DFL,
+        "SIGCHLD should be SIG_DFL when no reactor has live children"
+    );
+}
+
+#[track_caller]
+fn assert_sigchld_handled() {
+    let action = sigchld_action();
+    assert_ne!(action.sa_sigaction, libc::SIG_DFL, "no SIGCHLD handler");
+    assert_ne!(action.sa_sigaction, libc::SIG_IGN, "SIGCHLD ignored");
+    assert_ne!(
+        action.sa_flags & libc::SA_SIGINFO,
+        0,
+        "not evchild's handler"
+    );
+}
+
+/// Whether `fd` is readable right now (`poll` with a zero timeout).
+fn readable(fd: RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one valid `pollfd`; poll(2) only writes `revents`.
+    let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
+    assert!(rc >= 0, "poll: {}", io::Error::last_os_error());
+    rc == 1 && pfd.revents & libc::POLLIN != 0
+}
+
+/// No core files in the working directory when children die of `SIGSEGV` or
+/// `SIGABRT`: lowers the soft `RLIMIT_CORE` to 0 (always allowed). Done in
+/// the parent (this test binary is its own process), so the children need
+/// not call anything.
+fn no_core_dumps() {
+    // SAFETY: all-zero is a valid `rlimit`, overwritten by the kernel.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `limit` is a valid out-pointer.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut limit) };
+    assert_eq!(rc, 0, "getrlimit: {}", io::Error::last_os_error());
+    limit.rlim_cur = 0;
+    // SAFETY: `limit` is a valid `rlimit`; setrlimit only reads it.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_CORE, &limit) };
+    assert_eq!(rc, 0, "setrlimit: {}", io::Error::last_os_error());
+}
+
+/// 1. Exact statuses: exit codes 0, 1, 42 and 255; `SIGKILL` and `SIGTERM`
+///    sent through `Reactor::kill`; `SIGSEGV` and `SIGABRT` raised by the
+///    child itself (core dumps not required, and disabled).
+#[test]
+fn exact_exit_codes_and_signals() {
+    let check = util::Check::start();
+    no_core_dumps();
+    {
+        let _reap = ReapOnPanic;
+        let lifeline = Lifeline::new();
+        let mut reactor = library::<Deaths>();
+        let mut lp = util::Loop::new(&mut reactor);
+        let mut deaths = Deaths::default();
+
+        let codes: Vec<(Pid, i32)> = [0, 1, 42, 255]
+            .into_iter()
+            .map(|code| (fork_exit(&mut reactor, code, record), code))
+            .collect();
+        let killed = fork_waiting(&mut reactor, &lifeline, record);
+        let termed = fork_waiting(&mut reactor, &lifeline, record);
+        let segv = fork_raise(&mut reactor, libc::SIGSEGV, record);
+        let abrt = fork_raise(&mut reactor, libc::SIGABRT, record);
+        reactor.kill(killed, libc::SIGKILL).expect("kill SIGKILL");
+        reactor.kill(termed, libc::SIGTERM).expect("kill SIGTERM");
+
+        lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == 8);
+        for &(pid, code) in &codes {
+            deaths.assert_code(pid, code);
+        }
+        assert!(deaths.status(codes[0].0).success());
+        deaths.assert_signal(killed, libc::SIGKILL);
+        deaths.assert_signal(termed, libc::SIGTERM);
+        deaths.assert_signal(segv, libc::SIGSEGV);
+        deaths.assert_signal(abrt, libc::SIGABRT);
+        assert_eq!(deaths.seen.len(), 8);
+        assert!(reactor.is_empty());
+        let stats = reactor.stats();
+        assert_eq!((stats.reaped, stats.lost), (8, 0));
+    }
+    check.finish();
+}
+
+/// 2. A child that is dead before `fork` returns in the parent: a
+///    `fork_replacement` forks, then waits until the child is a zombie
+///    before it returns the pid, and the reactor is registered with its loop
+///    only after that. It is reported exactly once, even after more
+///    dispatches. Then twenty children that die as fast as they are forked
+///    (the parent sleeping 50 ms before it looks).
+#[test]
+fn child_dead_before_fork_returns() {
+    let check = util::Check::start();
+    {
+        let _reap = ReapOnPanic;
+        let hooks = Hooks::new(SigchldOwner::Library).fork_replacement(|| {
+            // SAFETY: only called by `Reactor::fork`, whose caller below
+            // upholds fork's contract (the child only `_exit`s).
+            let forked = unsafe { forward_fork() };
+            if let Ok(Forked::Parent(pid)) = forked {
+                wait_zombie(pid);
+            }
+            forked
+        });
+        let mut reactor = Reactor::new(hooks).expect("Reactor::new");
+        let mut deaths = Deaths::default();
+        let early = fork_exit(&mut reactor, 17, record);
+        assert!(reactor.contains(early));
+        // Registered with the loop only now: the wake-up happened before.
+        let mut lp = util::Loop::new(&mut reactor);
+        lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == 1);
+        deaths.assert_code(early, 17);
+
+        // More wake-ups change nothing.
+        for _ in 0..3 {
+            reactor.dispatch(&mut deaths).expect("dispatch");
+        }
+        assert_eq!(deaths.total(), 1);
+        assert!(!readable(reactor.as_raw_fd()), "spurious wake-up left");
+
+        reactor
+            .set_mode(Hooks::new(SigchldOwner::Library))
+            .expect("set_mode with no child");
+        let burst: Vec<Pid> = (0..20)
+            .map(|i| fork_exit(&mut reactor, i, record))
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+        lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == 21);
+        for (code, &pid) in burst.iter().enumerate() {
+            deaths.assert_code(pid, code as i32);
+        }
+        reactor.dispatch(&mut deaths).expect("dispatch");
+        assert_eq!(deaths.total(), 21);
+        assert_eq!(reactor.stats().reaped, 21);
+        assert!(reactor.is_empty());
+    }
+    check.finish();
+}
+
+/// 3. A thousand children alive at once (each blocked on its lifeline), then
+///    killed through the reactor, half in batches of 50 reported one batch at
+///    a time, half at once: every one reported exactly once, with `SIGKILL`.
+#[test]
+fn thousand_children_alive_at_once() {
+    const N: usize = 1000;
+    let check = util::Check::start();
+    assert_process_limit_allows(N);
+    {
+        let _reap = ReapOnPanic;
+        let lifeline = Lifeline::new();
+        let started = Instant::now();
+        let mut reactor = library::<Deaths>();
+        let mut lp = util::Loop::new(&mut reactor);
+        let mut deaths = Deaths::default();
+        let pids: Vec<Pid> = (0..N)
+            .map(|_| fork_waiting(&mut reactor, &lifeline, record))
+            .collect();
+        assert_eq!(reactor.len(), N);
+        assert_eq!(pids.iter().collect::<HashSet<_>>().len(), N);
+        let forked = started.elapsed();
+        // Half of them in ten batches, each reported before the next is
+        // killed (many wake-ups with hundreds of live children), then the
+        // other half all at once.
+        let (batched, at_once) = pids.split_at(N / 2);
+        for (i, batch) in batched.chunks(N / 20).enumerate() {
+            for &pid in batch {
+                reactor.kill(pid, libc::SIGKILL).expect("kill");
+            }
+            let reported = (i + 1) * batch.len();
+            lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == reported);
+            assert_eq!(reactor.len(), N - reported);
+        }
+        for &pid in at_once {
+            reactor.kill(pid, libc::SIGKILL).expect("kill");
+        }
+        lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == N);
+        for &pid in &pids {
+            deaths.assert_signal(pid, libc::SIGKILL);
+        }
+        assert_eq!(deaths.seen.len(), N);
+        let stats = reactor.stats();
+        assert_eq!((stats.reaped, stats.lost), (N as u64, 0));
+        assert!(reactor.is_empty());
+        eprintln!(
+            "{N} children: forked in {forked:?}, all reported after {:?} ({} dispatches)",
+            started.elapsed(),
+            stats.dispatches
+        );
+    }
+    check.finish();
+}
+
+/// Fails clearly (instead of with `EAGAIN` from `fork`) if `RLIMIT_NPROC`
+/// would not allow `n` more processes. Root is exempt from the limit.
+#[track_caller]
+fn assert_process_limit_allows(n: usize) {
+    // SAFETY: geteuid(2) takes nothing and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return;
+    }
+    // SAFETY: all-zero is a valid `rlimit`, overwritten by the kernel.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `limit` is a valid out-pointer.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut limit) };
+    assert_eq!(rc, 0, "getrlimit: {}", io::Error::last_os_error());
+    assert!(
+        limit.rlim_cur == libc::RLIM_INFINITY || limit.rlim_cur >= (n as libc::rlim_t) * 2,
+        "RLIMIT_NPROC ({}) is too low for {n} children; raise it (ulimit -u)",
+        limit.rlim_cur
+    );
+}
+
+/// 4. Callbacks that use the reactor they are given: the first child's
+///    callback forks a new child; that child's callback kills another,
+///    still-registered child. All three are reported, with their true
+///    statuses, and each callback runs after its child left the tables.
+#[test]
+fn callbacks_fork_and_kill() {
+    let check = util::Check::start();
+    {
+        let _reap = ReapOnPanic;
+        let lifeline = Lifeline::new();
+        let mut reactor = library::<Deaths>();
+        let mut lp = util::Loop::new(&mut reactor);
+        let mut deaths = Deaths::default();
+
+        let victim = fork_waiting(&mut reactor, &lifeline, record);
+        let first = fork_exit(
+            &mut reactor,
+            5,
+            move |d: &mut Deaths, r: &mut Reactor<Deaths>, exit: Exit| {
+                assert!(!r.contains(exit.pid), "callback ran before removal");
+                assert!(matches!(
+                    r.kill(exit.pid, 0),
+                    Err(Error::AlreadyReaped { pid }) if pid == exit.pid
+                ));
+                d.record(exit);
+                // A child started from a callback, whose own callback kills
+                // the victim.
+                let second = fork_exit(
+                    r,
+                    6,
+                    move |d: &mut Deaths, r: &mut Reactor<Deaths>, exit| {
+                        d.record(exit);
+                        assert!(r.contains(victim));
+                        r.kill(victim, libc::SIGTERM).expect("kill from a callback");
+                    },
+                );
+                d.spawned.push(second);
+                assert!(r.contains(second));
+            },
+        );
+
+        lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == 3);
+        deaths.assert_code(first, 5);
+        assert_eq!(deaths.spawned.len(), 1);
+        deaths.assert_code(deaths.spawned[0], 6);
+        deaths.assert_signal(victim, libc::SIGTERM);
+        assert!(reactor.is_empty());
+        assert_eq!(reactor.stats().reaped, 3);
+    }
+    check.finish();
+}
+
+/// 5. Panicking callbacks: the panic comes out of `dispatch`; the reactor
+///    stays consistent (the children reaped in that dispatch are gone from
+///    the tables), wakes its loop again, delivers every other report exactly
+///    once on later dispatches, and goes on working.
+#[test]
+fn panicking_callback_leaves_reactor_consistent() {
+    let check = util::Check::start();
+    {
+        let _reap = ReapOnPanic;
+        let mut reactor = library::<Deaths>();
+        let mut lp = util::Loop::new(&mut reactor);
+        let mut deaths = Deaths::default();
+        let _quiet = QuietPanics::install();
+
+        let panicking = |d: &mut Deaths, _: &mut Reactor<Deaths>, exit: Exit| {
+            d.record(exit);
+            d.panicked.push(exit.pid);
+            panic::panic_any(MESSAGE);
+        };
+        // Six children, two of them with panicking callbacks, all dead (but
+        // not reaped) before the first dispatch, so one dispatch reaps them
+        // all and the panics interrupt its delivery.
+        let mut pids = Vec::new();
+        for code in 0..6 {
+            let pid = if code % 3 == 0 {
+                fork_exit(&mut reactor, code, panicking)
+            } else {
+                fork_exit(&mut reactor, code, record)
+            };
+            pids.push(pid);
+        }
+        for &pid in &pids {
+            wait_zombie(pid);
+        }
+
+        let mut panics = 0;
+        while deaths.total() < 6 {
+            let run = panic::catch_unwind(AssertUnwindSafe(|| {
+                lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == 6)
+            }));
+            if let Err(payload) = run {
+                let text = payload
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| payload.downcast_ref::<&str>().copied());
+                assert_eq!(text, Some(MESSAGE), "an unexpected panic");
+                panics += 1;
+                assert!(panics <= 2, "more panics than panicking callbacks");
+                // Every child was reaped by the first dispatch: none is
+                // registered any more, whatever is still to be delivered.
+                assert_eq!(reactor.len(), 0);
+                assert!(pids.iter().all(|&pid| !reactor.contains(pid)));
+            }
+        }
+        assert_eq!(panics, 2);
+        for (code, &pid) in pids.iter().enumerate() {
+            deaths.assert_code(pid, code as i32);
+        }
+        assert_eq!(deaths.panicked, [pids[0], pids[3]]);
+        assert_eq!(reactor.stats().reaped, 6);
+        assert!(matches!(
+            reactor.kill(pids[0], libc::SIGKILL),
+            Err(Error::AlreadyReaped { .. })
+        ));
+
+        // The reactor still works: a new child is reported, nothing twice.
+        let after = fork_exit(&mut reactor, 9, record);
+        lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == 7);
+        deaths.assert_code(after, 9);
+        assert_eq!(deaths.seen.len(), 7);
+        assert!(reactor.is_empty());
+        // And, with no child left, the handler is gone again.
+        assert_sigchld_default();
+    }
+    check.finish();
+}
+
+/// The payload of the deliberate panics.
+const MESSAGE: &str = "deliberate panic in a death callback";
+
+/// While it lives, the panic hook stays silent about the deliberate panics
+/// (payload [`MESSAGE`]) and passes every other panic to the previous hook:
+/// no noise in the output, and no backtrace captured for them under
+/// `RUST_BACKTRACE=1`. The tests of this binary run one at a time (the
+/// lock of [`util::Check`]), so no other test sees this hook.
+struct QuietPanics {
+    /// Puts the previous hook back.
+    restore: Option<Box<dyn FnOnce()>>,
+}
+
+impl QuietPanics {
+    fn install() -> Self {
+        let previous = Arc::new(panic::take_hook());
+        let forward = previous.clone();
+        panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<&str>() != Some(&MESSAGE) {
+                forward(info);
+            }
+        }));
+        let restore = move || {
+            drop(panic::take_hook()); // ours, with its clone of `previous`
+            match Arc::try_unwrap(previous) {
+                Ok(hook) => panic::set_hook(hook),
+                Err(previous) => panic::set_hook(Box::new(move |info| previous(info))),
+            }
+        };
+        QuietPanics {
+            restore: Some(Box::new(restore)),
+        }
+    }
+}
+
+impl Drop for QuietPanics {
+    fn drop(&mut self) {
+        // `take_hook` and `set_hook` panic in a panicking thread: if the test
+        // failed, leave our hook, which passes every other panic on.
+        if let Some(restore) = self.restore.take() {
+            if !std::thread::panicking() {
+                restore();
+            }
+        }
+    }
+}
+
+/// 6. `set_mode` while children are registered (alive, or dead but not yet
+///    dispatched) is refused with `ChildrenActive` and changes nothing: the
+///    mode and the hooks stay, and the children are still reaped and
+///    reported in `Library` mode. Once they are reported, it works.
+#[test]
+fn set_mode_refused_with_live_children() {
+    let check = util::Check::start();
+    {
+        let _reap = ReapOnPanic;
+        let lifeline = Lifeline::new();
+        let forks = Rc::new(Cell::new(0));
+        let counter = forks.clone();
+        let hooks = Hooks::new(SigchldOwner::Library).fork_replacement(move || {
+            counter.set(counter.get() + 1);
+            // SAFETY: only called by `Reactor::fork`, whose caller below
+            // upholds fork's contract (its children only `_exit` or wait
+            // on their lifeline).
+            unsafe { forward_fork() }
+        });
+        let mut reactor = Reactor::new(hooks).expect("Reactor::new");
+        let mut lp = util::Loop::new(&mut reactor);
+        let mut deaths = Deaths::default();
+
+        let alive = fork_waiting(&mut reactor, &lifeline, record);
+        assert_eq!(forks.get(), 1);
+        let err = reactor
+            .set_mode(Hooks::new(SigchldOwner::Mainloop))
+            .expect_err("set_mode with a live child");
+        assert!(matches!(err, Error::ChildrenActive { live: 1 }), "{err:?}");
+        assert_eq!(reactor.mode(), SigchldOwner::Library);
+        assert!(reactor.contains(alive));
+
+        // The old hooks are still in place: the replacement is still called.
+        let exited = fork_exit(&mut reactor, 4, record);
+        assert_eq!(forks.get(), 2);
+        // A dead but unreported child still counts as registered.
+        wait_zombie(exited);
+        let err = reactor
+            .set_mode(Hooks::new(SigchldOwner::Mainloop))
+            .expect_err("set_mode with an unreported child");
+        assert!(matches!(err, Error::ChildrenActive { live: 2 }), "{err:?}");
+        assert_eq!(reactor.mode(), SigchldOwner::Library);
+        assert_sigchld_handled();
+
+        reactor.kill(alive, libc::SIGKILL).expect("kill");
+        lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == 2);
+        deaths.assert_signal(alive, libc::SIGKILL);
+        deaths.assert_code(exited, 4);
+
+        // No child left: the mode may change, and back.
+        reactor
+            .set_mode(Hooks::new(SigchldOwner::Mainloop))
+            .expect("set_mode(Mainloop) with no child");
+        assert_eq!(reactor.mode(), SigchldOwner::Mainloop);
+        reactor
+            .set_mode(Hooks::new(SigchldOwner::Library))
+            .expect("set_mode(Library) with no child");
+        assert_eq!(reactor.mode(), SigchldOwner::Library);
+        // The new hooks have no replacement: a real fork, not counted.
+        let last = fork_exit(&mut reactor, 8, record);
+        assert_eq!(forks.get(), 2);
+        lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == 3);
+        deaths.assert_code(last, 8);
+    }
+    check.finish();
+}
+
+/// `nix::unistd::fork`, as a `fork_replacement` returns it.
+///
+/// # Safety
+/// As `fork(2)`: the child may only call async-signal-safe functions.
+unsafe fn forward_fork() -> io::Result<Forked> {
+    // SAFETY: forwarded to the caller.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => {
+            Ok(Forked::Parent(Pid::from_raw(child.as_raw())))
+        }
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+/// 7. `kill` refuses what it must: a reaped child (`AlreadyReaped`), pids
+///    that were never registered (`UnknownChild`, including this process,
+///    init, 0 and -1, which `kill(2)` would treat as groups), and an invalid
+///    signal number (`Io` with `EINVAL`, the child untouched).
+#[test]
+fn kill_refusals() {
+    let check = util::Check::start();
+    {
+        let _reap = ReapOnPanic;
+        let lifeline = Lifeline::new();
+        let mut reactor = library::<Deaths>();
+        let mut lp = util::Loop::new(&mut reactor);
+        let mut deaths = Deaths::default();
+
+        let gone = fork_exit(&mut reactor, 0, record);
+        lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == 1);
+        match reactor.kill(gone, libc::SIGKILL) {
+            Err(Error::AlreadyReaped { pid }) => assert_eq!(pid, gone),
+            other => panic!("kill after reap: {other:?}"),
+        }
+
+        let alive = fork_waiting(&mut reactor, &lifeline, record);
+        for stranger in [
+            Pid::this(),
+            Pid::from_raw(1),
+            Pid::from_raw(0),
+            Pid::from_raw(-1),
+        ] {
+            match reactor.kill(stranger, libc::SIGTERM) {
+                Err(Error::UnknownChild { pid }) => assert_eq!(pid, stranger),
+                other => panic!("kill({stranger}): {other:?}"),
+            }
+        }
+        for bad in [1000, -1, libc::SIGRTMAX() + 1] {
+            match reactor.kill(alive, bad) {
+                Err(Error::Io { source, .. }) => {
+                    assert_eq!(source.raw_os_error(), Some(libc::EINVAL), "signal {bad}")
+                }
+                other => panic!("kill with signal {bad}: {other:?}"),
+            }
+        }
+        // Untouched: still registered, still alive, signal 0 checks it.
+        assert!(reactor.contains(alive));
+        reactor
+            .kill(alive, 0)
+            .expect("kill(pid, 0) of a live child");
+        reactor.dispatch(&mut deaths).expect("dispatch");
+        assert_eq!(deaths.total(), 1);
+
+        reactor.kill(alive, libc::SIGKILL).expect("kill");
+        lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == 2);
+        deaths.assert_signal(alive, libc::SIGKILL);
+        assert!(matches!(
+            reactor.kill(alive, 0),
+            Err(Error::AlreadyReaped { .. })
+        ));
+    }
+    check.finish();
+}
+
+/// 8. Coexistence with `std::process::Command` children in the same process:
+///    one already a zombie before evchild's children die, one that dies
+///    while evchild's loop runs (with its handler installed). evchild never
+///    reaps them (their own `try_wait` gets exit codes 3 and 4), and all of
+///    evchild's children are reported, none lost.
+#[test]
+fn command_children_are_left_alone() {
+    let check = util::Check::start();
+    {
+        let _reap = ReapOnPanic;
+        let lifeline = Lifeline::new();
+        let mut reactor = library::<Deaths>();
+        let mut lp = util::Loop::new(&mut reactor);
+        let mut deaths = Deaths::default();
+
+        let mut zombie = shell("exit 3");
+        wait_zombie(Pid::from(zombie.id()));
+        // One evchild child alive during all of it, so the handler stays.
+        let waiting = fork_waiting(&mut reactor, &lifeline, record);
+        let mut running = shell("sleep 0.2; exit 4");
+        let running_pid = Pid::from(running.id());
+
+        let pids: Vec<Pid> = (0..10)
+            .map(|code| fork_exit(&mut reactor, code, record))
+            .collect();
+        // Its death wakes the loop too (one SIGCHLD for everyone).
+        lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| {
+            d.total() == 10 && has_exited(running_pid)
+        });
+        for (code, &pid) in pids.iter().enumerate() {
+            deaths.assert_code(pid, code as i32);
+        }
+        reactor.dispatch(&mut deaths).expect("dispatch");
+        // Both are still there for their owner.
+        let status = zombie.try_wait().expect("try_wait").expect("waitable");
+        assert_eq!(status.code(), Some(3));
+        let status = running.try_wait().expect("try_wait").expect("waitable");
+        assert_eq!(status.code(), Some(4));
+
+        reactor.kill(waiting, libc::SIGKILL).expect("kill");
+        lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == 11);
+        deaths.assert_signal(waiting, libc::SIGKILL);
+        let stats = reactor.stats();
+        assert_eq!((stats.reaped, stats.lost), (11, 0));
+    }
+    check.finish();
+}
+
+/// Whether `pid` has exited (is a zombie), without reaping it
+/// (`waitid(P_PID, pid, WEXITED | WNOHANG | WNOWAIT)`).
+fn has_exited(pid: Pid) -> bool {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(nix::unistd::Pid::from_raw(pid.as_raw())), flags) {
+        Ok(WaitStatus::StillAlive) => false,
+        Ok(_) => true,
+        Err(e) => panic!("waitid({pid}): {e}"),
+    }
+}
+
+fn shell(script: &str) -> std::process::Child {
+    Command::new("sh")
+        .args(["-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn sh")
+}
+
+/// 9. `fork_replacement`: one that fails with `EAGAIN` makes `fork` return
+///    `Error::Io` and change nothing (no child registered; the handler it
+///    installed for the call removed again, unless another reactor needs
+///    it); one that counts its calls and forwards to `nix::unistd::fork` is
+///    called once per `fork`, and its children are reported.
+#[test]
+fn fork_replacement_hook() {
+    let check = util::Check::start();
+    {
+        let _reap = ReapOnPanic;
+        let lifeline = Lifeline::new();
+        assert_sigchld_default();
+        let calls = Rc::new(Cell::new(0));
+        let counter = calls.clone();
+        let failing = Hooks::new(SigchldOwner::Library).fork_replacement(move || {
+            counter.set(counter.get() + 1);
+            Err(io::Error::from_raw_os_error(libc::EAGAIN))
+        });
+        let mut reactor = Reactor::new(failing).expect("Reactor::new");
+        let mut lp = util::Loop::new(&mut reactor);
+        let mut deaths = Deaths::default();
+
+        // SAFETY: the replacement never forks, so no child runs.
+        let err = unsafe { reactor.fork(record) }.expect_err("failing fork");
+        match &err {
+            Error::Io { call, source } => {
+                assert_eq!(*call, "fork");
+                assert_eq!(source.raw_os_error(), Some(libc::EAGAIN));
+            }
+            other => panic!("failing fork: {other:?}"),
+        }
+        assert_eq!(calls.get(), 1);
+        assert_eq!(reactor.len(), 0);
+        assert_sigchld_default();
+
+        // With another reactor holding a live child, the handler stays.
+        let mut other = library::<Deaths>();
+        let mut other_deaths = Deaths::default();
+        let other_child = fork_waiting(&mut other, &lifeline, record);
+        assert_sigchld_handled();
+        // SAFETY: as above, no child runs.
+        assert!(unsafe { reactor.fork(record) }.is_err());
+        assert_eq!(calls.get(), 2);
+        assert_eq!(reactor.len(), 0);
+        assert_sigchld_handled();
+        other.kill(other_child, libc::SIGKILL).expect("kill");
+        let mut other_lp = util::Loop::new(&mut other);
+        other_lp.run_until(&mut other, &mut other_deaths, LIMIT, |d| d.total() == 1);
+        other_deaths.assert_signal(other_child, libc::SIGKILL);
+        assert_sigchld_default();
+
+        // Now one that forwards to fork(2) and counts.
+        let forwarded = Rc::new(Cell::new(0));
+        let counter = forwarded.clone();
+        reactor
+            .set_mode(Hooks::new(SigchldOwner::Library).fork_replacement(move || {
+                counter.set(counter.get() + 1);
+                // SAFETY: only called by `Reactor::fork`, whose callers here
+                // uphold fork's contract (the children only `_exit`).
+                unsafe { forward_fork() }
+            }))
+            .expect("set_mode with no child");
+        let pids: Vec<Pid> = (0..3)
+            .map(|i| fork_exit(&mut reactor, 20 + i, record))
+            .collect();
+        assert_eq!(forwarded.get(), 3);
+        assert_eq!(calls.get(), 2);
+        lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == 3);
+        for (i, &pid) in pids.iter().enumerate() {
+            deaths.assert_code(pid, 20 + i as i32);
+        }
+        assert_sigchld_default();
+    }
+    check.finish();
+}
+
+/// 10. The reactor's descriptors (both ends of its wake pipe) are
+///     close-on-exec and non-blocking, and no executed child sees them:
+///     neither a `Command` child nor a child forked by the reactor that
+///     `exec`s, both listing their descriptors with `ls -l /proc/self/fd/`.
+#[test]
+fn descriptors_are_not_inherited() {
+    let check = util::Check::start();
+    {
+        let _reap = ReapOnPanic;
+        let lifeline = Lifeline::new();
+        let mut reactor = library::<Deaths>();
+        let mut lp = util::Loop::new(&mut reactor);
+        let mut deaths = Deaths::default();
+        util::assert_cloexec_nonblock(&reactor);
+
+        // Both ends of the pipe name the same object, such as `pipe:[1234]`.
+        let target = fd_target(reactor.as_raw_fd());
+        assert!(target.starts_with("pipe:"), "reactor fd is {target}");
+        let ours: Vec<RawFd> = util::open_fds()
+            .into_iter()
+            .filter(|&fd| fd_target(fd) == target)
+            .collect();
+        assert_eq!(ours.len(), 2, "the wake pipe's two ends: {ours:?}");
+        for fd in &ours {
+            util::assert_cloexec_nonblock(fd);
+        }
+
+        // With a live child, so the handler is installed too.
+        let waiting = fork_waiting(&mut reactor, &lifeline, record);
+        let listing = Command::new("sh")
+            .args(["-c", "ls -l /proc/self/fd/"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ls");
+        assert!(listing.status.success(), "{listing:?}");
+        let listing = String::from_utf8_lossy(&listing.stdout);
+        assert!(listing.contains("-> "), "unexpected listing: {listing}");
+        assert!(
+            !listing.contains(&target),
+            "a Command child inherited evchild's wake pipe {target}:\n{listing}"
+        );
+
+        // A child of the reactor's own `fork` that execs.
+        let (listing, execed) = fork_exec_listing(&mut reactor);
+        assert!(listing.contains("-> "), "unexpected listing: {listing}");
+        assert!(
+            !listing.contains(&target),
+            "an exec'd child of Reactor::fork inherited {target}:\n{listing}"
+        );
+        reactor.kill(waiting, libc::SIGKILL).expect("kill");
+        lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == 2);
+        deaths.assert_code(execed, 0);
+        deaths.assert_signal(waiting, libc::SIGKILL);
+    }
+    check.finish();
+}
+
+fn fd_target(fd: RawFd) -> String {
+    std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Forks through the reactor a child that runs `sh -c 'ls -l /proc/self/fd/'`
+/// with its output in a pipe; returns the output and the child's pid.
+fn fork_exec_listing(reactor: &mut Reactor<Deaths>) -> (String, Pid) {
+    use std::ffi::CString;
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe2");
+    // Everything the child needs, allocated before the fork.
+    let args: Vec<CString> = ["sh", "-c", "ls -l /proc/self/fd/"]
+        .iter()
+        .map(|s| CString::new(*s).unwrap())
+        .collect();
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let path = CString::new("/bin/sh").unwrap();
+    let write_fd = write.as_raw_fd();
+
+    // SAFETY: the child only calls `dup2`, `execv` and `_exit`, which are
+    // async-signal-safe, with memory allocated before the fork.
+    match unsafe { reactor.fork(record) } {
+        Ok(Forked::Child) => {
+            // SAFETY: see above. `dup2` onto stdout clears FD_CLOEXEC on the
+            // copy only; `argv` is a null-terminated array of C strings.
+            unsafe {
+                libc::dup2(write_fd, 1);
+                libc::execv(path.as_ptr(), argv.as_ptr());
+            }
+            util::exit_child(127)
+        }
+        Ok(Forked::Parent(pid)) => {
+            drop(write);
+            let mut out = String::new();
+            std::fs::File::from(read)
+                .read_to_string(&mut out)
+                .expect("read listing");
+            (out, pid)
+        }
+        Err(e) => panic!("fork: {e}"),
+    }
+}
+
+/// 11. Four reactors on four threads, each with its own `mio` loop, each
+///     forking 50 children at the same time as the others: each reactor
+///     gets exactly its own children, with their statuses, and loses none.
+#[test]
+fn reactors_on_several_threads() {
+    const THREADS: usize = 4;
+    const PER_THREAD: i32 = 50;
+    let check = util::Check::start();
+    {
+        let _reap = ReapOnPanic;
+        let barrier = Barrier::new(THREADS);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let barrier = &barrier;
+                    scope.spawn(move || {
+                        let mut reactor = library::<Deaths>();
+                        let mut lp = util::Loop::new(&mut reactor);
+                        let mut deaths = Deaths::default();
+                        barrier.wait();
+                        let base = t as i32 * PER_THREAD;
+                        let pids: Vec<Pid> = (0..PER_THREAD)
+                            .map(|i| fork_exit(&mut reactor, base + i, record))
+                            .collect();
+                        let n = PER_THREAD as usize;
+                        lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == n);
+                        assert_eq!(
+                            deaths.seen.keys().collect::<HashSet<_>>(),
+                            pids.iter().collect::<HashSet<_>>(),
+                            "thread {t} saw other children"
+                        );
+                        for (i, &pid) in pids.iter().enumerate() {
+                            deaths.assert_code(pid, base + i as i32);
+                        }
+                        let stats = reactor.stats();
+                        assert_eq!((stats.reaped, stats.lost), (n as u64, 0));
+                        pids
+                    })
+                })
+                .collect();
+            let all: HashSet<Pid> = workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("worker thread"))
+                .collect();
+            assert_eq!(all.len(), THREADS * PER_THREAD as usize);
+        });
+        assert_sigchld_default();
+    }
+    check.finish();
+}
+
+/// 12. The handler is installed while a `Library` reactor has a live child
+///     and removed (back to `SIG_DFL`) when the last child of the last such
+///     reactor has been reaped; again on the next round.
+#[test]
+fn handler_only_while_children_live() {
+    let check = util::Check::start();
+    {
+        let _reap = ReapOnPanic;
+        let lifeline = Lifeline::new();
+        assert_sigchld_default();
+        let mut one = library::<Deaths>();
+        let mut two = library::<Deaths>();
+        let mut one_lp = util::Loop::new(&mut one);
+        let mut two_lp = util::Loop::new(&mut two);
+        let mut one_deaths = Deaths::default();
+        let mut two_deaths = Deaths::default();
+        // Creating reactors installs nothing.
+        assert_sigchld_default();
+
+        for round in 1..=2 {
+            let a = fork_waiting(&mut one, &lifeline, record);
+            assert_sigchld_handled();
+            let b = fork_waiting(&mut one, &lifeline, record);
+            let c = fork_waiting(&mut two, &lifeline, record);
+
+            one.kill(a, libc::SIGKILL).expect("kill a");
+            one_lp.run_until(&mut one, &mut one_deaths, LIMIT, |d| {
+                d.total() == 2 * round - 1
+            });
+            one_deaths.assert_signal(a, libc::SIGKILL);
+            assert_sigchld_handled();
+
+            one.kill(b, libc::SIGKILL).expect("kill b");
+            one_lp.run_until(&mut one, &mut one_deaths, LIMIT, |d| d.total() == 2 * round);
+            one_deaths.assert_signal(b, libc::SIGKILL);
+            // `one` has none left, but `two` still has a live child.
+            assert!(one.is_empty());
+            assert_sigchld_handled();
+
+            two.kill(c, libc::SIGKILL).expect("kill c");
+            two_lp.run_until(&mut two, &mut two_deaths, LIMIT, |d| d.total() == round);
+            two_deaths.assert_signal(c, libc::SIGKILL);
+            assert_sigchld_default();
+        }
+    }
+    check.finish();
+}
