@@ -11,10 +11,12 @@ use std::os::unix::process::ExitStatusExt;
 use std::panic::{self, AssertUnwindSafe};
 use std::process::ExitStatus;
 
-use crate::reactor::Pending;
+use std::collections::VecDeque;
+
+use crate::reactor::{Entry, Pending};
 use crate::reap::{self, Reaped};
 use crate::sys::SysReap;
-use crate::{Claim, Error, Exit, Pid, Reactor, Result, SigchldOwner};
+use crate::{ChildId, Claim, Error, Exit, Pid, Reactor, Result, SigchldOwner, Stats};
 
 impl<C> Reactor<C> {
     /// Does what the wake-up asked for: reaps the children that died and
@@ -90,15 +92,15 @@ impl<C> Reactor<C> {
     /// * [`Error::ForkedChild`] in a forked child.
     pub fn reaped(&mut self, ctx: &mut C, pid: Pid, status: ExitStatus) -> Result<()> {
         self.check_mainloop("reaped")?;
-        let on_death = self
+        let entry = self
             .children
             .remove(pid)
             .ok_or(Error::UnknownChild { pid })?;
         self.stats.reaped += 1;
-        self.recent.push(pid);
+        let id = self.id(pid, entry.serial);
         self.pending.push_back(Pending::Death(
-            on_death,
-            Exit::reaped(pid, status.into_raw()),
+            entry.on_death,
+            Exit::reaped(id, status.into_raw()),
         ));
         self.deliver(ctx);
         Ok(())
@@ -143,11 +145,11 @@ impl<C> Reactor<C> {
             scratch,
             pending,
             stats,
-            recent,
+            number,
             ..
         } = self;
         reap::reap_own(&mut SysReap, children, scratch, |r| {
-            queue(pending, stats, recent, r)
+            queue(pending, stats, *number, r)
         })
         .map_err(|e| Error::io("waitpid", e))
     }
@@ -157,11 +159,13 @@ impl<C> Reactor<C> {
             children,
             pending,
             stats,
-            recent,
+            number,
             ..
         } = self;
-        reap::reap_all(&mut SysReap, children, |r| queue(pending, stats, recent, r))
-            .map_err(|e| Error::io("waitpid(-1)", e))
+        reap::reap_all(&mut SysReap, children, |r| {
+            queue(pending, stats, *number, r)
+        })
+        .map_err(|e| Error::io("waitpid(-1)", e))
     }
 
     /// Runs queued callbacks until the queue is empty. A panicking callback
@@ -207,21 +211,26 @@ impl<C> Reactor<C> {
 }
 
 fn queue<C>(
-    pending: &mut std::collections::VecDeque<Pending<C>>,
-    stats: &mut crate::Stats,
-    recent: &mut crate::reactor::RecentPids,
-    reaped: Reaped<crate::reactor::OnDeath<C>>,
+    pending: &mut VecDeque<Pending<C>>,
+    stats: &mut Stats,
+    reactor: u32,
+    reaped: Reaped<Entry<C>>,
 ) {
+    let id = |pid, entry: &Entry<C>| ChildId {
+        pid,
+        reactor,
+        serial: entry.serial,
+    };
     match reaped {
-        Reaped::Died(pid, status, on_death) => {
+        Reaped::Died(pid, status, entry) => {
             stats.reaped += 1;
-            recent.push(pid);
-            pending.push_back(Pending::Death(on_death, Exit::reaped(pid, status)));
+            let exit = Exit::reaped(id(pid, &entry), status);
+            pending.push_back(Pending::Death(entry.on_death, exit));
         }
-        Reaped::Lost(pid, on_death) => {
+        Reaped::Lost(pid, entry) => {
             stats.lost += 1;
-            recent.push(pid);
-            pending.push_back(Pending::Death(on_death, Exit::lost(pid)));
+            let exit = Exit::lost(id(pid, &entry));
+            pending.push_back(Pending::Death(entry.on_death, exit));
         }
         Reaped::Stranger(pid, status) => pending.push_back(Pending::Stranger(pid, status)),
     }

@@ -47,6 +47,35 @@ impl fmt::Display for Pid {
     }
 }
 
+/// A child registered with a reactor: its pid, plus a serial number that no
+/// later child of the same reactor shares, even one the kernel gives the
+/// same pid.
+///
+/// Calls that act on a child ([`Reactor::kill`](crate::Reactor::kill) and
+/// friends) take a `ChildId`, so a stale one is refused
+/// ([`Error::AlreadyReaped`](crate::Error::AlreadyReaped)) instead of
+/// signalling whatever process has the pid now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChildId {
+    pub(crate) pid: Pid,
+    pub(crate) reactor: u32,
+    pub(crate) serial: u64,
+}
+
+impl ChildId {
+    /// The child's pid. It names the child only until the child's death is
+    /// reported.
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+}
+
+impl fmt::Display for ChildId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (child #{})", self.pid, self.serial)
+    }
+}
+
 /// How a registered child ended, as far as evchild could learn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -67,22 +96,26 @@ pub enum Outcome {
 pub struct Exit {
     /// The pid the child had. It no longer names the child: do not signal it.
     pub pid: Pid,
+    /// The child's id, as its start returned it.
+    pub id: ChildId,
     /// How the child ended.
     pub outcome: Outcome,
 }
 
 impl Exit {
-    pub(crate) fn reaped(pid: Pid, raw_status: libc::c_int) -> Self {
+    pub(crate) fn reaped(id: ChildId, raw_status: libc::c_int) -> Self {
         use std::os::unix::process::ExitStatusExt;
         Exit {
-            pid,
+            pid: id.pid,
+            id,
             outcome: Outcome::Reaped(ExitStatus::from_raw(raw_status)),
         }
     }
 
-    pub(crate) fn lost(pid: Pid) -> Self {
+    pub(crate) fn lost(id: ChildId) -> Self {
         Exit {
-            pid,
+            pid: id.pid,
+            id,
             outcome: Outcome::Lost,
         }
     }

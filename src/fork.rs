@@ -21,7 +21,7 @@ impl<C> Reactor<C> {
     /// In `Library` mode the `SIGCHLD` handler is installed *before* the
     /// fork, so a child that dies at once is not missed, and the child is
     /// registered before this returns, so before any `dispatch` can look for
-    /// it. Returns [`Forked::Parent`] with the child's pid in the parent and
+    /// it. Returns [`Forked::Parent`] with the child's id in the parent and
     /// [`Forked::Child`] in the child. Uses the hooks' `fork_replacement` if
     /// there is one.
     ///
@@ -87,11 +87,8 @@ impl<C> Reactor<C> {
             None => unsafe { crate::sys::fork() },
         };
         match forked {
-            Ok(Forked::Parent(pid)) => {
-                self.register(pid, on_death);
-                Ok(Forked::Parent(pid))
-            }
-            Ok(Forked::Child) => {
+            Ok(Some(pid)) => Ok(Forked::Parent(self.register(pid, on_death))),
+            Ok(None) => {
                 // Dropping the closure could free memory: not
                 // async-signal-safe in the child of a threaded parent.
                 std::mem::forget(on_death);

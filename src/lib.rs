@@ -190,6 +190,6 @@ mod sys;
 mod table;
 
 pub use error::{Error, Result};
-pub use exit::{Exit, Outcome, Pid};
+pub use exit::{ChildId, Exit, Outcome, Pid};
 pub use mode::{Claim, Forked, Hooks, SigchldOwner};
 pub use reactor::{Reactor, Stats};

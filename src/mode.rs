@@ -5,7 +5,7 @@ use std::fmt;
 use std::io;
 use std::process::ExitStatus;
 
-use crate::Pid;
+use crate::{ChildId, Pid};
 
 /// Who owns `SIGCHLD` and who reaps (libxl's `libxl_sigchld_owner`).
 ///
@@ -42,13 +42,14 @@ pub enum Claim {
 /// What `fork` returned, in the process that sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Forked {
-    /// This is the parent; the new child has this pid and is registered.
-    Parent(Pid),
+    /// This is the parent; the new child is registered under this id
+    /// ([`ChildId::pid`] is its pid).
+    Parent(ChildId),
     /// This is the new child process.
     Child,
 }
 
-pub(crate) type ForkFn = Box<dyn FnMut() -> io::Result<Forked>>;
+pub(crate) type ForkFn = Box<dyn FnMut() -> io::Result<Option<Pid>>>;
 pub(crate) type UnknownFn<C> = Box<dyn FnMut(&mut C, Pid, ExitStatus) -> Claim>;
 
 /// The mode and hooks a [`Reactor`](crate::Reactor) is created with
@@ -89,13 +90,16 @@ impl<C> Hooks<C> {
 
     /// Calls `f` instead of `fork(2)` in [`Reactor::fork`](crate::Reactor::fork).
     ///
-    /// `f` must behave like `fork`: return `Forked::Child` only in a new
-    /// process, `Forked::Parent(pid)` only for a real child of this process,
+    /// `f` must behave like `fork`: return `Ok(Some(pid))` in the parent, for a
+    /// real child of this process, `Ok(None)` only in the new process,
     /// or an error having started nothing. Use it to learn pids, to wrap
     /// `fork` with bookkeeping of your own, or to inject failures in tests. A
     /// replacement that lies breaks no memory safety: a pid that is not our
     /// child is reported as [`Outcome::Lost`](crate::Outcome::Lost).
-    pub fn fork_replacement(mut self, f: impl FnMut() -> io::Result<Forked> + 'static) -> Self {
+    pub fn fork_replacement(
+        mut self,
+        f: impl FnMut() -> io::Result<Option<Pid>> + 'static,
+    ) -> Self {
         self.fork_replacement = Some(Box::new(f));
         self
     }

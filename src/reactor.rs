@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use mio::event::Source;
 use mio::unix::SourceFd;
@@ -17,7 +18,7 @@ use crate::mode::{ForkFn, UnknownFn};
 use crate::selfpipe::SelfPipe;
 use crate::sigchld::{self, ReapAllToken, Registration};
 use crate::table::ChildTable;
-use crate::{Error, Exit, Hooks, Pid, Result, SigchldOwner};
+use crate::{ChildId, Error, Exit, Hooks, Pid, Result, SigchldOwner};
 
 /// A death callback: runs once, in [`Reactor::dispatch`] (or `reaped` /
 /// `sigchld_occurred`), after the child has left the reactor's tables. It
@@ -51,29 +52,15 @@ pub struct Stats {
     pub dispatches: u64,
 }
 
-/// The last few pids whose deaths were reported, to tell "already reaped"
-/// from "never ours" when a caller names a pid we no longer hold.
-#[derive(Debug, Default)]
-pub(crate) struct RecentPids {
-    ring: [i32; 32],
-    next: usize,
+/// A registered child: its serial (the rest of its [`ChildId`]) and what to
+/// do when it dies.
+pub(crate) struct Entry<C> {
+    pub(crate) serial: u64,
+    pub(crate) on_death: OnDeath<C>,
 }
 
-impl RecentPids {
-    pub(crate) fn push(&mut self, pid: Pid) {
-        self.ring[self.next] = pid.as_raw();
-        self.next = (self.next + 1) % self.ring.len();
-    }
-    fn forget(&mut self, pid: Pid) {
-        self.ring
-            .iter_mut()
-            .filter(|p| **p == pid.as_raw())
-            .for_each(|p| *p = 0);
-    }
-    fn contains(&self, pid: Pid) -> bool {
-        pid.as_raw() > 0 && self.ring.contains(&pid.as_raw())
-    }
-}
+/// Numbers reactors, so a [`ChildId`] says which reactor issued it.
+static REACTORS: AtomicU32 = AtomicU32::new(0);
 
 /// An event source for a `mio` loop that starts children and reports each
 /// one's death exactly once (libxl's `libxl__ev_child`).
@@ -107,10 +94,13 @@ pub struct Reactor<C> {
     pub(crate) mode: SigchldOwner,
     pub(crate) fork_replacement: Option<ForkFn>,
     pub(crate) unknown_child: Option<UnknownFn<C>>,
-    pub(crate) children: ChildTable<OnDeath<C>>,
+    /// This reactor's number, part of every [`ChildId`] it issues.
+    pub(crate) number: u32,
+    /// The serial of the next child registered.
+    pub(crate) next_serial: u64,
+    pub(crate) children: ChildTable<Entry<C>>,
     pub(crate) pending: VecDeque<Pending<C>>,
     pub(crate) scratch: Vec<(Pid, Option<libc::c_int>)>,
-    pub(crate) recent: RecentPids,
     pub(crate) stats: Stats,
     /// Held in `Library` mode while children are registered, and in
     /// `LibraryAlways` mode always. Dropped before `pipe` is closed.
@@ -144,10 +134,11 @@ impl<C> Reactor<C> {
             mode: SigchldOwner::Library,
             fork_replacement: None,
             unknown_child: None,
+            number: REACTORS.fetch_add(1, Ordering::Relaxed),
+            next_serial: 0,
             children: ChildTable::default(),
             pending: VecDeque::new(),
             scratch: Vec::new(),
-            recent: RecentPids::default(),
             stats: Stats::default(),
             registration: None,
             reap_all: None,
@@ -208,16 +199,41 @@ impl<C> Reactor<C> {
         Ok(())
     }
 
-    /// Adds a started child to the table.
-    pub(crate) fn register(&mut self, pid: Pid, on_death: OnDeath<C>) {
-        self.recent.forget(pid);
-        if let Some(stale) = self.children.insert(pid, on_death) {
+    /// Adds a started child to the table and returns its id.
+    pub(crate) fn register(&mut self, pid: Pid, on_death: OnDeath<C>) -> ChildId {
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        let entry = Entry { serial, on_death };
+        if let Some(stale) = self.children.insert(pid, entry) {
             // The kernel gave out this pid again, so the child we had under
             // it was reaped by someone else.
             self.stats.lost += 1;
+            let stale_id = self.id(pid, stale.serial);
             self.pending
-                .push_back(Pending::Death(stale, Exit::lost(pid)));
+                .push_back(Pending::Death(stale.on_death, Exit::lost(stale_id)));
             self.pipe.wake();
+        }
+        self.id(pid, serial)
+    }
+
+    pub(crate) fn id(&self, pid: Pid, serial: u64) -> ChildId {
+        ChildId {
+            pid,
+            reactor: self.number,
+            serial,
+        }
+    }
+
+    /// `Ok(())` if `id` is a live child of this reactor; otherwise the error
+    /// that says why not.
+    pub(crate) fn check_live(&self, id: ChildId) -> Result<()> {
+        self.check_process()?;
+        if self.contains(id) {
+            Ok(())
+        } else if id.reactor == self.number {
+            Err(Error::AlreadyReaped { pid: id.pid })
+        } else {
+            Err(Error::UnknownChild { pid: id.pid })
         }
     }
 
@@ -237,19 +253,12 @@ impl<C> Reactor<C> {
     /// Nothing is signalled on error.
     /// * [`Error::AlreadyReaped`] if the child's death has been reported (or
     ///   is about to be, in this `dispatch`): the pid may have been recycled.
-    /// * [`Error::UnknownChild`] if the pid was never registered here (or was
-    ///   reaped too long ago to remember).
+    /// * [`Error::UnknownChild`] if `id` comes from another reactor.
     /// * [`Error::Io`] from `kill(2)`: `EINVAL` for a bad signal number.
     /// * [`Error::ForkedChild`] in a forked child.
-    pub fn kill(&mut self, pid: Pid, signal: libc::c_int) -> Result<()> {
-        self.check_process()?;
-        if self.children.contains(pid) {
-            crate::sys::kill(pid, signal).map_err(|e| Error::io("kill", e))
-        } else if self.recent.contains(pid) {
-            Err(Error::AlreadyReaped { pid })
-        } else {
-            Err(Error::UnknownChild { pid })
-        }
+    pub fn kill(&mut self, id: ChildId, signal: libc::c_int) -> Result<()> {
+        self.check_live(id)?;
+        crate::sys::kill(id.pid, signal).map_err(|e| Error::io("kill", e))
     }
 
     /// The SIGCHLD mode.
@@ -267,9 +276,21 @@ impl<C> Reactor<C> {
         self.children.is_empty()
     }
 
-    /// Whether `pid` is a registered, live child of this reactor.
-    pub fn contains(&self, pid: Pid) -> bool {
-        self.children.contains(pid)
+    /// Whether `id` is a registered, live child of this reactor (its death
+    /// not yet reported).
+    pub fn contains(&self, id: ChildId) -> bool {
+        id.reactor == self.number
+            && self
+                .children
+                .get(id.pid)
+                .is_some_and(|entry| entry.serial == id.serial)
+    }
+
+    /// The ids of the registered children, in no particular order.
+    pub fn children(&self) -> impl Iterator<Item = ChildId> + '_ {
+        self.children
+            .iter()
+            .map(|(pid, entry)| self.id(pid, entry.serial))
     }
 
     /// Counters of what the reactor has seen.

@@ -55,12 +55,11 @@ pub(crate) fn kill(pid: Pid, signal: libc::c_int) -> std::io::Result<()> {
 /// The caller's caller must uphold `Reactor::fork`'s contract: in the child,
 /// only async-signal-safe work until `execve` or `_exit` if the parent had
 /// other threads.
-pub(crate) unsafe fn fork() -> std::io::Result<crate::Forked> {
+/// Returns the child's pid in the parent and `None` in the child.
+pub(crate) unsafe fn fork() -> std::io::Result<Option<Pid>> {
     // SAFETY: forwarded to the caller (see above).
     match unsafe { nix::unistd::fork() }? {
-        nix::unistd::ForkResult::Parent { child } => {
-            Ok(crate::Forked::Parent(Pid::from_raw(child.as_raw())))
-        }
-        nix::unistd::ForkResult::Child => Ok(crate::Forked::Child),
+        nix::unistd::ForkResult::Parent { child } => Ok(Some(Pid::from_raw(child.as_raw()))),
+        nix::unistd::ForkResult::Child => Ok(None),
     }
 }

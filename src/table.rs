@@ -47,6 +47,7 @@ impl<T> ChildTable<T> {
         Some(self.slab.remove(key).1)
     }
 
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn contains(&self, pid: Pid) -> bool {
         self.by_pid.contains_key(&pid)
     }
@@ -59,8 +60,17 @@ impl<T> ChildTable<T> {
         self.slab.is_empty()
     }
 
+    pub(crate) fn get(&self, pid: Pid) -> Option<&T> {
+        let key = *self.by_pid.get(&pid)?;
+        self.slab.get(key).map(|(_, value)| value)
+    }
+
     pub(crate) fn pids(&self) -> impl Iterator<Item = Pid> + '_ {
         self.slab.iter().map(|(_, (pid, _))| *pid)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (Pid, &T)> + '_ {
+        self.slab.iter().map(|(_, (pid, value))| (*pid, value))
     }
 
     /// Removes every entry, in no particular order.
