@@ -58,7 +58,10 @@ impl<C> Reactor<C> {
             SigchldOwner::LibraryAlways => self.reap_everything(),
             _ => Ok(()),
         };
-        // 4. Callbacks, after all bookkeeping.
+        // 4. Grace periods that ran out: SIGKILL, now that the reap has
+        // removed every child that already died.
+        self.fire_deadlines();
+        // 5. Callbacks, after all bookkeeping.
         self.deliver(ctx);
         self.release_idle_handler();
         drained?;

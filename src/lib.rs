@@ -188,6 +188,7 @@ mod selfpipe;
 mod sigchld;
 mod sys;
 mod table;
+mod timer;
 
 pub use error::{Error, Result};
 pub use exit::{ChildId, Exit, Outcome, Pid};

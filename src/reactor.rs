@@ -9,6 +9,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use mio::event::Source;
 use mio::unix::SourceFd;
@@ -18,6 +19,7 @@ use crate::mode::{ForkFn, UnknownFn};
 use crate::selfpipe::SelfPipe;
 use crate::sigchld::{self, ReapAllToken, Registration};
 use crate::table::ChildTable;
+use crate::timer::Deadlines;
 use crate::{ChildId, Error, Exit, Hooks, Pid, Result, SigchldOwner};
 
 /// A death callback: runs once, in [`Reactor::dispatch`] (or `reaped` /
@@ -101,6 +103,8 @@ pub struct Reactor<C> {
     pub(crate) children: ChildTable<Entry<C>>,
     pub(crate) pending: VecDeque<Pending<C>>,
     pub(crate) scratch: Vec<(Pid, Option<libc::c_int>)>,
+    /// SIGKILL deadlines of `terminate`.
+    pub(crate) deadlines: Deadlines,
     pub(crate) stats: Stats,
     /// Held in `Library` mode while children are registered, and in
     /// `LibraryAlways` mode always. Dropped before `pipe` is closed.
@@ -139,6 +143,7 @@ impl<C> Reactor<C> {
             children: ChildTable::default(),
             pending: VecDeque::new(),
             scratch: Vec::new(),
+            deadlines: Deadlines::default(),
             stats: Stats::default(),
             registration: None,
             reap_all: None,
@@ -259,6 +264,80 @@ impl<C> Reactor<C> {
     pub fn kill(&mut self, id: ChildId, signal: libc::c_int) -> Result<()> {
         self.check_live(id)?;
         crate::sys::kill(id.pid, signal).map_err(|e| Error::io("kill", e))
+    }
+
+    /// Asks a child to stop: `SIGTERM` now, and `SIGKILL` if it is still
+    /// alive after `grace`.
+    ///
+    /// The death callback still fires exactly once, with the true status:
+    /// signal 15 if the child obeyed (or died otherwise), 9 if it had to be
+    /// killed. The `SIGKILL` is sent by the first [`dispatch`](Reactor::dispatch)
+    /// at or after the deadline; see [`timeout`](Reactor::timeout) for the
+    /// loop that makes that happen on time. Calling it again for the same
+    /// child sends another `SIGTERM` and adds another deadline; the earliest
+    /// wins.
+    ///
+    /// # Errors
+    ///
+    /// As for [`kill`](Reactor::kill); nothing is sent and no deadline is set.
+    pub fn terminate(&mut self, id: ChildId, grace: Duration) -> Result<()> {
+        self.kill(id, libc::SIGTERM)?;
+        let at = Instant::now().checked_add(grace);
+        // A grace too long to represent never runs out.
+        if let Some(at) = at {
+            self.deadlines.push(at, id);
+        }
+        Ok(())
+    }
+
+    /// How long the loop may sleep in `poll` before the reactor has a
+    /// deadline due, or `None` if it has none. Zero means one is due now.
+    ///
+    /// A loop that passes this to `poll` and calls
+    /// [`dispatch`](Reactor::dispatch) whenever `poll` returns (on an event
+    /// for the reactor *or* on time-out) needs nothing else for the
+    /// reactor's timers:
+    ///
+    /// ```no_run
+    /// # use evchild::{Hooks, Reactor};
+    /// # let mut poll = mio::Poll::new()?;
+    /// # let mut events = mio::Events::with_capacity(8);
+    /// # let mut children = Reactor::<()>::new(Hooks::default())?;
+    /// loop {
+    ///     poll.poll(&mut events, children.timeout())?;
+    ///     children.dispatch(&mut ())?; // cheap when there is nothing to do
+    ///     // ... handle the other events ...
+    /// #   break;
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn timeout(&self) -> Option<Duration> {
+        self.deadlines
+            .next()
+            .map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// Sends `SIGKILL` to every child whose grace period has run out, and
+    /// forgets deadlines of children that are gone.
+    pub(crate) fn fire_deadlines(&mut self) {
+        let now = Instant::now();
+        while let Some(id) = self.deadlines.pop_due(now) {
+            if self.contains(id) {
+                // ESRCH cannot happen (the child is unreaped); anything else
+                // is not the caller's to handle in dispatch.
+                let _ = crate::sys::kill(id.pid, libc::SIGKILL);
+            }
+        }
+        let Reactor {
+            deadlines,
+            children,
+            ..
+        } = self;
+        deadlines.prune(|id| {
+            !children
+                .get(id.pid)
+                .is_some_and(|entry| entry.serial == id.serial)
+        });
     }
 
     /// The SIGCHLD mode.
