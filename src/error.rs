@@ -34,6 +34,55 @@ pub enum Error {
         pid: Pid,
     },
 
+    /// [`Reactor::spawn`](crate::Reactor::spawn) could not start the
+    /// command. Nothing was registered and no zombie is left.
+    ///
+    /// `source.kind()` tells why: `NotFound` (no such program, or no such
+    /// working directory), `PermissionDenied` (not executable), or the error
+    /// of `fork`/`clone` (`WouldBlock` for `EAGAIN` at the process limit).
+    #[error("could not start {program:?}: {source}")]
+    Spawn {
+        /// The command's program, as given.
+        program: String,
+        /// The error std reported.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// [`Reactor::watch`](crate::Reactor::watch) was given a pid that is not
+    /// an unreaped child of this process.
+    ///
+    /// Nothing changed. Only a parent can wait for a process; if the child
+    /// has already been reaped, its status went to whoever reaped it.
+    #[error("pid {pid} is not an unreaped child of this process, so it cannot be watched")]
+    NotAChild {
+        /// The pid given.
+        pid: Pid,
+    },
+
+    /// [`Reactor::watch`](crate::Reactor::watch) was given a pid that is
+    /// already registered with this reactor.
+    ///
+    /// Nothing changed; its death is already going to be reported once.
+    #[error("child {pid} is already registered with this reactor")]
+    AlreadyWatched {
+        /// The pid given.
+        pid: Pid,
+    },
+
+    /// [`Reactor::kill_group`](crate::Reactor::kill_group) was asked to
+    /// signal the group of a child that does not lead one.
+    ///
+    /// Nothing was signalled. Start the child with
+    /// `CommandExt::process_group(0)`, or signal it alone with `kill`.
+    #[error(
+        "child {pid} does not lead a process group: start it with process_group(0), or use kill"
+    )]
+    NotAGroupLeader {
+        /// The child's pid.
+        pid: Pid,
+    },
+
     /// The child was reaped by this reactor and its death reported; its pid
     /// may already belong to an unrelated process, so it is not signalled.
     #[error(

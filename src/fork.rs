@@ -105,7 +105,7 @@ impl<C> Reactor<C> {
 
     /// In `Library` mode, makes sure the handler is installed and our pipe
     /// registered. Returns whether this call acquired it.
-    fn need_handler(&mut self) -> Result<bool> {
+    pub(crate) fn need_handler(&mut self) -> Result<bool> {
         if self.mode == SigchldOwner::Library && self.registration.is_none() {
             self.registration = Some(sigchld::register(self.pipe.write_raw())?);
             return Ok(true);

@@ -54,6 +54,35 @@ pub struct Stats {
     pub dispatches: u64,
 }
 
+/// What dropping a [`Reactor`] does to the children it still has.
+///
+/// Set with [`Reactor::set_drop_policy`]. In every case the callbacks of
+/// those children are dropped without being called (there is no context to
+/// call them with).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DropPolicy {
+    /// Leave them running (libxl's behaviour). They stay children of the
+    /// process: whoever reaps next gets their statuses, and until then each
+    /// that dies is a zombie. Choose it when the process is about to exit,
+    /// when another reactor (or a `LibraryAlways` one) will adopt them with
+    /// [`watch`](Reactor::watch), or when they must outlive the reactor.
+    #[default]
+    Leave,
+    /// Send each `SIGKILL` and do not wait. Each is a zombie until something
+    /// reaps it (the process's exit, a `LibraryAlways` reactor, init after
+    /// the process exits). Only the children themselves are signalled, not
+    /// their process groups: use [`kill_group`](Reactor::kill_group) first
+    /// for those.
+    Kill,
+    /// Send each `SIGKILL`, then reap them, blocking the dropping thread for
+    /// at most the given time (a child stuck in the kernel can outlast
+    /// `SIGKILL` for a while). Children still unreaped then are left as with
+    /// `Kill`. With a few milliseconds to spare, no zombie of the reactor's
+    /// remains.
+    KillAndReap(Duration),
+}
+
 /// A registered child: its serial (the rest of its [`ChildId`]) and what to
 /// do when it dies.
 pub(crate) struct Entry<C> {
@@ -79,13 +108,16 @@ static REACTORS: AtomicU32 = AtomicU32::new(0);
 ///
 /// # Drop
 ///
-/// Dropping the reactor releases its `SIGCHLD` registration (removing the
-/// handler if it was the last user, and restoring the previous disposition
-/// if ours is still installed), gives up `LibraryAlways`, closes its
+/// Dropping the reactor first applies its [`DropPolicy`] to the children it
+/// still has (by default it leaves them running), then releases its
+/// `SIGCHLD` registration (removing the handler if it was the last user,
+/// and restoring the previous disposition if ours is still installed),
+/// gives up `LibraryAlways`, closes its
 /// descriptors and drops the callbacks of children still alive without
-/// calling them. The children themselves are left alone, as libxl does: they
-/// remain children of the process, and whoever reaps them next gets their
-/// status. Keep the reactor until its children are gone to avoid zombies.
+/// calling them. Children left alone remain children of the process, and
+/// whoever reaps them next gets their status: keep the reactor until its
+/// children are gone, or choose [`DropPolicy::KillAndReap`], to avoid
+/// zombies.
 ///
 /// Dropped in a forked child, it only closes that child's copies of its
 /// descriptors and frees nothing (freeing memory is not async-signal-safe).
@@ -105,6 +137,7 @@ pub struct Reactor<C> {
     pub(crate) scratch: Vec<(Pid, Option<libc::c_int>)>,
     /// SIGKILL deadlines of `terminate`.
     pub(crate) deadlines: Deadlines,
+    pub(crate) drop_policy: DropPolicy,
     pub(crate) stats: Stats,
     /// Held in `Library` mode while children are registered, and in
     /// `LibraryAlways` mode always. Dropped before `pipe` is closed.
@@ -144,6 +177,7 @@ impl<C> Reactor<C> {
             pending: VecDeque::new(),
             scratch: Vec::new(),
             deadlines: Deadlines::default(),
+            drop_policy: DropPolicy::Leave,
             stats: Stats::default(),
             registration: None,
             reap_all: None,
@@ -340,6 +374,45 @@ impl<C> Reactor<C> {
         });
     }
 
+    /// Chooses what dropping the reactor does to the children it still has
+    /// (by default, [`DropPolicy::Leave`]).
+    pub fn set_drop_policy(&mut self, policy: DropPolicy) {
+        self.drop_policy = policy;
+    }
+
+    /// What dropping the reactor will do to the children it still has.
+    pub fn drop_policy(&self) -> DropPolicy {
+        self.drop_policy
+    }
+
+    /// Carries out the drop policy (in the creating process only).
+    fn drop_children(&mut self) {
+        let within = match self.drop_policy {
+            DropPolicy::Leave => return,
+            DropPolicy::Kill => None,
+            DropPolicy::KillAndReap(within) => Some(within),
+        };
+        for pid in self.children.pids() {
+            // ESRCH cannot happen (unreaped); nothing else can be done here.
+            let _ = crate::sys::kill(pid, libc::SIGKILL);
+        }
+        let Some(within) = within else { return };
+        let deadline = Instant::now().checked_add(within);
+        loop {
+            // Reaped children's entries (and callbacks) are simply dropped.
+            let _ = crate::reap::reap_own(
+                &mut crate::sys::SysReap,
+                &mut self.children,
+                &mut self.scratch,
+                drop,
+            );
+            if self.children.is_empty() || deadline.is_some_and(|d| Instant::now() >= d) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// The SIGCHLD mode.
     pub fn mode(&self) -> SigchldOwner {
         self.mode
@@ -413,6 +486,7 @@ impl<C> Drop for Reactor<C> {
             }
             return;
         }
+        self.drop_children();
         // Unregister (waiting out any handler still using the write end)
         // before the pipe is closed by the field drops.
         self.registration = None;

@@ -49,6 +49,40 @@ pub(crate) fn kill(pid: Pid, signal: libc::c_int) -> std::io::Result<()> {
     }
 }
 
+/// `kill(-pgid, sig)`: the process group led by `pgid`.
+pub(crate) fn kill_group(pgid: Pid, signal: libc::c_int) -> std::io::Result<()> {
+    debug_assert!(pgid.as_raw() > 0);
+    // SAFETY: as for `kill`.
+    if unsafe { libc::kill(-pgid.as_raw(), signal) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `getpgid(pid)`.
+pub(crate) fn getpgid(pid: Pid) -> std::io::Result<Pid> {
+    let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid.as_raw())))?;
+    Ok(Pid::from_raw(pgid.as_raw()))
+}
+
+/// Whether `pid` is a child of this process that has not been reaped:
+/// `waitid(P_PID, pid, WEXITED | WNOHANG | WNOWAIT)`, which reaps nothing.
+/// `Err(ECHILD)` if it is not.
+pub(crate) fn probe_child(pid: Pid) -> Result<(), Errno> {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag};
+    if pid.as_raw() <= 0 {
+        return Err(Errno::ECHILD);
+    }
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    loop {
+        match waitid(Id::Pid(nix::unistd::Pid::from_raw(pid.as_raw())), flags) {
+            Err(Errno::EINTR) => continue,
+            other => return other.map(drop),
+        }
+    }
+}
+
 /// `fork(2)`.
 ///
 /// # Safety

@@ -1,0 +1,201 @@
+//! Children started with `std::process::Command`, and children started
+//! elsewhere (`watch`).
+//!
+//! `spawn` hands the command to std unchanged, so std keeps its fast path
+//! (`posix_spawn`, which uses `vfork`-like cloning, when the command allows
+//! it): evchild adds no `pre_exec` of its own. It only brackets the call: the
+//! `SIGCHLD` handler is installed before the child exists and the child is
+//! registered before `spawn` returns, the same ordering as `fork`. Exec
+//! failures are reported by std synchronously, after std itself has reaped
+//! the failed child.
+
+use std::process::{Child, Command};
+
+use mio::unix::pipe::{Receiver, Sender};
+
+use crate::reactor::OnDeath;
+use crate::{ChildId, Error, Exit, Pid, Reactor, Result};
+
+/// A child started by [`Reactor::spawn`]: its id and the parent's ends of its
+/// piped stdio.
+///
+/// The pipes are non-blocking and close-on-exec, ready to register in the
+/// same `mio::Poll` as the reactor. Each is `Some` only if the command asked
+/// for it with `Stdio::piped()`. Dropping a pipe closes it (dropping `stdin`
+/// is how the child sees end-of-file); dropping a `Spawned` neither kills nor
+/// reaps the child: its death is reported to its callback as usual.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Spawned {
+    /// The child's id.
+    pub id: ChildId,
+    /// The write end of the child's standard input.
+    pub stdin: Option<Sender>,
+    /// The read end of the child's standard output.
+    pub stdout: Option<Receiver>,
+    /// The read end of the child's standard error.
+    pub stderr: Option<Receiver>,
+}
+
+impl<C> Reactor<C> {
+    /// Starts `command` and registers the child, so that `on_death` runs
+    /// exactly once when it dies.
+    ///
+    /// ```
+    /// use std::io::Read;
+    /// use std::process::{Command, Stdio};
+    /// use evchild::{Hooks, Reactor};
+    ///
+    /// let mut children = Reactor::<Option<i32>>::new(Hooks::default())?;
+    /// let mut child = children.spawn(
+    ///     Command::new("sh").args(["-c", "echo hello; exit 4"]).stdout(Stdio::piped()),
+    ///     |code, _, exit| *code = exit.status().and_then(|s| s.code()),
+    /// )?;
+    /// let mut code = None;
+    /// while code.is_none() {
+    ///     children.dispatch(&mut code)?; // a real program waits in mio::Poll
+    /// }
+    /// assert_eq!(code, Some(4));
+    ///
+    /// // The pipe is non-blocking: in a real program, register it in the
+    /// // loop. Here the child is gone, so everything is there to read.
+    /// let mut out = String::new();
+    /// child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    /// assert_eq!(out, "hello\n");
+    /// # Ok::<(), evchild::Error>(())
+    /// ```
+    ///
+    /// The `SIGCHLD` handler is in place before the child exists (`Library`
+    /// mode), and the child is registered before this returns, so a child
+    /// that dies at once is reported, once. Process groups
+    /// (`CommandExt::process_group`) work; see
+    /// [`kill_group`](Reactor::kill_group).
+    ///
+    /// Do not wait for the child through other means; the reactor reaps it.
+    ///
+    /// # Errors
+    ///
+    /// * [`Error::Spawn`] if the child could not be started: the program is
+    ///   missing (`NotFound`), not executable (`PermissionDenied`), the
+    ///   working directory does not exist (`NotFound`), or `fork`/`clone`
+    ///   failed. Nothing is registered, no zombie is left (std reaps a child
+    ///   whose exec failed), and the handler's users are as they were.
+    /// * [`Error::HandlerConflict`] / [`Error::TooManyReactors`] (`Library`
+    ///   mode) if the handler cannot be installed; nothing was started.
+    /// * [`Error::ForkedChild`] in a forked child; nothing was started.
+    /// * [`Error::Io`] (`fcntl`) if a pipe could not be made non-blocking:
+    ///   the child *was* started and is registered, and its callback will
+    ///   run; only its pipes are lost.
+    pub fn spawn(
+        &mut self,
+        command: &mut Command,
+        on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + 'static,
+    ) -> Result<Spawned> {
+        self.check_process()?;
+        let on_death: OnDeath<C> = Box::new(on_death);
+        self.children.reserve_one();
+        let acquired = self.need_handler()?;
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(source) => {
+                if acquired {
+                    self.registration = None;
+                }
+                return Err(Error::Spawn {
+                    program: command.get_program().to_string_lossy().into_owned(),
+                    source,
+                });
+            }
+        };
+        let id = self.register(Pid::from(child.id()), on_death);
+        // std's `Child` neither waits nor kills on drop: from here on the
+        // reactor alone owns the child's death.
+        let (stdin, stdout, stderr) = nonblocking_stdio(&mut child)?;
+        Ok(Spawned {
+            id,
+            stdin,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Adopts `pid`, a child this process started some other way (with
+    /// `std::process::Command`, another library, a plain `fork`), so that
+    /// `on_death` runs exactly once when it dies.
+    ///
+    /// The child may already have exited (it is then reported by the next
+    /// `dispatch`, which this call makes sure happens) but must not have been
+    /// reaped, and from now on nobody else may wait for it.
+    ///
+    /// # Errors
+    ///
+    /// Nothing is registered on error.
+    /// * [`Error::NotAChild`] if `pid` is not a child of this process, or was
+    ///   already reaped (probed with `waitid(WNOWAIT)`, which reaps nothing).
+    /// * [`Error::AlreadyWatched`] if `pid` is registered with this reactor.
+    /// * [`Error::HandlerConflict`] / [`Error::TooManyReactors`] (`Library`
+    ///   mode), [`Error::ForkedChild`], [`Error::Io`] (`waitid`).
+    pub fn watch(
+        &mut self,
+        pid: Pid,
+        on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + 'static,
+    ) -> Result<ChildId> {
+        self.check_process()?;
+        if self.children.get(pid).is_some() {
+            return Err(Error::AlreadyWatched { pid });
+        }
+        let on_death: OnDeath<C> = Box::new(on_death);
+        self.children.reserve_one();
+        // Handler first: a child that dies after the probe must wake us.
+        let acquired = self.need_handler()?;
+        if let Err(e) = crate::sys::probe_child(pid) {
+            if acquired {
+                self.registration = None;
+            }
+            return Err(match e {
+                nix::errno::Errno::ECHILD => Error::NotAChild { pid },
+                e => Error::io("waitid", e),
+            });
+        }
+        let id = self.register(pid, on_death);
+        // Its SIGCHLD may have come before our handler was there: look now.
+        self.pipe.wake();
+        Ok(id)
+    }
+
+    /// `kill(-pgid, signal)`: signals the process group a child leads, for a
+    /// child started in its own group (`CommandExt::process_group(0)`), so
+    /// its descendants get the signal too.
+    ///
+    /// # Errors
+    ///
+    /// Nothing is signalled on error.
+    /// * As for [`kill`](Reactor::kill) (`AlreadyReaped` once the child's
+    ///   death has been reported, even if other members of the group live on).
+    /// * [`Error::NotAGroupLeader`] if the child does not lead a process
+    ///   group (`getpgid(pid) != pid`).
+    pub fn kill_group(&mut self, id: ChildId, signal: libc::c_int) -> Result<()> {
+        self.check_live(id)?;
+        if crate::sys::getpgid(id.pid).map_err(|e| Error::io("getpgid", e))? != id.pid {
+            return Err(Error::NotAGroupLeader { pid: id.pid });
+        }
+        crate::sys::kill_group(id.pid, signal).map_err(|e| Error::io("killpg", e))
+    }
+}
+
+type Stdio = (Option<Sender>, Option<Receiver>, Option<Receiver>);
+
+/// Turns std's blocking pipe ends into non-blocking mio pipes.
+fn nonblocking_stdio(child: &mut Child) -> Result<Stdio> {
+    let fail = |e| Error::io("fcntl(O_NONBLOCK)", e);
+    let stdin = child.stdin.take().map(Sender::from);
+    let stdout = child.stdout.take().map(Receiver::from);
+    let stderr = child.stderr.take().map(Receiver::from);
+    if let Some(pipe) = &stdin {
+        pipe.set_nonblocking(true).map_err(fail)?;
+    }
+    for pipe in stdout.iter().chain(&stderr) {
+        pipe.set_nonblocking(true).map_err(fail)?;
+    }
+    Ok((stdin, stdout, stderr))
+}
