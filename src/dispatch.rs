@@ -30,7 +30,10 @@ impl<C> Reactor<C> {
     /// 2. Reap: `Library`, one `waitpid(pid, WNOHANG)` per registered child,
     ///    never another pid; `LibraryAlways`, `waitpid(-1, WNOHANG)` until
     ///    nothing is left; `Mainloop`, nothing (the application reaps).
-    /// 3. Each reaped child leaves the tables, then its callback runs.
+    /// 3. Send `SIGKILL` to children whose [`terminate`](Reactor::terminate)
+    ///    grace period has run out (after the reap, so a child that obeyed
+    ///    is not signalled).
+    /// 4. Each reaped child has left the tables; now its callback runs.
     ///
     /// A callback may fork, kill and register children, and call `dispatch`
     /// again. If a callback panics, the panic propagates out of `dispatch`

@@ -63,7 +63,7 @@ impl<C> Reactor<C> {
     /// // SAFETY: the child only calls `_exit`, which is async-signal-safe.
     /// match unsafe { children.fork(|codes, _, exit| codes.extend(exit.status().and_then(|s| s.code()))) }? {
     ///     Forked::Child => unsafe { libc::_exit(7) },
-    ///     Forked::Parent(_pid) => {}
+    ///     Forked::Parent(_child) => {}
     /// }
     /// let mut codes = Vec::new();
     /// while codes.is_empty() {

@@ -28,7 +28,7 @@
 //!     app.running -= 1;
 //! }) }? {
 //!     Forked::Child => unsafe { libc::_exit(3) },
-//!     Forked::Parent(_pid) => app.running += 1,
+//!     Forked::Parent(_child) => app.running += 1,
 //! }
 //!
 //! let mut events = Events::with_capacity(64);
@@ -42,6 +42,22 @@
 //! }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Starting children
+//!
+//! * [`Reactor::spawn`] starts a `std::process::Command` and keeps std's
+//!   fast `posix_spawn` path; its piped stdio comes back as non-blocking
+//!   `mio::unix::pipe` ends ([`Spawned`]) to register in the same loop.
+//! * [`Reactor::watch`] adopts a child the process started some other way.
+//! * `unsafe` [`Reactor::fork`] is libxl's raw primitive, for children that
+//!   run Rust code of their own.
+//!
+//! Each returns a [`ChildId`]. [`Reactor::kill`], [`Reactor::kill_group`]
+//! and [`Reactor::terminate`] (`SIGTERM`, then `SIGKILL` after a grace
+//! period) take it, and refuse a child whose death has been reported.
+//! Deadlines need no runtime: pass [`Reactor::timeout`] to `poll` and call
+//! `dispatch` whenever `poll` returns. What dropping the reactor does to
+//! live children is the application's choice ([`DropPolicy`]).
 //!
 //! # SIGCHLD ownership
 //!
@@ -105,9 +121,10 @@
 //! * A child that dies before `fork` returns is reported (once): in `Library`
 //!   mode the handler is installed before the fork, and the child is
 //!   registered before any `dispatch` can look for it.
-//! * A pid is signalled only between registration and the report of its
-//!   death, while the kernel cannot give it to another process
-//!   ([`Error::AlreadyReaped`] afterwards).
+//! * A child is signalled only between its registration and the report of
+//!   its death, while the kernel cannot give its pid to another process
+//!   ([`Error::AlreadyReaped`] afterwards, for its [`ChildId`], even if a
+//!   new child has the same pid).
 //! * `Library` mode never reaps, waits for or signals a pid it did not
 //!   register.
 //! * Every misuse is an [`Error`] and changes nothing; nothing reachable from
@@ -159,6 +176,7 @@
 //! | wake-up | one `SIGCHLD` handler per process; one self-pipe per reactor, registered in a fixed table of 256 slots while the reactor needs the handler |
 //! | `Library` reaping | one `waitpid(pid, WNOHANG)` per live child per wake-up: O(N) in the live children |
 //! | `LibraryAlways` reaping | `waitpid(-1, WNOHANG)` until nothing is left: k+1 calls for k exits |
+//! | timers | a binary heap of `terminate` deadlines, fired by `dispatch`: O(log n) each |
 //! | per wake-up allocation | none in steady state (the report queue and scratch space are reused) |
 //! | platform | Linux; other Unix systems with `pipe2` untested |
 //!
