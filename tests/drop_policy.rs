@@ -1,0 +1,259 @@
+//! `DropPolicy`: what dropping a reactor does to the children it still has.
+//!
+//! `Leave` and `Kill` leave children for someone else to reap, so those
+//! tests reap them here (by pid, with `waitpid`), after checking what the
+//! policy promised. `KillAndReap` promises no zombie at all.
+
+mod util;
+
+use std::io;
+use std::process::{Child, Command};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use evchild::{ChildId, DropPolicy, Exit, Hooks, Pid, Reactor, SigchldOwner};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
+
+/// The application's context in these tests (never used: no test here
+/// dispatches, and dropped children's callbacks never run).
+#[derive(Default)]
+struct App;
+
+fn library() -> Reactor<App> {
+    Reactor::new(Hooks::new(SigchldOwner::Library)).expect("Reactor::new")
+}
+
+/// Spawns `sleep 30` with a callback that holds a clone of `token` and
+/// panics if it is ever called.
+fn spawn_sleep(reactor: &mut Reactor<App>, token: &Rc<()>) -> ChildId {
+    let token = Rc::clone(token);
+    reactor
+        .spawn(
+            Command::new("sleep").arg("30"),
+            move |_: &mut App, _: &mut Reactor<App>, exit: Exit| {
+                let _keep = &token;
+                panic!("callback of a dropped reactor ran: {exit:?}");
+            },
+        )
+        .expect("spawn sleep")
+        .id
+}
+
+fn nix_pid(pid: Pid) -> nix::unistd::Pid {
+    nix::unistd::Pid::from_raw(pid.as_raw())
+}
+
+/// Whether `pid` is running (not a zombie), asked without reaping it.
+fn running(pid: Pid) -> bool {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(nix_pid(pid)), flags) {
+        Ok(WaitStatus::StillAlive) => true,
+        Ok(_) => false,
+        Err(e) => panic!("waitid({pid}): {e}"),
+    }
+}
+
+/// Reaps `pid` (blocking) and returns its status.
+fn reap(pid: Pid) -> WaitStatus {
+    loop {
+        match waitpid(nix_pid(pid), None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => return other.unwrap_or_else(|e| panic!("waitpid({pid}): {e}")),
+        }
+    }
+}
+
+/// Blocks until `pid` has exited, without reaping it.
+fn wait_until_zombie(pid: Pid) {
+    loop {
+        match waitid(
+            Id::Pid(nix_pid(pid)),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+        ) {
+            Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => return,
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => panic!("waitid(WNOWAIT) on {pid}: {other:?}"),
+        }
+    }
+}
+
+/// The current `SIGCHLD` disposition (`sa_sigaction`).
+fn sigchld_disposition() -> libc::sighandler_t {
+    // SAFETY: an all-zero `sigaction` is a valid value (no handler, empty
+    // mask); the kernel overwrites it.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a null `act` only queries; `old` is valid and writable.
+    let rc = unsafe { libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old) };
+    assert_eq!(rc, 0, "sigaction: {}", io::Error::last_os_error());
+    old.sa_sigaction
+}
+
+/// Kills and reaps a std child the test owns.
+fn kill_std(mut child: Child) {
+    child.kill().expect("kill std child");
+    child.wait().expect("wait std child");
+}
+
+/// `Leave` is the default: after the drop the child still runs, the
+/// callback is dropped uncalled, and the handler is released. The test
+/// then kills and reaps the child itself.
+#[test]
+fn leave_keeps_the_child_running() {
+    let check = util::Check::start();
+    let token = Rc::new(());
+    let mut reactor = library();
+    assert_eq!(reactor.drop_policy(), DropPolicy::Leave, "default policy");
+    let id = spawn_sleep(&mut reactor, &token);
+    assert!(running(id.pid()));
+
+    drop(reactor);
+    assert_eq!(Rc::strong_count(&token), 1, "callback not dropped");
+    assert_eq!(
+        sigchld_disposition(),
+        libc::SIG_DFL,
+        "handler left installed"
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(running(id.pid()), "Leave killed or lost the child");
+
+    nix::sys::signal::kill(nix_pid(id.pid()), Signal::SIGKILL).expect("kill");
+    assert_eq!(
+        reap(id.pid()),
+        WaitStatus::Signaled(nix_pid(id.pid()), Signal::SIGKILL, false)
+    );
+    check.finish();
+}
+
+/// `Kill` sends SIGKILL and does not wait: the child is left for us to
+/// reap, killed by signal 9.
+#[test]
+fn kill_sends_sigkill_and_leaves_the_reap() {
+    let check = util::Check::start();
+    let token = Rc::new(());
+    let mut reactor = library();
+    reactor.set_drop_policy(DropPolicy::Kill);
+    assert_eq!(reactor.drop_policy(), DropPolicy::Kill);
+    let ids = [
+        spawn_sleep(&mut reactor, &token),
+        spawn_sleep(&mut reactor, &token),
+    ];
+    for id in ids {
+        assert!(running(id.pid()));
+    }
+
+    drop(reactor);
+    assert_eq!(Rc::strong_count(&token), 1, "callbacks not dropped");
+    assert_eq!(
+        sigchld_disposition(),
+        libc::SIG_DFL,
+        "handler left installed"
+    );
+    for id in ids {
+        // Blocking waitpid succeeds: the drop did not reap.
+        assert_eq!(
+            reap(id.pid()),
+            WaitStatus::Signaled(nix_pid(id.pid()), Signal::SIGKILL, false)
+        );
+    }
+    check.finish();
+}
+
+/// `KillAndReap` kills and reaps every child before the drop returns: live
+/// ones (one of which ignores SIGTERM, which SIGKILL does not care about)
+/// and one that had already exited unreported. No zombie is left, and no
+/// callback runs.
+#[test]
+fn kill_and_reap_leaves_no_zombie() {
+    let check = util::Check::start();
+    let token = Rc::new(());
+    let mut reactor = library();
+    reactor.set_drop_policy(DropPolicy::KillAndReap(Duration::from_secs(1)));
+
+    let mut ids = vec![
+        spawn_sleep(&mut reactor, &token),
+        spawn_sleep(&mut reactor, &token),
+    ];
+    let keep = Rc::clone(&token);
+    let trapping = reactor
+        .spawn(
+            Command::new("sh").args(["-c", "trap '' TERM; exec sleep 30"]),
+            move |_: &mut App, _: &mut Reactor<App>, _: Exit| {
+                let _keep = &keep;
+                panic!("callback of a dropped reactor ran");
+            },
+        )
+        .expect("spawn")
+        .id;
+    ids.push(trapping);
+    for &id in &ids {
+        assert!(running(id.pid()), "{id} not alive before the drop");
+    }
+    let exited = reactor
+        .spawn(&mut Command::new("true"), |_: &mut App, _: &mut _, _| {
+            panic!("callback of a dropped reactor ran")
+        })
+        .expect("spawn true")
+        .id;
+    wait_until_zombie(exited.pid());
+    assert_eq!(reactor.len(), 4);
+
+    let start = Instant::now();
+    drop(reactor);
+    let took = start.elapsed();
+    util::assert_no_children();
+    eprintln!("KillAndReap of 4 children took {took:?}");
+    assert!(took < Duration::from_secs(5), "drop took {took:?}");
+    assert_eq!(Rc::strong_count(&token), 1, "callbacks not dropped");
+    assert_eq!(
+        sigchld_disposition(),
+        libc::SIG_DFL,
+        "handler left installed"
+    );
+    check.finish();
+}
+
+/// Policies touch only the reactor's own children: a child started with
+/// std is neither killed nor reaped by a `KillAndReap` drop.
+#[test]
+fn kill_and_reap_spares_other_children() {
+    let check = util::Check::start();
+    let token = Rc::new(());
+    let stranger = Command::new("sleep").arg("30").spawn().expect("std spawn");
+    let stranger_pid = Pid::from(stranger.id());
+    let mut reactor = library();
+    reactor.set_drop_policy(DropPolicy::KillAndReap(Duration::from_secs(1)));
+    let id = spawn_sleep(&mut reactor, &token);
+
+    drop(reactor);
+    assert!(running(stranger_pid), "the stranger was killed or reaped");
+    match waitid(
+        Id::Pid(nix_pid(id.pid())),
+        WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+    ) {
+        Err(nix::errno::Errno::ECHILD) => {}
+        other => panic!("the reactor's child was not reaped: {other:?}"),
+    }
+    kill_std(stranger);
+    check.finish();
+}
+
+/// A policy applies to the children still registered when the reactor is
+/// dropped; changing it back to `Leave` before the drop leaves them alone.
+#[test]
+fn policy_is_read_at_drop() {
+    let check = util::Check::start();
+    let token = Rc::new(());
+    let mut reactor = library();
+    reactor.set_drop_policy(DropPolicy::KillAndReap(Duration::from_secs(1)));
+    let id = spawn_sleep(&mut reactor, &token);
+    reactor.set_drop_policy(DropPolicy::Leave);
+    drop(reactor);
+    assert!(running(id.pid()));
+    nix::sys::signal::kill(nix_pid(id.pid()), Signal::SIGKILL).expect("kill");
+    assert_eq!(
+        reap(id.pid()),
+        WaitStatus::Signaled(nix_pid(id.pid()), Signal::SIGKILL, false)
+    );
+    check.finish();
+}

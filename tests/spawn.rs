@@ -1,0 +1,494 @@
+//! `Reactor::spawn`: children started with `std::process::Command`, their
+//! piped stdio as mio pipes in the same loop as the reactor, and every way
+//! an exec can fail.
+//!
+//! The stdio tests drive one `mio::Poll` by hand, with the reactor and the
+//! child's pipes under different tokens, as an application would: write to
+//! stdin when it is writable, read stdout and stderr when they are readable
+//! until `WouldBlock`, drop stdin to close it.
+
+mod util;
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use evchild::{Error, Exit, Hooks, Reactor, SigchldOwner, Spawned};
+use mio::unix::pipe::{Receiver, Sender};
+use mio::{Events, Interest, Poll, Token};
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+const CHILDREN: Token = Token(0);
+const STDIN: Token = Token(1);
+const STDOUT: Token = Token(2);
+const STDERR: Token = Token(3);
+
+/// The application's context in these tests.
+#[derive(Default)]
+struct App {
+    /// Death reports, in callback order.
+    deaths: Vec<Exit>,
+    /// Whether the loop still holds the child's stdin open.
+    stdin_open: bool,
+    /// `stdin_open` as each death callback saw it.
+    stdin_open_at_death: Vec<bool>,
+}
+
+fn record(app: &mut App, _: &mut Reactor<App>, exit: Exit) {
+    app.stdin_open_at_death.push(app.stdin_open);
+    app.deaths.push(exit);
+}
+
+fn library() -> Reactor<App> {
+    Reactor::new(Hooks::new(SigchldOwner::Library)).expect("Reactor::new")
+}
+
+/// The one report the test expects, as `(code, signal)`.
+#[track_caller]
+fn only_death(app: &App) -> (Option<i32>, Option<i32>) {
+    assert_eq!(app.deaths.len(), 1, "expected one death: {:?}", app.deaths);
+    let status = app.deaths[0].status().expect("reaped, not lost");
+    (status.code(), status.signal())
+}
+
+/// What the child wrote.
+#[derive(Default)]
+struct Output {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+/// Writes `input[*written..]` until it is all written (`true`) or the pipe
+/// is full (`false`).
+fn feed(pipe: &mut Sender, input: &[u8], written: &mut usize) -> bool {
+    while *written < input.len() {
+        match pipe.write(&input[*written..]) {
+            Ok(n) => *written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("write to the child's stdin: {e}"),
+        }
+    }
+    true
+}
+
+/// Reads until the pipe is empty (`false`) or at end-of-file (`true`).
+fn drain(pipe: &mut Receiver, into: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match pipe.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => into.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("read from the child: {e}"),
+        }
+    }
+}
+
+/// The application's loop: one `Poll` with the reactor and the child's
+/// pipes. Feeds `input` to stdin (then closes it), reads stdout and stderr
+/// to end-of-file, and dispatches the reactor, until the pipes are closed
+/// and one more death has been reported.
+fn pump(reactor: &mut Reactor<App>, app: &mut App, spawned: &mut Spawned, input: &[u8]) -> Output {
+    let mut poll = Poll::new().expect("mio::Poll::new");
+    let registry = poll.registry();
+    registry
+        .register(reactor, CHILDREN, Interest::READABLE)
+        .expect("register reactor");
+    let mut stdin = spawned.stdin.take();
+    let mut stdout = spawned.stdout.take();
+    let mut stderr = spawned.stderr.take();
+    if let Some(pipe) = &mut stdin {
+        registry
+            .register(pipe, STDIN, Interest::WRITABLE)
+            .expect("register stdin");
+        app.stdin_open = true;
+    }
+    for (pipe, token) in [(&mut stdout, STDOUT), (&mut stderr, STDERR)] {
+        if let Some(pipe) = pipe {
+            registry
+                .register(pipe, token, Interest::READABLE)
+                .expect("register output");
+        }
+    }
+
+    let mut out = Output::default();
+    let mut written = 0;
+    let deaths = app.deaths.len();
+    let mut events = Events::with_capacity(16);
+    let deadline = Instant::now() + LIMIT;
+    while stdin.is_some() || stdout.is_some() || stderr.is_some() || app.deaths.len() == deaths {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "the child's stdio loop timed out");
+        match poll.poll(&mut events, Some(left)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("poll: {e}"),
+        }
+        for event in events.iter() {
+            match event.token() {
+                CHILDREN => reactor.dispatch(app).expect("dispatch"),
+                STDIN => {
+                    let Some(pipe) = &mut stdin else { continue };
+                    if feed(pipe, input, &mut written) {
+                        poll.registry().deregister(pipe).expect("deregister");
+                        // Dropping the write end is the child's end-of-file.
+                        stdin = None;
+                        app.stdin_open = false;
+                    }
+                }
+                STDOUT | STDERR => {
+                    let (slot, into) = if event.token() == STDOUT {
+                        (&mut stdout, &mut out.stdout)
+                    } else {
+                        (&mut stderr, &mut out.stderr)
+                    };
+                    let Some(pipe) = slot else { continue };
+                    if drain(pipe, into) {
+                        poll.registry().deregister(pipe).expect("deregister");
+                        *slot = None;
+                    }
+                }
+                other => panic!("unexpected token {other:?}"),
+            }
+        }
+    }
+    poll.registry().deregister(reactor).expect("deregister");
+    out
+}
+
+/// Asserts `fd` is close-on-exec and non-blocking.
+#[track_caller]
+fn assert_cloexec_nonblock(fd: impl AsFd) {
+    let fd = fd.as_fd();
+    let fd_flags = FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD).expect("F_GETFD"));
+    let fl_flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL).expect("F_GETFL"));
+    assert!(fd_flags.contains(FdFlag::FD_CLOEXEC), "not close-on-exec");
+    assert!(fl_flags.contains(OFlag::O_NONBLOCK), "not non-blocking");
+}
+
+/// The current `SIGCHLD` disposition (`sa_sigaction`).
+fn sigchld_disposition() -> libc::sighandler_t {
+    // SAFETY: an all-zero `sigaction` is a valid value (no handler, empty
+    // mask); the kernel overwrites it.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a null `act` only queries; `old` is valid and writable.
+    let rc = unsafe { libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old) };
+    assert_eq!(rc, 0, "sigaction: {}", io::Error::last_os_error());
+    old.sa_sigaction
+}
+
+/// Asserts a failed spawn was `Error::Spawn` of `program` with `kind`.
+#[track_caller]
+fn assert_spawn_error(result: evchild::Result<Spawned>, program: &str, kind: io::ErrorKind) {
+    match result {
+        Err(Error::Spawn {
+            program: reported,
+            source,
+        }) => {
+            assert_eq!(reported, program);
+            assert_eq!(source.kind(), kind, "wrong kind: {source}");
+        }
+        other => panic!("expected Error::Spawn({kind:?}), got {other:?}"),
+    }
+}
+
+/// A path in the temporary directory that no other test run uses.
+fn unique_temp_path(what: &str) -> PathBuf {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    std::env::temp_dir().join(format!("evchild-{what}-{}-{nanos}", std::process::id()))
+}
+
+/// Spawns `sh -c script` with nothing piped and runs the loop until its
+/// death, returning `(code, signal)`.
+fn run_script(reactor: &mut Reactor<App>, script: &str) -> (Option<i32>, Option<i32>) {
+    let mut app = App::default();
+    let spawned = reactor
+        .spawn(Command::new("sh").args(["-c", script]), record)
+        .expect("spawn");
+    assert!(spawned.stdin.is_none() && spawned.stdout.is_none() && spawned.stderr.is_none());
+    assert!(reactor.contains(spawned.id));
+    let mut ev = util::Loop::new(reactor);
+    ev.run_until(reactor, &mut app, LIMIT, |app| !app.deaths.is_empty());
+    assert_eq!(app.deaths[0].id, spawned.id);
+    assert_eq!(app.deaths[0].pid, spawned.id.pid());
+    assert!(!reactor.contains(spawned.id));
+    only_death(&app)
+}
+
+/// Lines written to `cat` come back in order, through pipes registered in
+/// the reactor's own `Poll`; `cat` exits 0 once stdin is closed, and not
+/// before. The input is larger than a pipe buffer, so writing and reading
+/// must interleave.
+#[test]
+fn stdio_round_trip_through_cat() {
+    let check = util::Check::start();
+    let mut reactor = library();
+    let mut app = App::default();
+    let input: Vec<u8> = (0..20_000)
+        .flat_map(|i| format!("line {i}\n").into_bytes())
+        .collect();
+    assert!(input.len() > 128 * 1024);
+
+    let mut spawned = reactor
+        .spawn(
+            Command::new("cat")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped()),
+            record,
+        )
+        .expect("spawn cat");
+    assert!(spawned.stderr.is_none(), "stderr was not piped");
+    assert_cloexec_nonblock(spawned.stdin.as_ref().expect("stdin"));
+    assert_cloexec_nonblock(spawned.stdout.as_ref().expect("stdout"));
+    assert_eq!(reactor.len(), 1);
+
+    let out = pump(&mut reactor, &mut app, &mut spawned, &input);
+    assert!(out.stdout == input, "cat's output differs from its input");
+    assert_eq!(only_death(&app), (Some(0), None));
+    assert_eq!(app.stdin_open_at_death, [false], "cat died before EOF");
+    assert!(reactor.is_empty());
+
+    drop(spawned);
+    drop(reactor);
+    check.finish();
+}
+
+/// Several MiB of output are read in the loop while the child writes them
+/// (a child blocked on a full pipe would never exit): every byte arrives
+/// and the child exits 0.
+#[test]
+fn large_output_is_read_without_deadlock() {
+    const SIZE: usize = 8 * 1024 * 1024;
+    let check = util::Check::start();
+    let mut reactor = library();
+    let mut app = App::default();
+    let started = Instant::now();
+    let mut spawned = reactor
+        .spawn(
+            Command::new("head")
+                .args(["-c", &SIZE.to_string(), "/dev/zero"])
+                .stdout(Stdio::piped()),
+            record,
+        )
+        .expect("spawn head");
+    let out = pump(&mut reactor, &mut app, &mut spawned, b"");
+    eprintln!("read {} bytes in {:?}", out.stdout.len(), started.elapsed());
+    assert_eq!(out.stdout.len(), SIZE);
+    assert!(out.stdout.iter().all(|&b| b == 0));
+    assert_eq!(only_death(&app), (Some(0), None));
+
+    drop(spawned);
+    drop(reactor);
+    check.finish();
+}
+
+/// stdout and stderr are separate pipes, and the exit code is the child's.
+#[test]
+fn stdout_stderr_and_exit_code() {
+    let check = util::Check::start();
+    let mut reactor = library();
+    let mut app = App::default();
+    let mut spawned = reactor
+        .spawn(
+            Command::new("sh")
+                .args(["-c", "read line; echo \"out $line\"; echo err >&2; exit 3"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+            record,
+        )
+        .expect("spawn sh");
+    assert_cloexec_nonblock(spawned.stderr.as_ref().expect("stderr"));
+    let out = pump(&mut reactor, &mut app, &mut spawned, b"hello\n");
+    assert_eq!(out.stdout, b"out hello\n");
+    assert_eq!(out.stderr, b"err\n");
+    assert_eq!(only_death(&app), (Some(3), None));
+
+    drop(spawned);
+    drop(reactor);
+    check.finish();
+}
+
+/// A child that exits at once, or kills itself, is reported once with its
+/// true status; `Spawned` has no pipes when none were asked for.
+#[test]
+fn spawned_children_report_their_status() {
+    let check = util::Check::start();
+    let mut reactor = library();
+    assert_eq!(run_script(&mut reactor, "exit 0"), (Some(0), None));
+    assert_eq!(run_script(&mut reactor, "exit 42"), (Some(42), None));
+    assert_eq!(run_script(&mut reactor, "kill -9 $$"), (None, Some(9)));
+    assert!(reactor.is_empty());
+    drop(reactor);
+    assert_eq!(sigchld_disposition(), libc::SIG_DFL);
+    check.finish();
+}
+
+/// Dropping a `Spawned` (and its pipes) neither kills nor reaps the child:
+/// its death is still reported.
+#[test]
+fn dropping_spawned_keeps_the_child() {
+    let check = util::Check::start();
+    let mut reactor = library();
+    let mut app = App::default();
+    let spawned = reactor
+        .spawn(
+            Command::new("sh")
+                .args(["-c", "sleep 0.1; exit 6"])
+                .stdout(Stdio::piped()),
+            record,
+        )
+        .expect("spawn");
+    let id = spawned.id;
+    drop(spawned);
+    assert!(reactor.contains(id));
+    let mut ev = util::Loop::new(&mut reactor);
+    ev.run_until(&mut reactor, &mut app, LIMIT, |app| !app.deaths.is_empty());
+    assert_eq!(only_death(&app), (Some(6), None));
+    assert_eq!(app.deaths[0].id, id);
+
+    drop(ev);
+    drop(reactor);
+    check.finish();
+}
+
+/// A program that does not exist: `NotFound`, by absolute path and by
+/// `PATH` search. Nothing is registered, the handler is not left
+/// installed, no zombie is left, and the reactor still works.
+#[test]
+fn exec_failure_missing_program() {
+    let check = util::Check::start();
+    let mut reactor = library();
+    let mut app = App::default();
+    for program in [
+        "/nonexistent/evchild-no-such-program",
+        "evchild-no-such-program-in-path",
+    ] {
+        let result = reactor.spawn(&mut Command::new(program), record);
+        assert_spawn_error(result, program, io::ErrorKind::NotFound);
+        assert_eq!(reactor.len(), 0);
+        assert!(reactor.is_empty());
+        assert_eq!(
+            sigchld_disposition(),
+            libc::SIG_DFL,
+            "handler left installed"
+        );
+        util::assert_no_children();
+    }
+    // Still usable.
+    let spawned = reactor
+        .spawn(&mut Command::new("true"), record)
+        .expect("spawn true");
+    let mut ev = util::Loop::new(&mut reactor);
+    ev.run_until(&mut reactor, &mut app, LIMIT, |app| !app.deaths.is_empty());
+    assert_eq!(only_death(&app), (Some(0), None));
+    assert_eq!(app.deaths[0].id, spawned.id);
+
+    drop((ev, spawned, reactor));
+    check.finish();
+}
+
+/// A file without the execute bit, and a directory: `PermissionDenied`.
+#[test]
+fn exec_failure_not_executable() {
+    let check = util::Check::start();
+    let path = unique_temp_path("not-executable");
+    {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&path)
+            .expect("create temp file");
+        file.write_all(b"#!/bin/sh\nexit 0\n").expect("write");
+    }
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod 0644");
+
+    let mut reactor = library();
+    let program = path.to_str().expect("utf-8 temp path").to_owned();
+    let result = reactor.spawn(&mut Command::new(&program), record);
+    fs::remove_file(&path).expect("remove temp file");
+    assert_spawn_error(result, &program, io::ErrorKind::PermissionDenied);
+    assert_eq!(reactor.len(), 0);
+    assert_eq!(
+        sigchld_disposition(),
+        libc::SIG_DFL,
+        "handler left installed"
+    );
+    util::assert_no_children();
+
+    let dir = std::env::temp_dir();
+    let dir = dir.to_str().expect("utf-8 temp dir");
+    let result = reactor.spawn(&mut Command::new(dir), record);
+    assert_spawn_error(result, dir, io::ErrorKind::PermissionDenied);
+    assert_eq!(reactor.len(), 0);
+    assert_eq!(
+        sigchld_disposition(),
+        libc::SIG_DFL,
+        "handler left installed"
+    );
+
+    drop(reactor);
+    check.finish();
+}
+
+/// A working directory that does not exist: `NotFound`, though the program
+/// exists.
+#[test]
+fn exec_failure_missing_directory() {
+    let check = util::Check::start();
+    let mut reactor = library();
+    let result = reactor.spawn(Command::new("true").current_dir("/nonexistent"), record);
+    assert_spawn_error(result, "true", io::ErrorKind::NotFound);
+    assert_eq!(reactor.len(), 0);
+    assert_eq!(
+        sigchld_disposition(),
+        libc::SIG_DFL,
+        "handler left installed"
+    );
+    drop(reactor);
+    check.finish();
+}
+
+/// A failed spawn while another child is live leaves the handler in place
+/// for that child, which is still reported.
+#[test]
+fn exec_failure_keeps_handler_for_live_children() {
+    let check = util::Check::start();
+    let mut reactor = library();
+    let mut app = App::default();
+    let mut live = reactor
+        .spawn(Command::new("cat").stdin(Stdio::piped()), record)
+        .expect("spawn cat");
+    let result = reactor.spawn(&mut Command::new("/nonexistent/evchild"), record);
+    assert_spawn_error(result, "/nonexistent/evchild", io::ErrorKind::NotFound);
+    assert_eq!(reactor.len(), 1);
+    assert!(reactor.contains(live.id));
+    assert_ne!(
+        sigchld_disposition(),
+        libc::SIG_DFL,
+        "handler removed too early"
+    );
+
+    drop(live.stdin.take()); // cat sees EOF and exits 0
+    let mut ev = util::Loop::new(&mut reactor);
+    ev.run_until(&mut reactor, &mut app, LIMIT, |app| !app.deaths.is_empty());
+    assert_eq!(only_death(&app), (Some(0), None));
+    assert_eq!(app.deaths[0].id, live.id);
+    assert_eq!(sigchld_disposition(), libc::SIG_DFL, "handler not released");
+
+    drop((ev, live, reactor));
+    check.finish();
+}
