@@ -187,8 +187,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     libc::_exit(0)
                 }
             }
-            Forked::Parent(pid) => println!(
-                "started pid {pid} through evchild ({})",
+            Forked::Parent(id) => println!(
+                "started pid {} through evchild ({})",
+                id.pid(),
                 if exec { "sh -c 'exit 5'" } else { "_exit(0)" }
             ),
         }
@@ -205,7 +206,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     drop(own);
 
-    // 5. The loop.
+    // 5. The loop. It sleeps no longer than the reactor's next deadline
+    //    (none here, but `terminate` would set one) and calls `dispatch`
+    //    whenever `poll` returns.
     let mut events = Events::with_capacity(16);
     let deadline = Instant::now() + Duration::from_secs(10);
     while app.evchild_deaths < 2 || app.own_deaths < 1 {
@@ -214,26 +217,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             eprintln!("timed out");
             std::process::exit(1);
         }
-        match poll.poll(&mut events, Some(left)) {
+        let sleep = children.timeout().map_or(left, |due| due.min(left));
+        match poll.poll(&mut events, Some(sleep)) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(e.into()),
         }
         for event in &events {
-            match event.token() {
-                SIGCHLD_PIPE => {
-                    // Drain first, then reap: a SIGCHLD that lands during
-                    // the reap writes a new byte, so we wake again.
-                    drain(&pipe_read)?;
-                    reap_all(&mut children, &mut app)?;
-                }
-                // The reactor's own descriptor: in Mainloop mode `dispatch`
-                // reaps nothing, but it delivers reports left over by a
-                // panicking callback, so it stays in the loop.
-                CHILDREN => children.dispatch(&mut app)?,
-                _ => {}
+            if event.token() == SIGCHLD_PIPE {
+                // Drain first, then reap: a SIGCHLD that lands during the
+                // reap writes a new byte, so we wake again.
+                drain(&pipe_read)?;
+                reap_all(&mut children, &mut app)?;
             }
         }
+        // After the reaping, so every pid we reaped has been reported with
+        // `reaped` before `dispatch` may signal a child (a `terminate`
+        // deadline). In Mainloop mode `dispatch` reaps nothing, but it fires
+        // those deadlines and delivers reports left over by a panicking
+        // callback, so it stays in the loop, readable (`CHILDREN`) or not.
+        children.dispatch(&mut app)?;
     }
     let stats = children.stats();
     println!(

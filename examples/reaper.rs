@@ -120,7 +120,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 libc::_exit(127)
             }
         }
-        Forked::Parent(pid) => println!("   0 ms  started pid {pid}: sh -c '{SCRIPT}'"),
+        Forked::Parent(id) => println!("   0 ms  started pid {}: sh -c '{SCRIPT}'", id.pid()),
     }
 
     let mut events = Events::with_capacity(16);
@@ -134,14 +134,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
             std::process::exit(1);
         }
-        match poll.poll(&mut events, Some(left)) {
+        // Sleep no longer than the reactor's next deadline (none here), and
+        // dispatch whenever `poll` returns: cheap when there is nothing to do.
+        let sleep = children.timeout().map_or(left, |due| due.min(left));
+        match poll.poll(&mut events, Some(sleep)) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(e.into()),
         }
-        if events.iter().any(|e| e.token() == CHILDREN) {
-            children.dispatch(&mut sup)?;
-        }
+        children.dispatch(&mut sup)?;
     }
 
     let stats = children.stats();

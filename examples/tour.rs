@@ -7,7 +7,8 @@
 //! The children:
 //! * `true`:    execs `/bin/true`, exits with code 0;
 //! * `exit-3`:  execs `/bin/sh -c 'exit 3'`, exits with code 3;
-//! * `sleeper`: execs `/bin/sleep 30`; we stop it with `SIGTERM`;
+//! * `sleeper`: execs `/bin/sleep 30`; we stop it with `terminate`
+//!   (`SIGTERM`, and `SIGKILL` should it still live after a grace period);
 //! * `primes`:  forks *without* exec, counts primes in the child and sends
 //!   the answer back through a pipe.
 //!
@@ -21,6 +22,10 @@
 //! only evchild's own children (`waitpid(pid)`, never `waitpid(-1)`, so other
 //! code's children are never stolen) and runs each child's death callback
 //! exactly once, in our loop, never in the signal handler.
+//!
+//! The reactor's timers (`terminate`'s grace periods) need no thread either:
+//! the loop sleeps in `poll` no longer than `timeout()` says, and calls
+//! `dispatch` whenever `poll` returns, on an event or on time-out.
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -33,33 +38,35 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use evchild::{Exit, Forked, Hooks, Pid, Reactor, SigchldOwner};
+use evchild::{ChildId, Exit, Forked, Hooks, Reactor, SigchldOwner};
 use mio::{Events, Interest, Poll, Token};
 use nix::fcntl::OFlag;
 
 const CHILDREN: Token = Token(0);
 /// The `primes` child counts the primes below this.
 const LIMIT: u64 = 1_000_000;
+/// How long the sleeper may take to obey `SIGTERM` before it gets `SIGKILL`.
+const GRACE: Duration = Duration::from_secs(2);
 
 /// The application's context. `dispatch(&mut tour)` hands it to every death
 /// callback, so the callbacks need no `Rc<RefCell<..>>` and no globals.
 struct Tour {
     start: Instant,
     /// What each live child is, and when it was started.
-    children: HashMap<Pid, (&'static str, Instant)>,
+    children: HashMap<ChildId, (&'static str, Instant)>,
     /// The child the `primes` callback stops once it has its answer.
-    sleeper: Option<Pid>,
+    sleeper: Option<ChildId>,
 }
 
 impl Tour {
-    fn started(&mut self, pid: Pid, name: &'static str, what: &str) {
-        println!("started  pid {pid:>7}  {name:<8} {what}");
-        self.children.insert(pid, (name, Instant::now()));
+    fn started(&mut self, id: ChildId, name: &'static str, what: &str) {
+        println!("started  pid {:>7}  {name:<8} {what}", id.pid());
+        self.children.insert(id, (name, Instant::now()));
     }
 
     /// Prints one death report; returns the child's name.
     fn report(&mut self, exit: Exit, extra: &str) -> &'static str {
-        let (name, born) = self.children.remove(&exit.pid).unwrap_or(("?", self.start));
+        let (name, born) = self.children.remove(&exit.id).unwrap_or(("?", self.start));
         let how = match exit.status() {
             Some(status) => describe(status),
             // Only if other code in this process reaped our child behind
@@ -132,7 +139,7 @@ fn start_exec(
     tour: &mut Tour,
     name: &'static str,
     args: &[&str],
-) -> evchild::Result<Pid> {
+) -> evchild::Result<ChildId> {
     let argv = Argv::new(args);
     // SAFETY: in the child we only call `Argv::exec`: execv(3) and _exit(2),
     // both async-signal-safe, on memory allocated before the fork.
@@ -143,13 +150,13 @@ fn start_exec(
     }?;
     match forked {
         Forked::Child => argv.exec(),
-        Forked::Parent(pid) => {
+        Forked::Parent(id) => {
             // Death callbacks run only inside `dispatch`, so recording the
             // child after `fork` returned is not a race, even if it has
             // already exited.
             let shown: Vec<String> = args.iter().map(|a| quote(a)).collect();
-            tour.started(pid, name, &format!("exec {}", shown.join(" ")));
-            Ok(pid)
+            tour.started(id, name, &format!("exec {}", shown.join(" ")));
+            Ok(id)
         }
     }
 }
@@ -186,7 +193,7 @@ fn count_primes(limit: u64) -> u64 {
 fn start_worker(
     children: &mut Reactor<Tour>,
     tour: &mut Tour,
-) -> Result<Pid, Box<dyn std::error::Error>> {
+) -> Result<ChildId, Box<dyn std::error::Error>> {
     // Close-on-exec, so the exec'd children do not inherit it; blocking is
     // fine: the callback reads only after the writer has exited.
     let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
@@ -203,10 +210,13 @@ fn start_worker(
         // A callback gets the reactor too: it may start, or signal, others.
         if let Some(sleeper) = tour.sleeper {
             println!(
-                "         (the answer is in, so we stop the sleeper: kill({sleeper}, SIGTERM))"
+                "         (the answer is in, so we stop the sleeper: SIGTERM to pid {}, \
+                 SIGKILL if it still lives in {} s)",
+                sleeper.pid(),
+                GRACE.as_secs()
             );
-            if let Err(e) = children.kill(sleeper, libc::SIGTERM) {
-                println!("         kill failed: {e}");
+            if let Err(e) = children.terminate(sleeper, GRACE) {
+                println!("         terminate failed: {e}");
             }
         }
     };
@@ -224,16 +234,16 @@ fn start_worker(
                 libc::_exit(0)
             }
         }
-        Forked::Parent(pid) => {
+        Forked::Parent(id) => {
             // Our copy of the write end must go, so that the read sees EOF
             // rather than blocking if the child dies without writing.
             drop(write_end);
             tour.started(
-                pid,
+                id,
                 "primes",
                 &format!("fork, no exec: counts the primes below {LIMIT}"),
             );
-            Ok(pid)
+            Ok(id)
         }
     }
 }
@@ -267,8 +277,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     start_worker(&mut children, &mut tour)?;
     println!();
 
-    // The loop: wait, and dispatch when the reactor's token is ready. A
-    // deadline keeps a broken system from hanging the tour.
+    // The loop: wait no longer than the reactor's next deadline, and
+    // dispatch whenever `poll` returns. A deadline of our own keeps a broken
+    // system from hanging the tour.
     let deadline = tour.start + Duration::from_secs(10);
     while !children.is_empty() {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -276,18 +287,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             eprintln!("timed out with {} children still running", children.len());
             std::process::exit(1);
         }
-        match poll.poll(&mut events, Some(left)) {
+        let sleep = children.timeout().map_or(left, |due| due.min(left));
+        match poll.poll(&mut events, Some(sleep)) {
             Ok(()) => {}
             // A signal (SIGCHLD itself) can interrupt epoll_wait: poll again.
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(e.into()),
         }
-        for event in &events {
-            if event.token() == CHILDREN {
-                // Reaps the children that died and runs their callbacks.
-                children.dispatch(&mut tour)?;
-            }
-        }
+        // Whether the reactor's token is ready (children died) or a
+        // deadline is due: reaps the children that died, sends the SIGKILLs
+        // that are due, and runs the death callbacks. Cheap when there is
+        // nothing to do. (A loop with other sources would handle their
+        // events here too.)
+        children.dispatch(&mut tour)?;
     }
 
     let stats = children.stats();

@@ -17,94 +17,24 @@
 
 mod util;
 
-use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use evchild::{Error, Exit, Forked, Hooks, Outcome, Pid, Reactor, SigchldOwner};
+use evchild::{ChildId, Error, Forked, Hooks, Pid, Reactor, SigchldOwner};
 use nix::errno::Errno;
+use util::{
+    fork_waiting, pipe, read_byte, readable_within, record, write_byte, Deaths, Gate, ReapOnPanic,
+};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// Every death report, per pid.
-#[derive(Debug, Default)]
-struct Deaths {
-    seen: HashMap<Pid, Vec<Outcome>>,
-}
-
-impl Deaths {
-    fn total(&self) -> usize {
-        self.seen.values().map(Vec::len).sum()
-    }
-
-    /// The status of `pid`, reported exactly once and reaped.
-    #[track_caller]
-    fn status(&self, pid: Pid) -> ExitStatus {
-        match self.seen.get(&pid).map(Vec::as_slice) {
-            Some([Outcome::Reaped(status)]) => *status,
-            other => panic!("child {pid}: expected exactly one reaped report, got {other:?}"),
-        }
-    }
-}
-
-fn record(deaths: &mut Deaths, _: &mut Reactor<Deaths>, exit: Exit) {
-    deaths.seen.entry(exit.pid).or_default().push(exit.outcome);
-}
-
-fn library() -> Reactor<Deaths> {
-    Reactor::new(Hooks::new(SigchldOwner::Library)).expect("Reactor::new(Library)")
-}
-
 /// Forks a child that `_exit`s with `code` at once.
-fn fork_exit(reactor: &mut Reactor<Deaths>, code: i32) -> Pid {
-    // SAFETY: the child only calls `_exit`, which is async-signal-safe.
-    match unsafe { reactor.fork(record) } {
-        Ok(Forked::Child) => util::exit_child(code),
-        Ok(Forked::Parent(pid)) => pid,
-        Err(e) => panic!("fork: {e}"),
-    }
-}
-
-/// A pipe whose write end only the test holds. The child forked to wait for
-/// a signal blocks reading it instead of in `pause()`: if the test fails (its
-/// `Lifeline` is dropped while unwinding) or the test process dies, it sees
-/// end of file and exits, so a failing test leaves no orphan behind holding
-/// the test runner's output pipes open.
-struct Lifeline {
-    read: OwnedFd,
-    write: OwnedFd,
-}
-
-impl Lifeline {
-    fn new() -> Self {
-        let (read, write) = pipe();
-        Lifeline { read, write }
-    }
-
-    /// In a forked child: blocks until a signal kills it, or until the test
-    /// lets go of the lifeline (then `_exit(86)`). Only calls `close`,
-    /// `read` and `_exit`, which are async-signal-safe.
-    fn wait_in_child(&self) -> ! {
-        // SAFETY: close(2) is async-signal-safe; this is the child's own copy
-        // of the write end, which would otherwise keep the pipe open.
-        unsafe { libc::close(self.write.as_raw_fd()) };
-        read_byte(self.read.as_raw_fd());
-        util::exit_child(86)
-    }
-}
-
-/// Forks a child that waits (on `lifeline`) until a signal kills it.
-fn fork_waiting(reactor: &mut Reactor<Deaths>, lifeline: &Lifeline) -> Pid {
-    // SAFETY: the child only runs `Lifeline::wait_in_child`, which is
-    // async-signal-safe (see there).
-    match unsafe { reactor.fork(record) } {
-        Ok(Forked::Child) => lifeline.wait_in_child(),
-        Ok(Forked::Parent(pid)) => pid,
-        Err(e) => panic!("fork: {e}"),
-    }
+#[track_caller]
+fn fork_exit(reactor: &mut Reactor<Deaths>, code: i32) -> ChildId {
+    util::fork_exit(reactor, code, record)
 }
 
 /// Whether `result` is the refusal a forked child must get.
@@ -172,7 +102,7 @@ fn refusals_in_child(
     mut reactor: Reactor<Deaths>,
     deaths: &mut Deaths,
     parent: Pid,
-    sibling: Pid,
+    sibling: ChildId,
     wake_fd: RawFd,
 ) -> i32 {
     let me = Pid::this();
@@ -223,11 +153,9 @@ fn reactor_refuses_in_forked_child() {
     let check = util::Check::start();
     {
         let _reap = ReapOnPanic;
-        let lifeline = Lifeline::new();
-        let mut reactor = library();
-        let mut lp = util::Loop::new(&mut reactor);
-        let mut deaths = Deaths::default();
-        let sibling = fork_waiting(&mut reactor, &lifeline);
+        let gate = Gate::new();
+        let (mut reactor, mut lp, mut deaths) = util::library_loop::<Deaths>();
+        let sibling = fork_waiting(&mut reactor, &gate, record);
         let parent = Pid::this();
         let wake_fd = reactor.as_raw_fd();
 
@@ -238,7 +166,7 @@ fn reactor_refuses_in_forked_child() {
                 let failures = refusals_in_child(reactor, &mut deaths, parent, sibling, wake_fd);
                 util::exit_child(failures)
             }
-            Ok(Forked::Parent(pid)) => pid,
+            Ok(Forked::Parent(id)) => id,
             Err(e) => panic!("fork: {e}"),
         };
 
@@ -300,85 +228,6 @@ fn grandchild_cycles(reactor: &mut Reactor<Deaths>, deaths: &mut Deaths, n: usiz
     failures
 }
 
-/// `write(2)` of one byte, retrying `EINTR`. Async-signal-safe.
-fn write_byte(fd: RawFd, byte: u8) -> bool {
-    loop {
-        // SAFETY: the buffer is one live byte; write is async-signal-safe.
-        let rc = unsafe { libc::write(fd, std::ptr::addr_of!(byte).cast(), 1) };
-        if rc == 1 {
-            return true;
-        }
-        if rc == -1 && Errno::last() == Errno::EINTR {
-            continue;
-        }
-        return false;
-    }
-}
-
-/// Blocking `read(2)` of one byte, retrying `EINTR`; `None` at end of file
-/// or on error. Async-signal-safe.
-fn read_byte(fd: RawFd) -> Option<u8> {
-    let mut byte = 0u8;
-    loop {
-        // SAFETY: the buffer is one live, writable byte; read is
-        // async-signal-safe.
-        let rc = unsafe { libc::read(fd, std::ptr::addr_of_mut!(byte).cast(), 1) };
-        if rc == 1 {
-            return Some(byte);
-        }
-        if rc == -1 && Errno::last() == Errno::EINTR {
-            continue;
-        }
-        return None;
-    }
-}
-
-/// Whether `fd` is readable within `timeout` (`poll(2)`, parent side).
-fn readable_within(fd: RawFd, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    loop {
-        // SAFETY: `pfd` is one valid `pollfd`; poll only writes `revents`.
-        let rc = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
-        match rc {
-            -1 if Errno::last() == Errno::EINTR => continue,
-            -1 => panic!("poll: {}", io::Error::last_os_error()),
-            0 => return false,
-            _ => return pfd.revents & (libc::POLLIN | libc::POLLHUP) != 0,
-        }
-    }
-}
-
-/// Declared first in every test's scope, so dropped last: if the test
-/// panics, reaps every child of the process (the test holds the process-wide
-/// lock of [`util::Check`], so they are all its own), so that one failing
-/// test does not make the other tests of the binary fail at `Check::start`.
-struct ReapOnPanic;
-
-impl Drop for ReapOnPanic {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(10)),
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(_) => return, // ECHILD: none left
-            }
-        }
-    }
-}
-
-fn pipe() -> (OwnedFd, OwnedFd) {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe2")
-}
-
 /// A forked (non-exec) child that lives on, forks and reaps grandchildren
 /// (so `SIGCHLD` runs the handler it inherited from the parent) and keeps
 /// calling the parent's reactor's `dispatch`, neither wakes the parent's
@@ -404,9 +253,7 @@ fn forked_child_does_not_steal_wakeups() {
     let check = util::Check::start();
     {
         let _reap = ReapOnPanic;
-        let mut reactor = library();
-        let mut lp = util::Loop::new(&mut reactor);
-        let mut deaths = Deaths::default();
+        let (mut reactor, mut lp, mut deaths) = util::library_loop::<Deaths>();
         let (done_read, done_write) = pipe();
         let (go_read, go_write) = pipe();
         let (done_r, done_w) = (done_read.as_raw_fd(), done_write.as_raw_fd());
@@ -434,7 +281,7 @@ fn forked_child_does_not_steal_wakeups() {
                 failures |= grandchild_cycles(&mut reactor, &mut deaths, 20);
                 util::exit_child(failures)
             }
-            Ok(Forked::Parent(pid)) => pid,
+            Ok(Forked::Parent(id)) => id,
             Err(e) => panic!("fork: {e}"),
         };
         drop(done_write);
@@ -476,16 +323,12 @@ fn forked_child_does_not_steal_wakeups() {
         assert!(deaths.seen.is_empty());
 
         // C. Our children die while the child keeps cycling.
-        let siblings: Vec<Pid> = (0..SIBLINGS).map(|i| fork_exit(&mut reactor, i)).collect();
+        let siblings: Vec<ChildId> = (0..SIBLINGS).map(|i| fork_exit(&mut reactor, i)).collect();
         assert!(write_byte(go_w, 1), "go");
         let total = SIBLINGS as usize + 2;
         lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == total);
-        for (code, &pid) in siblings.iter().enumerate() {
-            assert_eq!(
-                deaths.status(pid).code(),
-                Some(code as i32),
-                "sibling {pid}"
-            );
+        for (code, &id) in siblings.iter().enumerate() {
+            assert_eq!(deaths.status(id).code(), Some(code as i32), "sibling {id}");
         }
         assert_eq!(deaths.status(early).code(), Some(50));
         assert_child_passed(deaths.status(child));
@@ -523,9 +366,7 @@ fn callback_not_dropped_in_child() {
     let check = util::Check::start();
     {
         let _reap = ReapOnPanic;
-        let mut reactor = library();
-        let mut lp = util::Loop::new(&mut reactor);
-        let mut deaths = Deaths::default();
+        let (mut reactor, mut lp, mut deaths) = util::library_loop::<Deaths>();
         let (probe_read, probe_write) = pipe();
         let probe = DropProbe {
             parent: Pid::this(),
@@ -544,7 +385,7 @@ fn callback_not_dropped_in_child() {
             })
         } {
             Ok(Forked::Child) => util::exit_child(0),
-            Ok(Forked::Parent(pid)) => pid,
+            Ok(Forked::Parent(id)) => id,
             Err(e) => panic!("fork: {e}"),
         };
         lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == 1);

@@ -8,21 +8,15 @@
 
 mod util;
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::process::ExitStatusExt;
-use std::process::ExitStatus;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use evchild::{Exit, Forked, Hooks, Outcome, Pid, Reactor, SigchldOwner};
-use nix::errno::Errno;
-use nix::fcntl::OFlag;
+use evchild::{ChildId, Exit, Outcome};
+use util::{
+    disposition, exited, fork_gated, record, restore_action, set_disposition, Gate, RestoreDefault,
+};
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// glibc adds `SA_RESTORER` (its signal trampoline) to every action it
-/// installs and reports it back; it is not ours to compare.
-const SA_RESTORER: libc::c_int = 0x0400_0000;
 
 /// How often the application's handler ran.
 static CALLS: AtomicUsize = AtomicUsize::new(0);
@@ -80,51 +74,6 @@ fn later_addr() -> libc::sighandler_t {
         as libc::sighandler_t
 }
 
-/// Installs `handler` with `flags`; returns the action it replaced.
-fn set_disposition(handler: libc::sighandler_t, flags: libc::c_int) -> libc::sigaction {
-    // SAFETY: all-zero is a valid sigaction; the fields used are set below.
-    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-    action.sa_sigaction = handler;
-    action.sa_flags = flags;
-    // SAFETY: `sa_mask` is a valid out-pointer.
-    unsafe { libc::sigemptyset(&mut action.sa_mask) };
-    // SAFETY: all-zero is a valid sigaction; the kernel overwrites it.
-    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: `action` is fully initialised, and each handler passed here
-    // has the signature its flags (SA_SIGINFO or not) tell the kernel;
-    // `old` is a valid out-pointer.
-    let rc = unsafe { libc::sigaction(libc::SIGCHLD, &action, &mut old) };
-    assert_eq!(rc, 0, "sigaction(SIGCHLD)");
-    old
-}
-
-/// Reinstalls an action obtained from the kernel.
-fn restore(action: &libc::sigaction) {
-    // SAFETY: `action` came from the kernel, so it is valid to install.
-    let rc = unsafe { libc::sigaction(libc::SIGCHLD, action, std::ptr::null_mut()) };
-    assert_eq!(rc, 0, "sigaction(SIGCHLD)");
-}
-
-/// The current `SIGCHLD` disposition: handler and flags (without
-/// `SA_RESTORER`).
-fn disposition() -> (libc::sighandler_t, libc::c_int) {
-    // SAFETY: all-zero is a valid sigaction; the kernel overwrites it.
-    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: a null new action only queries; `old` is a valid out-pointer.
-    let rc = unsafe { libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old) };
-    assert_eq!(rc, 0, "sigaction query");
-    (old.sa_sigaction, old.sa_flags & !SA_RESTORER)
-}
-
-/// Puts `SIG_DFL` back when the test ends, even if it fails.
-struct RestoreDefault;
-
-impl Drop for RestoreDefault {
-    fn drop(&mut self) {
-        set_disposition(libc::SIG_DFL, 0);
-    }
-}
-
 /// Waits (without a timing assertion, up to a generous limit) until the
 /// application's handler has run at least `n` times.
 #[track_caller]
@@ -140,80 +89,17 @@ fn wait_calls(n: usize) {
     }
 }
 
-fn exited(code: i32) -> ExitStatus {
-    ExitStatus::from_raw(code << 8)
-}
-
-fn record(deaths: &mut Vec<Exit>, _: &mut Reactor<Vec<Exit>>, exit: Exit) {
-    deaths.push(exit);
-}
-
-/// A pipe a forked child blocks on until the parent drops the write end.
-struct Gate {
-    read: OwnedFd,
-    write: Option<OwnedFd>,
-}
-
-impl Gate {
-    fn new() -> Self {
-        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).expect("pipe2");
-        Gate {
-            read,
-            write: Some(write),
-        }
-    }
-
-    fn open(&mut self) {
-        self.write = None;
-    }
-}
-
-/// In a forked child: closes every other descriptor, waits for end-of-file
-/// on `gate`, exits with `code`. Only `close(2)`, `read(2)` and `_exit(2)`:
-/// async-signal-safe.
-fn wait_then_exit(gate: RawFd, code: i32) -> ! {
-    for fd in 3..1024 {
-        if fd != gate {
-            // SAFETY: close(2) is async-signal-safe; this process exits
-            // below and uses none of these descriptors.
-            unsafe { libc::close(fd) };
-        }
-    }
-    let mut byte = 0u8;
-    loop {
-        // SAFETY: read(2) is async-signal-safe; `byte` is a live local.
-        let rc = unsafe { libc::read(gate, std::ptr::addr_of_mut!(byte).cast(), 1) };
-        if rc >= 0 || Errno::last() != Errno::EINTR {
-            break;
-        }
-    }
-    util::exit_child(code)
-}
-
-/// Forks a registered child that exits with `code` once `gate` opens.
-fn fork_gated(reactor: &mut Reactor<Vec<Exit>>, gate: &Gate, code: i32) -> Pid {
-    let fd = gate.read.as_raw_fd();
-    // SAFETY: the child only calls close(2), read(2) and _exit(2), which are
-    // async-signal-safe.
-    match unsafe { reactor.fork(record) }.expect("fork") {
-        Forked::Child => wait_then_exit(fd, code),
-        Forked::Parent(pid) => pid,
-    }
-}
-
 /// Runs `codes.len()` children one after the other, each released only once
 /// the previous one's callback ran (so each exit is a separate `SIGCHLD`).
 /// While they live, evchild's handler is installed in place of `foreign`.
 /// Checks every status and that the foreign handler ran once per exit.
-fn run_children_one_by_one(foreign: libc::sighandler_t, codes: &[i32]) -> Vec<Pid> {
-    let mut reactor = Reactor::new(Hooks::new(SigchldOwner::Library)).expect("new");
-    let mut lp = util::Loop::new(&mut reactor);
-    let mut deaths = Vec::new();
+fn run_children_one_by_one(foreign: libc::sighandler_t, codes: &[i32]) -> Vec<ChildId> {
+    let (mut reactor, mut lp, mut deaths) = util::library_loop::<Vec<Exit>>();
     let mut gates: Vec<Gate> = codes.iter().map(|_| Gate::new()).collect();
-    let pids: Vec<Pid> = codes
+    let ids: Vec<ChildId> = codes
         .iter()
         .zip(&gates)
-        .map(|(&code, gate)| fork_gated(&mut reactor, gate, code))
+        .map(|(&code, gate)| fork_gated(&mut reactor, gate, code, record))
         .collect();
     let ours = disposition().0;
     assert_ne!(
@@ -226,7 +112,7 @@ fn run_children_one_by_one(foreign: libc::sighandler_t, codes: &[i32]) -> Vec<Pi
     for (i, gate) in gates.iter_mut().enumerate() {
         gate.open();
         lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.len() == i + 1);
-        assert_eq!(deaths[i].pid, pids[i]);
+        assert_eq!(deaths[i].id, ids[i]);
         assert_eq!(deaths[i].outcome, Outcome::Reaped(exited(codes[i])));
         // The application's handler ran for this exit too (chained).
         wait_calls(i + 1);
@@ -238,7 +124,7 @@ fn run_children_one_by_one(foreign: libc::sighandler_t, codes: &[i32]) -> Vec<Pi
     assert!(reactor.is_empty());
     assert_eq!(reactor.stats().reaped, codes.len() as u64);
     assert_eq!(reactor.stats().lost, 0);
-    pids
+    ids
 }
 
 #[test]
@@ -268,11 +154,11 @@ fn siginfo_foreign_handler_is_chained_with_its_siginfo_and_reinstated() {
         set_disposition(info_addr(), libc::SA_SIGINFO | libc::SA_RESTART);
         for _ in 0..2 {
             LAST_SIGNO.store(0, Ordering::SeqCst);
-            let pids = run_children_one_by_one(info_addr(), &[0, 5]);
+            let ids = run_children_one_by_one(info_addr(), &[0, 5]);
             // Each exit was its own SIGCHLD, so the last siginfo names the
             // last child: the kernel's siginfo was passed on intact.
             assert_eq!(LAST_SIGNO.load(Ordering::SeqCst), libc::SIGCHLD);
-            assert_eq!(LAST_PID.load(Ordering::SeqCst), pids[1].as_raw());
+            assert_eq!(LAST_PID.load(Ordering::SeqCst), ids[1].pid().as_raw());
             let (handler, flags) = disposition();
             assert_eq!(handler, info_addr(), "foreign handler reinstated");
             assert_ne!(flags & libc::SA_SIGINFO, 0);
@@ -287,12 +173,10 @@ fn handler_installed_after_ours_is_not_clobbered() {
     {
         let _restore = RestoreDefault;
         assert_eq!(disposition().0, libc::SIG_DFL);
-        let mut reactor = Reactor::new(Hooks::new(SigchldOwner::Library)).expect("new");
-        let mut lp = util::Loop::new(&mut reactor);
-        let mut deaths = Vec::new();
+        let (mut reactor, mut lp, mut deaths) = util::library_loop::<Vec<Exit>>();
 
         let mut gate = Gate::new();
-        let pid = fork_gated(&mut reactor, &gate, 4);
+        let id = fork_gated(&mut reactor, &gate, 4, record);
         let (ours, our_flags) = disposition();
         assert_ne!(ours, libc::SIG_DFL, "evchild's handler is installed");
         assert_ne!(our_flags & libc::SA_SIGINFO, 0);
@@ -304,7 +188,7 @@ fn handler_installed_after_ours_is_not_clobbered() {
 
         gate.open();
         lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| !d.is_empty());
-        assert_eq!(deaths[0].pid, pid);
+        assert_eq!(deaths[0].id, id);
         assert_eq!(deaths[0].outcome, Outcome::Reaped(exited(4)));
         wait_calls(1);
         // evchild no longer needs the signal, but the installed handler is
@@ -315,14 +199,14 @@ fn handler_installed_after_ours_is_not_clobbered() {
         // The other code removes its handler the polite way, putting back
         // what it replaced (evchild's). evchild, used again, still works and
         // afterwards gives the process its original disposition back.
-        restore(&replaced);
+        restore_action(&replaced);
         SAVED.store(libc::SIG_DFL, Ordering::SeqCst);
         assert_eq!(disposition().0, ours);
         let mut gate = Gate::new();
-        let pid = fork_gated(&mut reactor, &gate, 5);
+        let id = fork_gated(&mut reactor, &gate, 5, record);
         gate.open();
         lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.len() == 2);
-        assert_eq!(deaths[1].pid, pid);
+        assert_eq!(deaths[1].id, id);
         assert_eq!(deaths[1].outcome, Outcome::Reaped(exited(5)));
         assert_eq!(disposition().0, libc::SIG_DFL, "original disposition back");
     }
@@ -334,21 +218,19 @@ fn stop_notifications_follow_the_chained_handler() {
     let check = util::Check::start();
     {
         let _restore = RestoreDefault;
-        let mut reactor = Reactor::new(Hooks::new(SigchldOwner::Library)).expect("new");
-        let mut lp = util::Loop::new(&mut reactor);
-        let mut deaths = Vec::new();
+        let (mut reactor, mut lp, mut deaths) = util::library_loop::<Vec<Exit>>();
 
         // A foreign handler with SA_NOCLDSTOP: evchild asks for no stop
         // reports either.
         set_disposition(plain_addr(), libc::SA_NOCLDSTOP);
         let mut gate = Gate::new();
-        let pid = fork_gated(&mut reactor, &gate, 1);
+        let id = fork_gated(&mut reactor, &gate, 1, record);
         let (ours, flags) = disposition();
         assert_ne!(ours, plain_addr());
         assert_ne!(flags & libc::SA_NOCLDSTOP, 0);
         gate.open();
         lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| !d.is_empty());
-        assert_eq!(deaths[0].pid, pid);
+        assert_eq!(deaths[0].id, id);
         assert_eq!(deaths[0].outcome, Outcome::Reaped(exited(1)));
         assert_eq!(disposition(), (plain_addr(), libc::SA_NOCLDSTOP));
 
@@ -357,21 +239,21 @@ fn stop_notifications_follow_the_chained_handler() {
         // by them (a stop is not a death).
         set_disposition(plain_addr(), 0);
         let mut gate = Gate::new();
-        let pid = fork_gated(&mut reactor, &gate, 2);
+        let id = fork_gated(&mut reactor, &gate, 2, record);
         assert_eq!(disposition().1 & libc::SA_NOCLDSTOP, 0);
         CALLS.store(0, Ordering::SeqCst);
-        reactor.kill(pid, libc::SIGSTOP).expect("SIGSTOP");
+        reactor.kill(id, libc::SIGSTOP).expect("SIGSTOP");
         wait_calls(1);
         reactor
             .dispatch(&mut deaths)
             .expect("dispatch after a stop");
         assert_eq!(deaths.len(), 1, "a stop is not a death");
-        assert!(reactor.contains(pid));
-        reactor.kill(pid, libc::SIGCONT).expect("SIGCONT");
+        assert!(reactor.contains(id));
+        reactor.kill(id, libc::SIGCONT).expect("SIGCONT");
         wait_calls(2);
         gate.open();
         lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.len() == 2);
-        assert_eq!(deaths[1].pid, pid);
+        assert_eq!(deaths[1].id, id);
         assert_eq!(deaths[1].outcome, Outcome::Reaped(exited(2)));
         assert_eq!(disposition(), (plain_addr(), 0));
     }
@@ -388,12 +270,10 @@ fn handler_is_reinstalled_after_later_handler_reset_to_default() {
     let observed;
     {
         let _restore = RestoreDefault;
-        let mut reactor = Reactor::new(Hooks::new(SigchldOwner::Library)).expect("new");
-        let mut lp = util::Loop::new(&mut reactor);
-        let mut deaths = Vec::new();
+        let (mut reactor, mut lp, mut deaths) = util::library_loop::<Vec<Exit>>();
 
         let mut gate = Gate::new();
-        fork_gated(&mut reactor, &gate, 1);
+        fork_gated(&mut reactor, &gate, 1, record);
         let ours = disposition().0;
         SAVED.store(ours, Ordering::SeqCst);
         let evchilds = set_disposition(later_addr(), libc::SA_SIGINFO | libc::SA_RESTART);
@@ -406,17 +286,17 @@ fn handler_is_reinstalled_after_later_handler_reset_to_default() {
         SAVED.store(libc::SIG_DFL, Ordering::SeqCst);
 
         let mut gate = Gate::new();
-        let pid = fork_gated(&mut reactor, &gate, 2);
+        let id = fork_gated(&mut reactor, &gate, 2, record);
         observed = disposition().0;
         if observed == libc::SIG_DFL {
             // No handler: nothing would ever wake the loop. Put evchild's
             // back by hand so the child can be collected and the process
             // left clean for the other tests, then fail below.
-            restore(&evchilds);
+            restore_action(&evchilds);
         }
         gate.open();
         lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.len() == 2);
-        assert_eq!(deaths[1].pid, pid);
+        assert_eq!(deaths[1].id, id);
         assert_eq!(deaths[1].outcome, Outcome::Reaped(exited(2)));
         assert_eq!(disposition().0, libc::SIG_DFL);
     }

@@ -8,16 +8,15 @@
 mod util;
 
 use std::cell::Cell;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::process::ExitStatusExt;
-use std::process::ExitStatus;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use evchild::{Error, Exit, Forked, Hooks, Outcome, Reactor, SigchldOwner};
-use nix::errno::Errno;
-use nix::fcntl::OFlag;
+use evchild::{Error, Exit, Forked, Hooks, Outcome, Pid, Reactor, SigchldOwner};
+use util::{
+    disposition, exited, fork_exit, fork_gated, record, restore_action, set_disposition,
+    sigchld_action, wait_zombie, Gate, RestoreDefault,
+};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -32,88 +31,17 @@ fn handler_addr() -> libc::sighandler_t {
     counting_handler as extern "C" fn(libc::c_int) as libc::sighandler_t
 }
 
-/// Installs `handler` with `flags` as the `SIGCHLD` disposition.
-fn set_disposition(handler: libc::sighandler_t, flags: libc::c_int) {
-    // SAFETY: all-zero is a valid sigaction; the fields used are set below.
-    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-    action.sa_sigaction = handler;
-    action.sa_flags = flags;
-    // SAFETY: `sa_mask` is a valid out-pointer.
-    unsafe { libc::sigemptyset(&mut action.sa_mask) };
-    // SAFETY: `action` is fully initialised; `handler` is SIG_DFL, SIG_IGN or
-    // an `extern "C" fn(c_int)` (no SA_SIGINFO), as the kernel expects.
-    let rc = unsafe { libc::sigaction(libc::SIGCHLD, &action, std::ptr::null_mut()) };
-    assert_eq!(rc, 0, "sigaction(SIGCHLD)");
-}
-
-/// glibc adds `SA_RESTORER` (its signal trampoline) to every action it
-/// installs and reports it back; it is not ours to compare.
-const SA_RESTORER: libc::c_int = 0x0400_0000;
-
-/// The current `SIGCHLD` disposition: handler and flags (without
-/// `SA_RESTORER`).
-fn disposition() -> (libc::sighandler_t, libc::c_int) {
-    // SAFETY: all-zero is a valid sigaction; the kernel overwrites it.
-    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: a null new action only queries; `old` is a valid out-pointer.
-    let rc = unsafe { libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old) };
-    assert_eq!(rc, 0, "sigaction query");
-    (old.sa_sigaction, old.sa_flags & !SA_RESTORER)
-}
-
-/// Puts `SIG_DFL` back when the test ends, even if it fails.
-struct RestoreDefault;
-
-impl Drop for RestoreDefault {
-    fn drop(&mut self) {
-        set_disposition(libc::SIG_DFL, 0);
+/// Waits until `pid`, a child the kernel reaps by itself (`SIGCHLD`
+/// ignored), is gone.
+#[track_caller]
+fn wait_gone(pid: Pid) {
+    let deadline = Instant::now() + LIMIT;
+    // SAFETY: kill(2) with signal 0 sends nothing. The pid cannot have been
+    // reused for anything that matters within this loop.
+    while unsafe { libc::kill(pid.as_raw(), 0) } == 0 {
+        assert!(Instant::now() < deadline, "child {pid} never went away");
+        std::thread::sleep(Duration::from_millis(1));
     }
-}
-
-fn exited(code: i32) -> ExitStatus {
-    ExitStatus::from_raw(code << 8)
-}
-
-fn record(deaths: &mut Vec<Exit>, _: &mut Reactor<Vec<Exit>>, exit: Exit) {
-    deaths.push(exit);
-}
-
-/// A pipe a forked child blocks on until the parent drops the write end.
-struct Gate {
-    read: OwnedFd,
-    write: Option<OwnedFd>,
-}
-
-impl Gate {
-    fn new() -> Self {
-        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).expect("pipe2");
-        Gate {
-            read,
-            write: Some(write),
-        }
-    }
-}
-
-/// In a forked child: closes every other descriptor, waits for end-of-file
-/// on `gate`, exits with `code`. Only `close(2)`, `read(2)` and `_exit(2)`:
-/// async-signal-safe.
-fn wait_then_exit(gate: RawFd, code: i32) -> ! {
-    for fd in 3..1024 {
-        if fd != gate {
-            // SAFETY: close(2) is async-signal-safe; this process exits
-            // below and uses none of these descriptors.
-            unsafe { libc::close(fd) };
-        }
-    }
-    let mut byte = 0u8;
-    loop {
-        // SAFETY: read(2) is async-signal-safe; `byte` is a live local.
-        let rc = unsafe { libc::read(gate, std::ptr::addr_of_mut!(byte).cast(), 1) };
-        if rc >= 0 || Errno::last() != Errno::EINTR {
-            break;
-        }
-    }
-    util::exit_child(code)
 }
 
 /// Asserts `new(LibraryAlways)` and a `Library` fork are refused with
@@ -171,7 +99,7 @@ fn assert_refused(handler: libc::sighandler_t, flags: libc::c_int) {
     // which is async-signal-safe.
     match unsafe { reactor.fork(record) } {
         Ok(Forked::Child) => util::exit_child(99),
-        Ok(Forked::Parent(pid)) => panic!("fork started child {pid}"),
+        Ok(Forked::Parent(id)) => panic!("fork started child {id}"),
         Err(Error::HandlerConflict { .. }) => {}
         Err(e) => panic!("expected HandlerConflict, got {e:?}"),
     }
@@ -197,21 +125,15 @@ fn assert_works_after_restore_from(reactor: &mut Reactor<Vec<Exit>>) {
     let mut lp = util::Loop::new(reactor);
     let mut deaths = Vec::new();
     let mut gate = Gate::new();
-    let fd = gate.read.as_raw_fd();
-    // SAFETY: the child only calls close(2), read(2) and _exit(2), which are
-    // async-signal-safe.
-    let pid = match unsafe { reactor.fork(record) }.expect("fork with SIG_DFL") {
-        Forked::Child => wait_then_exit(fd, 6),
-        Forked::Parent(pid) => pid,
-    };
+    let id = fork_gated(reactor, &gate, 6, record);
     assert_ne!(
         disposition().0,
         libc::SIG_DFL,
         "handler installed for the child"
     );
-    gate.write = None;
+    gate.open();
     lp.run_until(reactor, &mut deaths, LIMIT, |d| !d.is_empty());
-    assert_eq!(deaths[0].pid, pid);
+    assert_eq!(deaths[0].id, id);
     assert_eq!(deaths[0].outcome, Outcome::Reaped(exited(6)));
     assert_eq!(
         disposition(),
@@ -273,11 +195,7 @@ fn mainloop_mode_still_works_when_ignored() {
         let mut reactor =
             Reactor::new(Hooks::new(SigchldOwner::Mainloop)).expect("Mainloop new succeeds");
         let mut deaths = Vec::new();
-        // SAFETY: the child only calls _exit(2), which is async-signal-safe.
-        let pid = match unsafe { reactor.fork(record) }.expect("Mainloop fork") {
-            Forked::Child => util::exit_child(3),
-            Forked::Parent(pid) => pid,
-        };
+        let id = fork_exit(&mut reactor, 3, record);
         assert_eq!(
             disposition(),
             (libc::SIG_IGN, 0),
@@ -285,19 +203,13 @@ fn mainloop_mode_still_works_when_ignored() {
         );
 
         // The kernel reaps it itself; wait until it is gone.
-        let deadline = Instant::now() + LIMIT;
-        // SAFETY: kill(2) with signal 0 sends nothing. The pid cannot have
-        // been reused for anything that matters within this loop.
-        while unsafe { libc::kill(pid.as_raw(), 0) } == 0 {
-            assert!(Instant::now() < deadline, "child {pid} never went away");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_gone(id.pid());
         // Its status is gone: lost, never made up.
         reactor
             .sigchld_occurred(&mut deaths)
             .expect("sigchld_occurred");
         assert_eq!(deaths.len(), 1);
-        assert_eq!(deaths[0].pid, pid);
+        assert_eq!(deaths[0].id, id);
         assert_eq!(deaths[0].outcome, Outcome::Lost);
         assert_eq!(reactor.stats().lost, 1);
         assert_eq!(reactor.stats().reaped, 0);
@@ -322,28 +234,16 @@ fn sig_ign_set_after_ours_was_replaced_is_still_refused() {
         let mut deaths = Vec::new();
 
         let mut gate = Gate::new();
-        let fd = gate.read.as_raw_fd();
-        // SAFETY: the child only calls close(2), read(2) and _exit(2), which
-        // are async-signal-safe.
-        let pid = match unsafe { reactor.fork(record) }.expect("fork") {
-            Forked::Child => wait_then_exit(fd, 0),
-            Forked::Parent(pid) => pid,
-        };
-        // SAFETY: all-zero is a valid sigaction; the kernel overwrites it.
-        let mut evchilds: libc::sigaction = unsafe { std::mem::zeroed() };
-        // SAFETY: a null new action only queries; valid out-pointer.
-        unsafe { libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut evchilds) };
+        let id = fork_gated(&mut reactor, &gate, 0, record);
+        let evchilds = sigchld_action();
         // Other code installs a handler of its own (that does not chain), so
         // the loop is not woken: collect the child by calling dispatch.
         set_disposition(handler_addr(), libc::SA_RESTART);
-        gate.write = None;
-        let flags = nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOWAIT;
-        let zombie = nix::unistd::Pid::from_raw(pid.as_raw());
-        while let Err(Errno::EINTR) = nix::sys::wait::waitid(nix::sys::wait::Id::Pid(zombie), flags)
-        {
-        }
+        gate.open();
+        wait_zombie(id.pid());
         reactor.dispatch(&mut deaths).expect("dispatch");
         assert_eq!(deaths.len(), 1);
+        assert_eq!(deaths[0].id, id);
         assert_eq!(deaths[0].outcome, Outcome::Reaped(exited(0)));
         assert_eq!(disposition().0, handler_addr(), "later handler clobbered");
 
@@ -360,22 +260,16 @@ fn sig_ign_set_after_ours_was_replaced_is_still_refused() {
         let always = Reactor::<Vec<Exit>>::new(Hooks::new(SigchldOwner::LibraryAlways));
         always_refused = matches!(always, Err(Error::HandlerConflict { .. }));
         drop(always);
-        if let Ok(Forked::Parent(pid)) = result {
+        if let Ok(Forked::Parent(id)) = result {
             // The kernel reaps it. Wait until it is gone, settle it (lost),
             // and put evchild's handler back by hand so evchild can restore
             // SIG_DFL and the process is clean for the other tests.
-            let deadline = Instant::now() + LIMIT;
-            // SAFETY: kill(2) with signal 0 sends nothing.
-            while unsafe { libc::kill(pid.as_raw(), 0) } == 0 {
-                assert!(Instant::now() < deadline, "child {pid} never went away");
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            wait_gone(id.pid());
             reactor.dispatch(&mut deaths).expect("dispatch");
             assert_eq!(deaths.len(), 2);
             assert_eq!(deaths[1].outcome, Outcome::Lost);
         }
-        // SAFETY: `evchilds` came from the kernel, so it is valid to install.
-        unsafe { libc::sigaction(libc::SIGCHLD, &evchilds, std::ptr::null_mut()) };
+        restore_action(&evchilds);
         assert_works_after_restore_from(&mut reactor);
     }
     check.finish();

@@ -6,192 +6,41 @@
 //! time and each must leave no child, no zombie and no descriptor behind.
 //!
 //! Forks: the test binary has other threads, so every forked child only
-//! calls async-signal-safe functions (`_exit`, `read`, `close`, `signal`,
-//! `raise`, `dup2`, `execv`) until it dies or execs; each `unsafe` block says
-//! which.
+//! calls async-signal-safe functions (`_exit`, `read`, `write`, `close`,
+//! `signal`, `raise`, `dup2`, `execv`) until it dies or execs; each `unsafe`
+//! block says which.
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod util;
 
 use std::cell::Cell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::process::ExitStatusExt;
+use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use evchild::{Error, Exit, Forked, Hooks, Outcome, Pid, Reactor, SigchldOwner};
-use nix::errno::Errno;
+use evchild::{ChildId, Error, Exit, Forked, Hooks, Outcome, Pid, Reactor, SigchldOwner};
+use util::{
+    fork_exit, fork_waiting, forward_fork, has_exited, readable, record, shell, sigchld_action,
+    wait_zombie, Deaths, Gate, ReapOnPanic,
+};
 
 /// How long any test waits for its children; far more than any of them needs.
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// Every death report, per pid: a child reported twice shows up as two
-/// entries.
-#[derive(Debug, Default)]
-struct Deaths {
-    seen: HashMap<Pid, Vec<Outcome>>,
-    /// Children started from inside callbacks.
-    spawned: Vec<Pid>,
-    /// Children whose callback panicked on purpose (recorded first).
-    panicked: Vec<Pid>,
-}
-
-impl Deaths {
-    fn total(&self) -> usize {
-        self.seen.values().map(Vec::len).sum()
-    }
-
-    fn record(&mut self, exit: Exit) {
-        self.seen.entry(exit.pid).or_default().push(exit.outcome);
-    }
-
-    /// The status of `pid`, which must have been reported exactly once, and
-    /// reaped (not lost).
-    #[track_caller]
-    fn status(&self, pid: Pid) -> ExitStatus {
-        match self.seen.get(&pid).map(Vec::as_slice) {
-            Some([Outcome::Reaped(status)]) => *status,
-            other => panic!("child {pid}: expected exactly one reaped report, got {other:?}"),
-        }
-    }
-
-    #[track_caller]
-    fn assert_code(&self, pid: Pid, code: i32) {
-        let status = self.status(pid);
-        assert_eq!(status.code(), Some(code), "child {pid}: {status}");
-        assert_eq!(status.signal(), None, "child {pid}: {status}");
-    }
-
-    #[track_caller]
-    fn assert_signal(&self, pid: Pid, signal: i32) {
-        let status = self.status(pid);
-        assert_eq!(status.signal(), Some(signal), "child {pid}: {status}");
-        assert_eq!(status.code(), None, "child {pid}: {status}");
-    }
-}
-
-/// The plain death callback: records the report.
-fn record(deaths: &mut Deaths, _: &mut Reactor<Deaths>, exit: Exit) {
-    deaths.record(exit);
-}
-
-fn library<C>() -> Reactor<C> {
-    Reactor::new(Hooks::new(SigchldOwner::Library)).expect("Reactor::new(Library)")
-}
-
-/// Forks a child that `_exit`s with `code` at once.
-fn fork_exit<C>(
-    reactor: &mut Reactor<C>,
-    code: i32,
-    on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + 'static,
-) -> Pid {
-    // SAFETY: the child only calls `_exit` (`util::exit_child`), which is
-    // async-signal-safe.
-    match unsafe { reactor.fork(on_death) } {
-        Ok(Forked::Child) => util::exit_child(code),
-        Ok(Forked::Parent(pid)) => pid,
-        Err(e) => panic!("fork: {e}"),
-    }
-}
-
-/// Declared first in every test's scope, so dropped last: if the test
-/// panics, reaps every child of the process (the test holds the process-wide
-/// lock of [`util::Check`], so they are all its own), so that one failing
-/// test does not make every later test of the binary fail at
-/// `Check::start`. Waiting children have been let go by then (their
-/// [`Lifeline`] is dropped before this).
-struct ReapOnPanic;
-
-impl Drop for ReapOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            reap_every_child(Duration::from_secs(10));
-        }
-    }
-}
-
-/// `waitpid(-1, WNOHANG)` until the process has no child, or `limit` passed.
-fn reap_every_child(limit: Duration) {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(10)),
-            Ok(_) | Err(Errno::EINTR) => {}
-            Err(_) => return, // ECHILD: none left
-        }
-    }
-}
-
-/// A pipe whose write end only the test holds. Children forked to wait for
-/// a signal block reading it instead of in `pause()`: if the test fails (its
-/// `Lifeline` is dropped while unwinding) or the test process dies, they see
-/// end of file and exit, so a failing test leaves no orphan behind holding
-/// the test runner's output pipes open.
-struct Lifeline {
-    read: OwnedFd,
-    write: OwnedFd,
-}
-
-/// The exit code of a waiting child whose lifeline was cut.
-const LIFELINE_CUT: i32 = 86;
-
-impl Lifeline {
-    fn new() -> Self {
-        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe2");
-        Lifeline { read, write }
-    }
-
-    /// In a forked child: blocks until a signal kills it, or until the test
-    /// lets go of the lifeline (then `_exit(LIFELINE_CUT)`). Only calls
-    /// `close`, `read` and `_exit`, which are async-signal-safe, and
-    /// allocates nothing.
-    fn wait_in_child(&self) -> ! {
-        let (read, write) = (self.read.as_raw_fd(), self.write.as_raw_fd());
-        // SAFETY: close(2) is async-signal-safe; this is the child's own copy
-        // of the write end, which would otherwise keep the pipe open.
-        unsafe { libc::close(write) };
-        let mut byte = 0u8;
-        loop {
-            // SAFETY: read(2) is async-signal-safe; the buffer is one live,
-            // writable byte.
-            let rc = unsafe { libc::read(read, std::ptr::addr_of_mut!(byte).cast(), 1) };
-            if rc == -1 && Errno::last() == Errno::EINTR {
-                continue;
-            }
-            util::exit_child(LIFELINE_CUT);
-        }
-    }
-}
-
-/// Forks a child that waits (on `lifeline`) until a signal kills it.
-fn fork_waiting<C>(
-    reactor: &mut Reactor<C>,
-    lifeline: &Lifeline,
-    on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + 'static,
-) -> Pid {
-    // SAFETY: the child only runs `Lifeline::wait_in_child`, which is
-    // async-signal-safe (see there).
-    match unsafe { reactor.fork(on_death) } {
-        Ok(Forked::Child) => lifeline.wait_in_child(),
-        Ok(Forked::Parent(pid)) => pid,
-        Err(e) => panic!("fork: {e}"),
-    }
-}
-
 /// Forks a child that kills itself with `signal` (after resetting it to the
 /// default action, as std's `SIGSEGV` handler is inherited).
+#[track_caller]
 fn fork_raise<C>(
     reactor: &mut Reactor<C>,
     signal: libc::c_int,
     on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + 'static,
-) -> Pid {
+) -> ChildId {
     // SAFETY: the child only calls `signal`, `raise` and `_exit`, which are
     // all async-signal-safe.
     match unsafe { reactor.fork(on_death) } {
@@ -204,34 +53,9 @@ fn fork_raise<C>(
             }
             util::exit_child(100)
         }
-        Ok(Forked::Parent(pid)) => pid,
+        Ok(Forked::Parent(id)) => id,
         Err(e) => panic!("fork: {e}"),
     }
-}
-
-/// Blocks until `pid` has exited, without reaping it
-/// (`waitid(P_PID, pid, WEXITED | WNOWAIT)`): afterwards the child is a
-/// zombie that only its owner will reap.
-fn wait_zombie(pid: Pid) {
-    use nix::sys::wait::{waitid, Id, WaitPidFlag};
-    let id = || Id::Pid(nix::unistd::Pid::from_raw(pid.as_raw()));
-    loop {
-        match waitid(id(), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
-            Ok(_) => return,
-            Err(Errno::EINTR) => continue,
-            Err(e) => panic!("waitid({pid}, WNOWAIT): {e}"),
-        }
-    }
-}
-
-/// The current `SIGCHLD` disposition.
-fn sigchld_action() -> libc::sigaction {
-    // SAFETY: an all-zero `sigaction` is a valid value; the kernel overwrites it.
-    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: a null new action only queries; `old` is a valid out-pointer.
-    let rc = unsafe { libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old) };
-    assert_eq!(rc, 0, "sigaction(SIGCHLD): {}", io::Error::last_os_error());
-    old
 }
 
 #[track_caller]
@@ -254,19 +78,6 @@ fn assert_sigchld_handled() {
         0,
         "not evchild's handler"
     );
-}
-
-/// Whether `fd` is readable right now (`poll` with a zero timeout).
-fn readable(fd: RawFd) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: `pfd` is one valid `pollfd`; poll(2) only writes `revents`.
-    let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
-    assert!(rc >= 0, "poll: {}", io::Error::last_os_error());
-    rc == 1 && pfd.revents & libc::POLLIN != 0
 }
 
 /// No core files in the working directory when children die of `SIGSEGV` or
@@ -294,25 +105,23 @@ fn exact_exit_codes_and_signals() {
     no_core_dumps();
     {
         let _reap = ReapOnPanic;
-        let lifeline = Lifeline::new();
-        let mut reactor = library::<Deaths>();
-        let mut lp = util::Loop::new(&mut reactor);
-        let mut deaths = Deaths::default();
+        let gate = Gate::new();
+        let (mut reactor, mut lp, mut deaths) = util::library_loop::<Deaths>();
 
-        let codes: Vec<(Pid, i32)> = [0, 1, 42, 255]
+        let codes: Vec<(ChildId, i32)> = [0, 1, 42, 255]
             .into_iter()
             .map(|code| (fork_exit(&mut reactor, code, record), code))
             .collect();
-        let killed = fork_waiting(&mut reactor, &lifeline, record);
-        let termed = fork_waiting(&mut reactor, &lifeline, record);
+        let killed = fork_waiting(&mut reactor, &gate, record);
+        let termed = fork_waiting(&mut reactor, &gate, record);
         let segv = fork_raise(&mut reactor, libc::SIGSEGV, record);
         let abrt = fork_raise(&mut reactor, libc::SIGABRT, record);
         reactor.kill(killed, libc::SIGKILL).expect("kill SIGKILL");
         reactor.kill(termed, libc::SIGTERM).expect("kill SIGTERM");
 
         lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == 8);
-        for &(pid, code) in &codes {
-            deaths.assert_code(pid, code);
+        for &(id, code) in &codes {
+            deaths.assert_code(id, code);
         }
         assert!(deaths.status(codes[0].0).success());
         deaths.assert_signal(killed, libc::SIGKILL);
@@ -342,7 +151,7 @@ fn child_dead_before_fork_returns() {
             // SAFETY: only called by `Reactor::fork`, whose caller below
             // upholds fork's contract (the child only `_exit`s).
             let forked = unsafe { forward_fork() };
-            if let Ok(Forked::Parent(pid)) = forked {
+            if let Ok(Some(pid)) = forked {
                 wait_zombie(pid);
             }
             forked
@@ -366,13 +175,13 @@ fn child_dead_before_fork_returns() {
         reactor
             .set_mode(Hooks::new(SigchldOwner::Library))
             .expect("set_mode with no child");
-        let burst: Vec<Pid> = (0..20)
+        let burst: Vec<ChildId> = (0..20)
             .map(|i| fork_exit(&mut reactor, i, record))
             .collect();
         std::thread::sleep(Duration::from_millis(50));
         lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == 21);
-        for (code, &pid) in burst.iter().enumerate() {
-            deaths.assert_code(pid, code as i32);
+        for (code, &id) in burst.iter().enumerate() {
+            deaths.assert_code(id, code as i32);
         }
         reactor.dispatch(&mut deaths).expect("dispatch");
         assert_eq!(deaths.total(), 21);
@@ -392,35 +201,36 @@ fn thousand_children_alive_at_once() {
     assert_process_limit_allows(N);
     {
         let _reap = ReapOnPanic;
-        let lifeline = Lifeline::new();
+        let gate = Gate::new();
         let started = Instant::now();
-        let mut reactor = library::<Deaths>();
-        let mut lp = util::Loop::new(&mut reactor);
-        let mut deaths = Deaths::default();
-        let pids: Vec<Pid> = (0..N)
-            .map(|_| fork_waiting(&mut reactor, &lifeline, record))
+        let (mut reactor, mut lp, mut deaths) = util::library_loop::<Deaths>();
+        let ids: Vec<ChildId> = (0..N)
+            .map(|_| fork_waiting(&mut reactor, &gate, record))
             .collect();
         assert_eq!(reactor.len(), N);
-        assert_eq!(pids.iter().collect::<HashSet<_>>().len(), N);
+        assert_eq!(
+            ids.iter().map(|id| id.pid()).collect::<HashSet<_>>().len(),
+            N
+        );
         let forked = started.elapsed();
         // Half of them in ten batches, each reported before the next is
         // killed (many wake-ups with hundreds of live children), then the
         // other half all at once.
-        let (batched, at_once) = pids.split_at(N / 2);
+        let (batched, at_once) = ids.split_at(N / 2);
         for (i, batch) in batched.chunks(N / 20).enumerate() {
-            for &pid in batch {
-                reactor.kill(pid, libc::SIGKILL).expect("kill");
+            for &id in batch {
+                reactor.kill(id, libc::SIGKILL).expect("kill");
             }
             let reported = (i + 1) * batch.len();
             lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == reported);
             assert_eq!(reactor.len(), N - reported);
         }
-        for &pid in at_once {
-            reactor.kill(pid, libc::SIGKILL).expect("kill");
+        for &id in at_once {
+            reactor.kill(id, libc::SIGKILL).expect("kill");
         }
         lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == N);
-        for &pid in &pids {
-            deaths.assert_signal(pid, libc::SIGKILL);
+        for &id in &ids {
+            deaths.assert_signal(id, libc::SIGKILL);
         }
         assert_eq!(deaths.seen.len(), N);
         let stats = reactor.stats();
@@ -464,29 +274,28 @@ fn callbacks_fork_and_kill() {
     let check = util::Check::start();
     {
         let _reap = ReapOnPanic;
-        let lifeline = Lifeline::new();
-        let mut reactor = library::<Deaths>();
-        let mut lp = util::Loop::new(&mut reactor);
-        let mut deaths = Deaths::default();
+        let gate = Gate::new();
+        let (mut reactor, mut lp, mut deaths) = util::library_loop::<Deaths>();
 
-        let victim = fork_waiting(&mut reactor, &lifeline, record);
+        let victim = fork_waiting(&mut reactor, &gate, record);
         let first = fork_exit(
             &mut reactor,
             5,
             move |d: &mut Deaths, r: &mut Reactor<Deaths>, exit: Exit| {
-                assert!(!r.contains(exit.pid), "callback ran before removal");
+                assert!(!r.contains(exit.id), "callback ran before removal");
+                assert!(!r.children().any(|id| id == exit.id));
                 assert!(matches!(
-                    r.kill(exit.pid, 0),
+                    r.kill(exit.id, 0),
                     Err(Error::AlreadyReaped { pid }) if pid == exit.pid
                 ));
-                d.record(exit);
+                record(d, r, exit);
                 // A child started from a callback, whose own callback kills
                 // the victim.
                 let second = fork_exit(
                     r,
                     6,
                     move |d: &mut Deaths, r: &mut Reactor<Deaths>, exit| {
-                        d.record(exit);
+                        record(d, r, exit);
                         assert!(r.contains(victim));
                         r.kill(victim, libc::SIGTERM).expect("kill from a callback");
                     },
@@ -516,30 +325,28 @@ fn panicking_callback_leaves_reactor_consistent() {
     let check = util::Check::start();
     {
         let _reap = ReapOnPanic;
-        let mut reactor = library::<Deaths>();
-        let mut lp = util::Loop::new(&mut reactor);
-        let mut deaths = Deaths::default();
+        let (mut reactor, mut lp, mut deaths) = util::library_loop::<Deaths>();
         let _quiet = QuietPanics::install();
 
-        let panicking = |d: &mut Deaths, _: &mut Reactor<Deaths>, exit: Exit| {
-            d.record(exit);
-            d.panicked.push(exit.pid);
+        let panicking = |d: &mut Deaths, r: &mut Reactor<Deaths>, exit: Exit| {
+            record(d, r, exit);
+            d.panicked.push(exit.id);
             panic::panic_any(MESSAGE);
         };
         // Six children, two of them with panicking callbacks, all dead (but
         // not reaped) before the first dispatch, so one dispatch reaps them
         // all and the panics interrupt its delivery.
-        let mut pids = Vec::new();
+        let mut ids = Vec::new();
         for code in 0..6 {
-            let pid = if code % 3 == 0 {
+            let id = if code % 3 == 0 {
                 fork_exit(&mut reactor, code, panicking)
             } else {
                 fork_exit(&mut reactor, code, record)
             };
-            pids.push(pid);
+            ids.push(id);
         }
-        for &pid in &pids {
-            wait_zombie(pid);
+        for &id in &ids {
+            wait_zombie(id.pid());
         }
 
         let mut panics = 0;
@@ -558,17 +365,17 @@ fn panicking_callback_leaves_reactor_consistent() {
                 // Every child was reaped by the first dispatch: none is
                 // registered any more, whatever is still to be delivered.
                 assert_eq!(reactor.len(), 0);
-                assert!(pids.iter().all(|&pid| !reactor.contains(pid)));
+                assert!(ids.iter().all(|&id| !reactor.contains(id)));
             }
         }
         assert_eq!(panics, 2);
-        for (code, &pid) in pids.iter().enumerate() {
-            deaths.assert_code(pid, code as i32);
+        for (code, &id) in ids.iter().enumerate() {
+            deaths.assert_code(id, code as i32);
         }
-        assert_eq!(deaths.panicked, [pids[0], pids[3]]);
+        assert_eq!(deaths.panicked, [ids[0], ids[3]]);
         assert_eq!(reactor.stats().reaped, 6);
         assert!(matches!(
-            reactor.kill(pids[0], libc::SIGKILL),
+            reactor.kill(ids[0], libc::SIGKILL),
             Err(Error::AlreadyReaped { .. })
         ));
 
@@ -640,7 +447,7 @@ fn set_mode_refused_with_live_children() {
     let check = util::Check::start();
     {
         let _reap = ReapOnPanic;
-        let lifeline = Lifeline::new();
+        let gate = Gate::new();
         let forks = Rc::new(Cell::new(0));
         let counter = forks.clone();
         let hooks = Hooks::new(SigchldOwner::Library).fork_replacement(move || {
@@ -654,7 +461,7 @@ fn set_mode_refused_with_live_children() {
         let mut lp = util::Loop::new(&mut reactor);
         let mut deaths = Deaths::default();
 
-        let alive = fork_waiting(&mut reactor, &lifeline, record);
+        let alive = fork_waiting(&mut reactor, &gate, record);
         assert_eq!(forks.get(), 1);
         let err = reactor
             .set_mode(Hooks::new(SigchldOwner::Mainloop))
@@ -667,7 +474,7 @@ fn set_mode_refused_with_live_children() {
         let exited = fork_exit(&mut reactor, 4, record);
         assert_eq!(forks.get(), 2);
         // A dead but unreported child still counts as registered.
-        wait_zombie(exited);
+        wait_zombie(exited.pid());
         let err = reactor
             .set_mode(Hooks::new(SigchldOwner::Mainloop))
             .expect_err("set_mode with an unreported child");
@@ -698,53 +505,65 @@ fn set_mode_refused_with_live_children() {
     check.finish();
 }
 
-/// `nix::unistd::fork`, as a `fork_replacement` returns it.
-///
-/// # Safety
-/// As `fork(2)`: the child may only call async-signal-safe functions.
-unsafe fn forward_fork() -> io::Result<Forked> {
-    // SAFETY: forwarded to the caller.
-    match unsafe { nix::unistd::fork() }? {
-        nix::unistd::ForkResult::Parent { child } => {
-            Ok(Forked::Parent(Pid::from_raw(child.as_raw())))
-        }
-        nix::unistd::ForkResult::Child => Ok(Forked::Child),
-    }
-}
-
-/// 7. `kill` refuses what it must: a reaped child (`AlreadyReaped`), pids
-///    that were never registered (`UnknownChild`, including this process,
-///    init, 0 and -1, which `kill(2)` would treat as groups), and an invalid
-///    signal number (`Io` with `EINVAL`, the child untouched).
+/// 7. `kill` refuses what it must: a reaped child's id (`AlreadyReaped`),
+///    an id issued by another reactor (`UnknownChild`, while that child lives
+///    and after it is gone), and an invalid signal number (`Io` with
+///    `EINVAL`, the child untouched). `terminate` refuses the same ids, and
+///    sets no deadline for them. Pids that were never registered (this
+///    process, init, 0 and -1, which `kill(2)` would treat as groups) cannot
+///    even be named: a `ChildId` comes only from `fork`.
 #[test]
 fn kill_refusals() {
     let check = util::Check::start();
     {
         let _reap = ReapOnPanic;
-        let lifeline = Lifeline::new();
-        let mut reactor = library::<Deaths>();
-        let mut lp = util::Loop::new(&mut reactor);
-        let mut deaths = Deaths::default();
+        let gate = Gate::new();
+        let (mut reactor, mut lp, mut deaths) = util::library_loop::<Deaths>();
 
         let gone = fork_exit(&mut reactor, 0, record);
         lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == 1);
-        match reactor.kill(gone, libc::SIGKILL) {
-            Err(Error::AlreadyReaped { pid }) => assert_eq!(pid, gone),
-            other => panic!("kill after reap: {other:?}"),
-        }
-
-        let alive = fork_waiting(&mut reactor, &lifeline, record);
-        for stranger in [
-            Pid::this(),
-            Pid::from_raw(1),
-            Pid::from_raw(0),
-            Pid::from_raw(-1),
+        for result in [
+            reactor.kill(gone, libc::SIGKILL),
+            reactor.terminate(gone, Duration::ZERO),
         ] {
-            match reactor.kill(stranger, libc::SIGTERM) {
-                Err(Error::UnknownChild { pid }) => assert_eq!(pid, stranger),
-                other => panic!("kill({stranger}): {other:?}"),
+            match result {
+                Err(Error::AlreadyReaped { pid }) => assert_eq!(pid, gone.pid()),
+                other => panic!("kill after reap: {other:?}"),
             }
         }
+
+        let alive = fork_waiting(&mut reactor, &gate, record);
+        // A live child of another reactor is not this one's to signal.
+        let (mut other, mut other_lp, mut other_deaths) = util::library_loop::<Deaths>();
+        let theirs = fork_waiting(&mut other, &gate, record);
+        assert!(!reactor.contains(theirs));
+        assert_eq!(reactor.children().collect::<Vec<_>>(), [alive]);
+        for result in [
+            reactor.kill(theirs, libc::SIGTERM),
+            reactor.terminate(theirs, Duration::ZERO),
+        ] {
+            match result {
+                Err(Error::UnknownChild { pid }) => assert_eq!(pid, theirs.pid()),
+                other => panic!("kill({theirs}) of another reactor's child: {other:?}"),
+            }
+        }
+        assert_eq!(
+            reactor.timeout(),
+            None,
+            "a refused terminate set a deadline"
+        );
+        // It dies of its own reactor's SIGKILL: our SIGTERM was not sent.
+        other
+            .kill(theirs, libc::SIGKILL)
+            .expect("kill through its reactor");
+        other_lp.run_until(&mut other, &mut other_deaths, LIMIT, |d| d.total() == 1);
+        other_deaths.assert_signal(theirs, libc::SIGKILL);
+        // Gone: still not ours, so still UnknownChild here.
+        assert!(matches!(
+            reactor.kill(theirs, 0),
+            Err(Error::UnknownChild { pid }) if pid == theirs.pid()
+        ));
+
         for bad in [1000, -1, libc::SIGRTMAX() + 1] {
             match reactor.kill(alive, bad) {
                 Err(Error::Io { source, .. }) => {
@@ -782,27 +601,25 @@ fn command_children_are_left_alone() {
     let check = util::Check::start();
     {
         let _reap = ReapOnPanic;
-        let lifeline = Lifeline::new();
-        let mut reactor = library::<Deaths>();
-        let mut lp = util::Loop::new(&mut reactor);
-        let mut deaths = Deaths::default();
+        let gate = Gate::new();
+        let (mut reactor, mut lp, mut deaths) = util::library_loop::<Deaths>();
 
         let mut zombie = shell("exit 3");
         wait_zombie(Pid::from(zombie.id()));
         // One evchild child alive during all of it, so the handler stays.
-        let waiting = fork_waiting(&mut reactor, &lifeline, record);
+        let waiting = fork_waiting(&mut reactor, &gate, record);
         let mut running = shell("sleep 0.2; exit 4");
         let running_pid = Pid::from(running.id());
 
-        let pids: Vec<Pid> = (0..10)
+        let ids: Vec<ChildId> = (0..10)
             .map(|code| fork_exit(&mut reactor, code, record))
             .collect();
         // Its death wakes the loop too (one SIGCHLD for everyone).
         lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| {
             d.total() == 10 && has_exited(running_pid)
         });
-        for (code, &pid) in pids.iter().enumerate() {
-            deaths.assert_code(pid, code as i32);
+        for (code, &id) in ids.iter().enumerate() {
+            deaths.assert_code(id, code as i32);
         }
         reactor.dispatch(&mut deaths).expect("dispatch");
         // Both are still there for their owner.
@@ -820,28 +637,6 @@ fn command_children_are_left_alone() {
     check.finish();
 }
 
-/// Whether `pid` has exited (is a zombie), without reaping it
-/// (`waitid(P_PID, pid, WEXITED | WNOHANG | WNOWAIT)`).
-fn has_exited(pid: Pid) -> bool {
-    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
-    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-    match waitid(Id::Pid(nix::unistd::Pid::from_raw(pid.as_raw())), flags) {
-        Ok(WaitStatus::StillAlive) => false,
-        Ok(_) => true,
-        Err(e) => panic!("waitid({pid}): {e}"),
-    }
-}
-
-fn shell(script: &str) -> std::process::Child {
-    Command::new("sh")
-        .args(["-c", script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn sh")
-}
-
 /// 9. `fork_replacement`: one that fails with `EAGAIN` makes `fork` return
 ///    `Error::Io` and change nothing (no child registered; the handler it
 ///    installed for the call removed again, unless another reactor needs
@@ -852,7 +647,7 @@ fn fork_replacement_hook() {
     let check = util::Check::start();
     {
         let _reap = ReapOnPanic;
-        let lifeline = Lifeline::new();
+        let gate = Gate::new();
         assert_sigchld_default();
         let calls = Rc::new(Cell::new(0));
         let counter = calls.clone();
@@ -878,9 +673,9 @@ fn fork_replacement_hook() {
         assert_sigchld_default();
 
         // With another reactor holding a live child, the handler stays.
-        let mut other = library::<Deaths>();
+        let mut other = util::library::<Deaths>();
         let mut other_deaths = Deaths::default();
-        let other_child = fork_waiting(&mut other, &lifeline, record);
+        let other_child = fork_waiting(&mut other, &gate, record);
         assert_sigchld_handled();
         // SAFETY: as above, no child runs.
         assert!(unsafe { reactor.fork(record) }.is_err());
@@ -904,14 +699,14 @@ fn fork_replacement_hook() {
                 unsafe { forward_fork() }
             }))
             .expect("set_mode with no child");
-        let pids: Vec<Pid> = (0..3)
+        let ids: Vec<ChildId> = (0..3)
             .map(|i| fork_exit(&mut reactor, 20 + i, record))
             .collect();
         assert_eq!(forwarded.get(), 3);
         assert_eq!(calls.get(), 2);
         lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == 3);
-        for (i, &pid) in pids.iter().enumerate() {
-            deaths.assert_code(pid, 20 + i as i32);
+        for (i, &id) in ids.iter().enumerate() {
+            deaths.assert_code(id, 20 + i as i32);
         }
         assert_sigchld_default();
     }
@@ -927,10 +722,8 @@ fn descriptors_are_not_inherited() {
     let check = util::Check::start();
     {
         let _reap = ReapOnPanic;
-        let lifeline = Lifeline::new();
-        let mut reactor = library::<Deaths>();
-        let mut lp = util::Loop::new(&mut reactor);
-        let mut deaths = Deaths::default();
+        let gate = Gate::new();
+        let (mut reactor, mut lp, mut deaths) = util::library_loop::<Deaths>();
         util::assert_cloexec_nonblock(&reactor);
 
         // Both ends of the pipe name the same object, such as `pipe:[1234]`.
@@ -946,7 +739,7 @@ fn descriptors_are_not_inherited() {
         }
 
         // With a live child, so the handler is installed too.
-        let waiting = fork_waiting(&mut reactor, &lifeline, record);
+        let waiting = fork_waiting(&mut reactor, &gate, record);
         let listing = Command::new("sh")
             .args(["-c", "ls -l /proc/self/fd/"])
             .stdin(Stdio::null())
@@ -982,10 +775,10 @@ fn fd_target(fd: RawFd) -> String {
 }
 
 /// Forks through the reactor a child that runs `sh -c 'ls -l /proc/self/fd/'`
-/// with its output in a pipe; returns the output and the child's pid.
-fn fork_exec_listing(reactor: &mut Reactor<Deaths>) -> (String, Pid) {
+/// with its output in a pipe; returns the output and the child's id.
+fn fork_exec_listing(reactor: &mut Reactor<Deaths>) -> (String, ChildId) {
     use std::ffi::CString;
-    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe2");
+    let (read, write) = util::pipe();
     // Everything the child needs, allocated before the fork.
     let args: Vec<CString> = ["sh", "-c", "ls -l /proc/self/fd/"]
         .iter()
@@ -1008,13 +801,13 @@ fn fork_exec_listing(reactor: &mut Reactor<Deaths>) -> (String, Pid) {
             }
             util::exit_child(127)
         }
-        Ok(Forked::Parent(pid)) => {
+        Ok(Forked::Parent(id)) => {
             drop(write);
             let mut out = String::new();
             std::fs::File::from(read)
                 .read_to_string(&mut out)
                 .expect("read listing");
-            (out, pid)
+            (out, id)
         }
         Err(e) => panic!("fork: {e}"),
     }
@@ -1036,33 +829,32 @@ fn reactors_on_several_threads() {
                 .map(|t| {
                     let barrier = &barrier;
                     scope.spawn(move || {
-                        let mut reactor = library::<Deaths>();
-                        let mut lp = util::Loop::new(&mut reactor);
-                        let mut deaths = Deaths::default();
+                        let (mut reactor, mut lp, mut deaths) = util::library_loop::<Deaths>();
                         barrier.wait();
                         let base = t as i32 * PER_THREAD;
-                        let pids: Vec<Pid> = (0..PER_THREAD)
+                        let ids: Vec<ChildId> = (0..PER_THREAD)
                             .map(|i| fork_exit(&mut reactor, base + i, record))
                             .collect();
                         let n = PER_THREAD as usize;
                         lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == n);
                         assert_eq!(
                             deaths.seen.keys().collect::<HashSet<_>>(),
-                            pids.iter().collect::<HashSet<_>>(),
+                            ids.iter().collect::<HashSet<_>>(),
                             "thread {t} saw other children"
                         );
-                        for (i, &pid) in pids.iter().enumerate() {
-                            deaths.assert_code(pid, base + i as i32);
+                        for (i, &id) in ids.iter().enumerate() {
+                            deaths.assert_code(id, base + i as i32);
                         }
                         let stats = reactor.stats();
                         assert_eq!((stats.reaped, stats.lost), (n as u64, 0));
-                        pids
+                        ids
                     })
                 })
                 .collect();
             let all: HashSet<Pid> = workers
                 .into_iter()
                 .flat_map(|w| w.join().expect("worker thread"))
+                .map(|id| id.pid())
                 .collect();
             assert_eq!(all.len(), THREADS * PER_THREAD as usize);
         });
@@ -1079,10 +871,10 @@ fn handler_only_while_children_live() {
     let check = util::Check::start();
     {
         let _reap = ReapOnPanic;
-        let lifeline = Lifeline::new();
+        let gate = Gate::new();
         assert_sigchld_default();
-        let mut one = library::<Deaths>();
-        let mut two = library::<Deaths>();
+        let mut one = util::library::<Deaths>();
+        let mut two = util::library::<Deaths>();
         let mut one_lp = util::Loop::new(&mut one);
         let mut two_lp = util::Loop::new(&mut two);
         let mut one_deaths = Deaths::default();
@@ -1091,10 +883,10 @@ fn handler_only_while_children_live() {
         assert_sigchld_default();
 
         for round in 1..=2 {
-            let a = fork_waiting(&mut one, &lifeline, record);
+            let a = fork_waiting(&mut one, &gate, record);
             assert_sigchld_handled();
-            let b = fork_waiting(&mut one, &lifeline, record);
-            let c = fork_waiting(&mut two, &lifeline, record);
+            let b = fork_waiting(&mut one, &gate, record);
+            let c = fork_waiting(&mut two, &gate, record);
 
             one.kill(a, libc::SIGKILL).expect("kill a");
             one_lp.run_until(&mut one, &mut one_deaths, LIMIT, |d| {
@@ -1115,6 +907,83 @@ fn handler_only_while_children_live() {
             two_deaths.assert_signal(c, libc::SIGKILL);
             assert_sigchld_default();
         }
+    }
+    check.finish();
+}
+
+/// 13. A stale `ChildId` is refused even when its pid names a live child of
+///     the reactor again. The kernel may give a reaped child's pid to a new
+///     child; here a `fork_replacement` plays the kernel: its first call
+///     forks a real child, its second returns the same pid again, as if
+///     recycled. evchild takes the second registration as proof that the
+///     first child was reaped behind its back (reported `Lost`), and from
+///     then on the first id is stale: `kill` and `terminate` refuse it with
+///     `AlreadyReaped` although its pid is registered and alive, and only
+///     the new id names the process.
+#[test]
+fn stale_id_refused_when_its_pid_is_registered_again() {
+    let check = util::Check::start();
+    {
+        let _reap = ReapOnPanic;
+        let gate = Gate::new();
+        let forked: Rc<Cell<Option<Pid>>> = Rc::default();
+        let last = forked.clone();
+        let hooks = Hooks::new(SigchldOwner::Library).fork_replacement(move || match last.get() {
+            // The "recycled" pid: no new process.
+            Some(pid) => Ok(Some(pid)),
+            None => {
+                // SAFETY: only called by `Reactor::fork`, whose caller below
+                // upholds fork's contract (the child waits on its gate).
+                let result = unsafe { forward_fork() };
+                if let Ok(Some(pid)) = result {
+                    last.set(Some(pid));
+                }
+                result
+            }
+        });
+        let mut reactor = Reactor::new(hooks).expect("Reactor::new");
+        let mut lp = util::Loop::new(&mut reactor);
+        let mut deaths = Deaths::default();
+
+        let old = fork_waiting(&mut reactor, &gate, record);
+        let new = fork_waiting(&mut reactor, &gate, record);
+        assert_eq!(forked.get(), Some(old.pid()));
+        assert_eq!(new.pid(), old.pid(), "the same pid");
+        assert_ne!(new, old, "a new id");
+        assert_eq!(reactor.len(), 1);
+        assert!(reactor.contains(new));
+        assert!(!reactor.contains(old));
+        assert_eq!(reactor.children().collect::<Vec<_>>(), [new]);
+        for result in [reactor.kill(old, 0), reactor.terminate(old, Duration::ZERO)] {
+            match result {
+                Err(Error::AlreadyReaped { pid }) => assert_eq!(pid, old.pid()),
+                other => panic!("stale id {old}: {other:?}"),
+            }
+        }
+        assert_eq!(reactor.timeout(), None, "a deadline for a stale id");
+
+        // The first child's report: lost, delivered by the next dispatch.
+        lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == 1);
+        assert_eq!(
+            deaths.seen.get(&old).map(Vec::as_slice),
+            Some(&[Outcome::Lost][..])
+        );
+        assert_eq!(reactor.stats().lost, 1);
+        // The process lives on under the new id, and dies under it.
+        reactor.kill(new, 0).expect("kill(new, 0)");
+        reactor
+            .kill(new, libc::SIGKILL)
+            .expect("kill(new, SIGKILL)");
+        lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == 2);
+        deaths.assert_signal(new, libc::SIGKILL);
+        for id in [old, new] {
+            assert!(matches!(
+                reactor.kill(id, 0),
+                Err(Error::AlreadyReaped { .. })
+            ));
+        }
+        let stats = reactor.stats();
+        assert_eq!((stats.reaped, stats.lost), (1, 1));
     }
     check.finish();
 }

@@ -6,16 +6,27 @@
 //! children or opens descriptors at the same time, so every test takes
 //! [`Check::start`], which holds a process-wide lock (like nix's `FORK_MTX`)
 //! and checks the whole process at the end.
+//!
+//! Forked test children: the test binary has other threads, so a child forked
+//! here only calls async-signal-safe functions (`_exit`, `read`, `close`)
+//! until it dies; each helper that forks says which.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::collections::BTreeSet;
-use std::os::fd::{AsRawFd, RawFd};
+use std::collections::{BTreeSet, HashMap};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use evchild::Reactor;
+use evchild::{ChildId, Exit, Forked, Hooks, Outcome, Pid, Reactor, SigchldOwner};
 use mio::{Events, Interest, Poll, Token};
+use nix::errno::Errno;
+
+// ---------------------------------------------------------------------------
+// One test at a time, and a clean process afterwards
+// ---------------------------------------------------------------------------
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -48,6 +59,35 @@ impl Check {
     }
 }
 
+/// Declared first in a test's scope, so dropped last: if the test panics,
+/// reaps every child of the process (the test holds the process-wide lock of
+/// [`Check`], so they are all its own), so that one failing test does not
+/// make every later test of the binary fail at `Check::start`. Children
+/// waiting on a [`Gate`] have been let go by then (the gate is dropped
+/// before this).
+pub struct ReapOnPanic;
+
+impl Drop for ReapOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            reap_every_child(Duration::from_secs(10));
+        }
+    }
+}
+
+/// `waitpid(-1, WNOHANG)` until the process has no child, or `limit` passed.
+pub fn reap_every_child(limit: Duration) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(10)),
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => return, // ECHILD: none left
+        }
+    }
+}
+
 /// `waitid(P_ALL, WEXITED|WNOHANG|WNOWAIT)` answers `ECHILD`: the process has
 /// no child at all, so in particular no zombie.
 #[track_caller]
@@ -56,7 +96,7 @@ pub fn assert_no_children() {
         | nix::sys::wait::WaitPidFlag::WNOHANG
         | nix::sys::wait::WaitPidFlag::WNOWAIT;
     match nix::sys::wait::waitid(nix::sys::wait::Id::All, flags) {
-        Err(nix::errno::Errno::ECHILD) => {}
+        Err(Errno::ECHILD) => {}
         other => panic!("a child (or zombie) remains: waitid answered {other:?}"),
     }
 }
@@ -97,9 +137,416 @@ pub fn assert_cloexec_nonblock(fd: &impl AsRawFd) {
     assert!(fl_flags.contains(OFlag::O_NONBLOCK), "not non-blocking");
 }
 
+// ---------------------------------------------------------------------------
+// Statuses and death reports
+// ---------------------------------------------------------------------------
+
+/// The wait status of a process that called `exit(code)`.
+pub fn exited(code: i32) -> ExitStatus {
+    ExitStatus::from_raw(code << 8)
+}
+
+/// The wait status of a process killed by `signal` (no core dump).
+pub fn signaled(signal: libc::c_int) -> ExitStatus {
+    ExitStatus::from_raw(signal)
+}
+
+/// A test context that keeps the death reports it is given.
+pub trait Record {
+    fn record(&mut self, exit: Exit);
+}
+
+impl Record for Vec<Exit> {
+    fn record(&mut self, exit: Exit) {
+        self.push(exit);
+    }
+}
+
+/// The plain death callback: checks that the report's pid is its id's, and
+/// records it in the context.
+pub fn record<C: Record>(ctx: &mut C, _: &mut Reactor<C>, exit: Exit) {
+    assert_eq!(exit.pid, exit.id.pid(), "a report's pid is its id's");
+    ctx.record(exit);
+}
+
+/// The outcome of child `id`, which must have been reported exactly once in
+/// `deaths`.
+#[track_caller]
+pub fn outcome_of(deaths: &[Exit], id: ChildId) -> Outcome {
+    let found: Vec<_> = deaths.iter().filter(|e| e.id == id).collect();
+    assert_eq!(found.len(), 1, "exactly one report for {id}: {deaths:?}");
+    found[0].outcome
+}
+
+/// Every death report, per child: a child reported twice shows up as two
+/// entries.
+#[derive(Debug, Default)]
+pub struct Deaths {
+    pub seen: HashMap<ChildId, Vec<Outcome>>,
+    /// Children started from inside callbacks.
+    pub spawned: Vec<ChildId>,
+    /// Children whose callback panicked on purpose (recorded first).
+    pub panicked: Vec<ChildId>,
+}
+
+impl Deaths {
+    pub fn total(&self) -> usize {
+        self.seen.values().map(Vec::len).sum()
+    }
+
+    /// The status of `id`, which must have been reported exactly once, and
+    /// reaped (not lost).
+    #[track_caller]
+    pub fn status(&self, id: ChildId) -> ExitStatus {
+        match self.seen.get(&id).map(Vec::as_slice) {
+            Some([Outcome::Reaped(status)]) => *status,
+            other => panic!("child {id}: expected exactly one reaped report, got {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    pub fn assert_code(&self, id: ChildId, code: i32) {
+        let status = self.status(id);
+        assert_eq!(status.code(), Some(code), "child {id}: {status}");
+        assert_eq!(status.signal(), None, "child {id}: {status}");
+    }
+
+    #[track_caller]
+    pub fn assert_signal(&self, id: ChildId, signal: i32) {
+        let status = self.status(id);
+        assert_eq!(status.signal(), Some(signal), "child {id}: {status}");
+        assert_eq!(status.code(), None, "child {id}: {status}");
+    }
+}
+
+impl Record for Deaths {
+    fn record(&mut self, exit: Exit) {
+        self.seen.entry(exit.id).or_default().push(exit.outcome);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Pipes
+// ---------------------------------------------------------------------------
+
+/// A close-on-exec, blocking pipe: (read end, write end).
+pub fn pipe() -> (OwnedFd, OwnedFd) {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe2")
+}
+
+/// `write(2)` of one byte, retrying `EINTR`. Async-signal-safe.
+pub fn write_byte(fd: RawFd, byte: u8) -> bool {
+    loop {
+        // SAFETY: the buffer is one live byte; write is async-signal-safe.
+        let rc = unsafe { libc::write(fd, std::ptr::addr_of!(byte).cast(), 1) };
+        if rc == 1 {
+            return true;
+        }
+        if rc == -1 && Errno::last() == Errno::EINTR {
+            continue;
+        }
+        return false;
+    }
+}
+
+/// Blocking `read(2)` of one byte, retrying `EINTR`; `None` at end of file
+/// or on error. Async-signal-safe.
+pub fn read_byte(fd: RawFd) -> Option<u8> {
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: the buffer is one live, writable byte; read is
+        // async-signal-safe.
+        let rc = unsafe { libc::read(fd, std::ptr::addr_of_mut!(byte).cast(), 1) };
+        if rc == 1 {
+            return Some(byte);
+        }
+        if rc == -1 && Errno::last() == Errno::EINTR {
+            continue;
+        }
+        return None;
+    }
+}
+
+/// Whether `fd` is readable (or hung up) within `timeout` (`poll(2)`).
+pub fn readable_within(fd: RawFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: `pfd` is one valid `pollfd`; poll only writes `revents`.
+        let rc = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+        match rc {
+            -1 if Errno::last() == Errno::EINTR => continue,
+            -1 => panic!("poll: {}", std::io::Error::last_os_error()),
+            0 => return false,
+            _ => return pfd.revents & (libc::POLLIN | libc::POLLHUP) != 0,
+        }
+    }
+}
+
+/// Whether `fd` is readable right now.
+pub fn readable(fd: RawFd) -> bool {
+    readable_within(fd, Duration::ZERO)
+}
+
+// ---------------------------------------------------------------------------
+// Children
+// ---------------------------------------------------------------------------
+
+/// Calls `_exit(code)`. For forked test children: `_exit` is
+/// async-signal-safe, and skips the parent's atexit handlers and buffers.
+pub fn exit_child(code: i32) -> ! {
+    // SAFETY: `_exit` is always safe to call; it never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// A pipe that forked children block on until the test opens the gate
+/// (drops the write end, which only the test holds).
+///
+/// It is also their lifeline: a child meant to wait until it is killed
+/// ([`fork_waiting`]) blocks on a gate too, not in `pause()`. If the test
+/// fails (its gates are dropped while unwinding) or the test process dies,
+/// such children see end of file and exit, so a failing test leaves no
+/// orphan behind holding the test runner's output pipes open.
+pub struct Gate {
+    read: OwnedFd,
+    write: Option<OwnedFd>,
+}
+
+/// The exit code of a [`fork_waiting`] child whose gate opened before anyone
+/// killed it.
+pub const NOT_KILLED: i32 = 86;
+
+impl Gate {
+    pub fn new() -> Self {
+        let (read, write) = pipe();
+        Gate {
+            read,
+            write: Some(write),
+        }
+    }
+
+    /// Lets the children waiting on this gate go.
+    pub fn open(&mut self) {
+        self.write = None;
+    }
+
+    /// In a forked child: closes every other descriptor (so the child holds
+    /// no write end of this gate or any other, which would keep that gate
+    /// shut), waits for end of file on the gate, then `_exit(code)`. Only
+    /// calls `close(2)`, `read(2)` and `_exit(2)`, which are
+    /// async-signal-safe, and allocates nothing.
+    pub fn wait_in_child(&self, code: i32) -> ! {
+        let gate = self.read.as_raw_fd();
+        for fd in 3..1024 {
+            if fd != gate {
+                // SAFETY: close(2) is async-signal-safe; this process exits
+                // below and uses none of these descriptors.
+                unsafe { libc::close(fd) };
+            }
+        }
+        read_byte(gate);
+        exit_child(code)
+    }
+}
+
+/// Forks through `reactor` a child that `_exit`s with `code` at once.
+#[track_caller]
+pub fn fork_exit<C>(
+    reactor: &mut Reactor<C>,
+    code: i32,
+    on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + 'static,
+) -> ChildId {
+    // SAFETY: the child only calls `_exit` (`exit_child`), which is
+    // async-signal-safe.
+    match unsafe { reactor.fork(on_death) } {
+        Ok(Forked::Child) => exit_child(code),
+        Ok(Forked::Parent(id)) => id,
+        Err(e) => panic!("fork: {e}"),
+    }
+}
+
+/// Forks through `reactor` a child that exits with `code` once `gate` opens.
+#[track_caller]
+pub fn fork_gated<C>(
+    reactor: &mut Reactor<C>,
+    gate: &Gate,
+    code: i32,
+    on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + 'static,
+) -> ChildId {
+    // SAFETY: the child only runs `Gate::wait_in_child`, which is
+    // async-signal-safe (see there).
+    match unsafe { reactor.fork(on_death) } {
+        Ok(Forked::Child) => gate.wait_in_child(code),
+        Ok(Forked::Parent(id)) => id,
+        Err(e) => panic!("fork: {e}"),
+    }
+}
+
+/// Forks through `reactor` a child that waits until a signal kills it (or
+/// `gate` opens: then it exits with [`NOT_KILLED`]).
+#[track_caller]
+pub fn fork_waiting<C>(
+    reactor: &mut Reactor<C>,
+    gate: &Gate,
+    on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + 'static,
+) -> ChildId {
+    fork_gated(reactor, gate, NOT_KILLED, on_death)
+}
+
+/// `nix::unistd::fork`, as a `fork_replacement` returns it: `Some(pid)` in
+/// the parent, `None` in the child.
+///
+/// # Safety
+/// As `fork(2)`: the child may only call async-signal-safe functions.
+pub unsafe fn forward_fork() -> std::io::Result<Option<Pid>> {
+    // SAFETY: forwarded to the caller.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Some(Pid::from_raw(child.as_raw()))),
+        nix::unistd::ForkResult::Child => Ok(None),
+    }
+}
+
+/// Blocks until `pid` has exited, without reaping it
+/// (`waitid(P_PID, pid, WEXITED | WNOWAIT)`): afterwards the child is a
+/// zombie that only its owner will reap.
+#[track_caller]
+pub fn wait_zombie(pid: Pid) {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag};
+    let id = || Id::Pid(nix::unistd::Pid::from_raw(pid.as_raw()));
+    loop {
+        match waitid(id(), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Ok(_) => return,
+            Err(Errno::EINTR) => continue,
+            Err(e) => panic!("waitid({pid}, WNOWAIT): {e}"),
+        }
+    }
+}
+
+/// Whether `pid` has exited (is a zombie), without reaping it
+/// (`waitid(P_PID, pid, WEXITED | WNOHANG | WNOWAIT)`).
+#[track_caller]
+pub fn has_exited(pid: Pid) -> bool {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(nix::unistd::Pid::from_raw(pid.as_raw())), flags) {
+        Ok(WaitStatus::StillAlive) => false,
+        Ok(_) => true,
+        Err(e) => panic!("waitid({pid}): {e}"),
+    }
+}
+
+/// Starts `/bin/sh -c script` with `std::process::Command`, stdio to
+/// `/dev/null`: a child of the process that evchild did not start.
+#[track_caller]
+pub fn shell(script: &str) -> Child {
+    Command::new("/bin/sh")
+        .args(["-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn /bin/sh")
+}
+
+/// [`shell`] `exit code`.
+#[track_caller]
+pub fn sh_exit(code: i32) -> Child {
+    shell(&format!("exit {code}"))
+}
+
+// ---------------------------------------------------------------------------
+// The SIGCHLD disposition
+// ---------------------------------------------------------------------------
+
+/// glibc adds `SA_RESTORER` (its signal trampoline) to every action it
+/// installs and reports it back; it is not ours to compare.
+pub const SA_RESTORER: libc::c_int = 0x0400_0000;
+
+/// The current `SIGCHLD` action, as the kernel reports it.
+#[track_caller]
+pub fn sigchld_action() -> libc::sigaction {
+    // SAFETY: an all-zero `sigaction` is a valid value; the kernel overwrites it.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a null new action only queries; `old` is a valid out-pointer.
+    let rc = unsafe { libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old) };
+    assert_eq!(
+        rc,
+        0,
+        "sigaction(SIGCHLD): {}",
+        std::io::Error::last_os_error()
+    );
+    old
+}
+
+/// The current `SIGCHLD` handler address (`SIG_DFL`, `SIG_IGN` or a
+/// function).
+#[track_caller]
+pub fn sigchld_handler() -> libc::sighandler_t {
+    sigchld_action().sa_sigaction
+}
+
+/// The current `SIGCHLD` disposition: handler and flags (without
+/// [`SA_RESTORER`]).
+#[track_caller]
+pub fn disposition() -> (libc::sighandler_t, libc::c_int) {
+    let action = sigchld_action();
+    (action.sa_sigaction, action.sa_flags & !SA_RESTORER)
+}
+
+/// Installs `handler` with `flags` (and an empty mask) as the `SIGCHLD`
+/// disposition; returns the action it replaced.
+///
+/// `handler` must be `SIG_DFL`, `SIG_IGN`, or a function with the signature
+/// `flags` tells the kernel: `extern "C" fn(c_int)`, or with `SA_SIGINFO`
+/// `extern "C" fn(c_int, *mut siginfo_t, *mut c_void)`.
+#[track_caller]
+pub fn set_disposition(handler: libc::sighandler_t, flags: libc::c_int) -> libc::sigaction {
+    // SAFETY: all-zero is a valid sigaction; the fields used are set below.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = handler;
+    action.sa_flags = flags;
+    // SAFETY: `sa_mask` is a valid out-pointer.
+    unsafe { libc::sigemptyset(&mut action.sa_mask) };
+    // SAFETY: all-zero is a valid sigaction; the kernel overwrites it.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: `action` is fully initialised, and its handler has the
+    // signature its flags tell the kernel (the caller's obligation, see
+    // above); `old` is a valid out-pointer.
+    let rc = unsafe { libc::sigaction(libc::SIGCHLD, &action, &mut old) };
+    assert_eq!(rc, 0, "sigaction(SIGCHLD)");
+    old
+}
+
+/// Reinstalls a `SIGCHLD` action obtained from the kernel.
+#[track_caller]
+pub fn restore_action(action: &libc::sigaction) {
+    // SAFETY: `action` came from the kernel, so it is valid to install.
+    let rc = unsafe { libc::sigaction(libc::SIGCHLD, action, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "sigaction(SIGCHLD)");
+}
+
+/// Puts `SIG_DFL` back when the test ends, even if it fails.
+pub struct RestoreDefault;
+
+impl Drop for RestoreDefault {
+    fn drop(&mut self) {
+        set_disposition(libc::SIG_DFL, 0);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The loop
+// ---------------------------------------------------------------------------
+
 pub const CHILDREN: Token = Token(0);
 
-/// A mio loop around one reactor: the way an application drives it.
+/// A mio loop around one reactor (under [`CHILDREN`]), driven the way the
+/// reactor's documentation asks: `poll` sleeps no longer than
+/// [`Reactor::timeout`], and `dispatch` runs after every return of `poll`,
+/// on an event or on time-out.
 pub struct Loop {
     pub poll: Poll,
     events: Events,
@@ -126,28 +573,59 @@ impl Loop {
         limit: Duration,
         mut done: impl FnMut(&C) -> bool,
     ) {
+        self.run_with(reactor, ctx, limit, |_, _, _| {}, |_, ctx| done(ctx));
+    }
+
+    /// Polls and dispatches until `done(reactor, ctx)` holds; panics after
+    /// `limit`. Events of tokens other than [`CHILDREN`] (sources the test
+    /// registered in [`Loop::poll`] itself) go to `on_event`, after the
+    /// reactor's `dispatch`.
+    #[track_caller]
+    pub fn run_with<C>(
+        &mut self,
+        reactor: &mut Reactor<C>,
+        ctx: &mut C,
+        limit: Duration,
+        mut on_event: impl FnMut(Token, &mut Reactor<C>, &mut C),
+        mut done: impl FnMut(&Reactor<C>, &C) -> bool,
+    ) {
         let deadline = Instant::now() + limit;
-        while !done(ctx) {
+        while !done(reactor, ctx) {
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(
                 !left.is_zero(),
-                "timed out after {limit:?} waiting for the loop"
+                "timed out after {limit:?} waiting for the loop: {reactor:?}"
             );
-            match self.poll.poll(&mut self.events, Some(left)) {
+            // Wake up for the reactor's next deadline, and for our limit.
+            let sleep = reactor.timeout().map_or(left, |due| due.min(left));
+            match self.poll.poll(&mut self.events, Some(sleep)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => panic!("poll: {e}"),
             }
-            if self.events.iter().any(|e| e.token() == CHILDREN) {
-                reactor.dispatch(ctx).expect("dispatch");
+            // After every return of `poll`, readiness or time-out: dispatch
+            // also fires the deadlines that are due.
+            reactor.dispatch(ctx).expect("dispatch");
+            for event in &self.events {
+                if event.token() != CHILDREN {
+                    on_event(event.token(), reactor, ctx);
+                }
             }
         }
     }
 }
 
-/// Calls `_exit(code)`. For forked test children: `_exit` is
-/// async-signal-safe, and skips the parent's atexit handlers and buffers.
-pub fn exit_child(code: i32) -> ! {
-    // SAFETY: `_exit` is always safe to call; it never returns.
-    unsafe { libc::_exit(code) }
+/// A reactor in `Library` mode, the default.
+#[track_caller]
+pub fn library<C>() -> Reactor<C> {
+    Reactor::new(Hooks::new(SigchldOwner::Library)).expect("Reactor::new(Library)")
+}
+
+/// What most tests start with: a `Library` reactor, a [`Loop`] around it,
+/// and an empty context. Bind them in this order (they drop in reverse).
+#[track_caller]
+pub fn library_loop<C: Default>() -> (Reactor<C>, Loop, C) {
+    let mut reactor = library();
+    let lp = Loop::new(&mut reactor);
+    (reactor, lp, C::default())
 }
