@@ -23,12 +23,13 @@ pub enum Error {
         live: usize,
     },
 
-    /// The pid is not a live child registered with this reactor: it was never
-    /// registered here, or its death has already been reported.
+    /// The child is not one of this reactor's.
     ///
-    /// In `Mainloop` mode this is the answer of `reaped` for a child evchild did
-    /// not start: the application owns that status.
-    #[error("pid {pid} is not a child registered with this reactor: handle its status yourself")]
+    /// From `kill`, `kill_group` and `terminate`: the [`ChildId`](crate::ChildId)
+    /// was issued by another reactor; ask that one. From `reaped` (`Mainloop`
+    /// mode): the pid is not a registered child, so its status is the
+    /// application's own.
+    #[error("pid {pid} is not a child registered with this reactor (ask the reactor that started it, or, from reaped, handle the status yourself)")]
     UnknownChild {
         /// The pid the caller named.
         pid: Pid,

@@ -33,11 +33,15 @@
 //!
 //! let mut events = Events::with_capacity(64);
 //! while app.running > 0 {
-//!     poll.poll(&mut events, None)?;
-//!     for event in &events {
-//!         if event.token() == CHILDREN {
-//!             children.dispatch(&mut app)?;
-//!         }
+//!     // SIGCHLD interrupts epoll_wait even with SA_RESTART: just poll again.
+//!     match poll.poll(&mut events, children.timeout()) {
+//!         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+//!         other => other?,
+//!     }
+//!     // Cheap when there is nothing to do; also fires `terminate` deadlines.
+//!     children.dispatch(&mut app)?;
+//!     for _event in &events {
+//!         // ... the application's other sources ...
 //!     }
 //! }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -58,6 +62,16 @@
 //! Deadlines need no runtime: pass [`Reactor::timeout`] to `poll` and call
 //! `dispatch` whenever `poll` returns. What dropping the reactor does to
 //! live children is the application's choice ([`DropPolicy`]).
+//!
+//! # The loop
+//!
+//! Register the reactor for `READABLE` (it is edge-triggered safe: `dispatch`
+//! empties it), pass [`Reactor::timeout`] to `poll`, and call
+//! [`Reactor::dispatch`] when `poll` returns with the reactor's event or on
+//! time-out (calling it after every return is simplest and cheap). While
+//! evchild's handler is installed, a `SIGCHLD` can make `poll` fail with
+//! `ErrorKind::Interrupted`: `epoll_wait(2)` is never restarted after a
+//! signal handler, `SA_RESTART` or not. That is not an error; poll again.
 //!
 //! # SIGCHLD ownership
 //!
@@ -89,7 +103,9 @@
 //!   pid it reaps it calls [`Reactor::reaped`] (which runs our callback, or
 //!   answers `UnknownChild` for its own children), *before* it signals any
 //!   child through the reactor. Or, if it reaps only its own children by pid,
-//!   it calls [`Reactor::sigchld_occurred`] whenever `SIGCHLD` arrives.
+//!   it calls [`Reactor::sigchld_occurred`] whenever `SIGCHLD` arrives. It
+//!   reports every pid it reaped *before* the next `dispatch`, which may send
+//!   a `terminate` deadline's `SIGKILL`.
 //!   evchild installs no handler. The reactor should still be registered in
 //!   the loop: `dispatch` delivers callbacks left over by a panicking one.
 //! * **`LibraryAlways`**: evchild reaps every child of the process. The

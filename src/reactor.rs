@@ -338,7 +338,11 @@ impl<C> Reactor<C> {
     /// # let mut events = mio::Events::with_capacity(8);
     /// # let mut children = Reactor::<()>::new(Hooks::default())?;
     /// loop {
-    ///     poll.poll(&mut events, children.timeout())?;
+    ///     match poll.poll(&mut events, children.timeout()) {
+    ///         // SIGCHLD interrupts epoll_wait; that is no error.
+    ///         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+    ///         other => other?,
+    ///     }
     ///     children.dispatch(&mut ())?; // cheap when there is nothing to do
     ///     // ... handle the other events ...
     /// #   break;
