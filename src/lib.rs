@@ -208,7 +208,9 @@
 #![deny(missing_docs, missing_debug_implementations, unsafe_code)]
 #![warn(rust_2018_idioms, clippy::undocumented_unsafe_blocks)]
 
+mod control;
 mod dispatch;
+mod drop_policy;
 mod error;
 mod exit;
 mod fork;
@@ -225,8 +227,9 @@ mod sys;
 mod table;
 mod timer;
 
+pub use drop_policy::DropPolicy;
 pub use error::{Error, Result};
 pub use exit::{ChildId, Exit, Outcome, Pid};
 pub use mode::{Claim, Forked, Hooks, SigchldOwner};
-pub use reactor::{DropPolicy, Reactor, Stats};
+pub use reactor::{Reactor, Stats};
 pub use spawn::Spawned;

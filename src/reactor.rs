@@ -9,7 +9,6 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
 
 use mio::event::Source;
 use mio::unix::SourceFd;
@@ -20,7 +19,7 @@ use crate::selfpipe::SelfPipe;
 use crate::sigchld::{self, ReapAllToken, Registration};
 use crate::table::ChildTable;
 use crate::timer::Deadlines;
-use crate::{ChildId, Error, Exit, Hooks, Pid, Result, SigchldOwner};
+use crate::{ChildId, DropPolicy, Error, Exit, Hooks, Pid, Result, SigchldOwner};
 
 /// A death callback: runs once, in [`Reactor::dispatch`] (or `reaped` /
 /// `sigchld_occurred`), after the child has left the reactor's tables. It
@@ -52,35 +51,6 @@ pub struct Stats {
     /// Calls of `dispatch` in the process that created the reactor, spurious
     /// ones included.
     pub dispatches: u64,
-}
-
-/// What dropping a [`Reactor`] does to the children it still has.
-///
-/// Set with [`Reactor::set_drop_policy`]. In every case the callbacks of
-/// those children are dropped without being called (there is no context to
-/// call them with).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum DropPolicy {
-    /// Leave them running (libxl's behaviour). They stay children of the
-    /// process: whoever reaps next gets their statuses, and until then each
-    /// that dies is a zombie. Choose it when the process is about to exit,
-    /// when another reactor (or a `LibraryAlways` one) will adopt them with
-    /// [`watch`](Reactor::watch), or when they must outlive the reactor.
-    #[default]
-    Leave,
-    /// Send each `SIGKILL` and do not wait. Each is a zombie until something
-    /// reaps it (the process's exit, a `LibraryAlways` reactor, init after
-    /// the process exits). Only the children themselves are signalled, not
-    /// their process groups: use [`kill_group`](Reactor::kill_group) first
-    /// for those.
-    Kill,
-    /// Send each `SIGKILL`, then reap them, blocking the dropping thread for
-    /// at most the given time (a child stuck in the kernel can outlast
-    /// `SIGKILL` for a while). Children still unreaped then are left as with
-    /// `Kill`. With a few milliseconds to spare, no zombie of the reactor's
-    /// remains.
-    KillAndReap(Duration),
 }
 
 /// A registered child: its serial (the rest of its [`ChildId`]) and what to
@@ -263,160 +233,6 @@ impl<C> Reactor<C> {
         }
     }
 
-    /// `Ok(())` if `id` is a live child of this reactor; otherwise the error
-    /// that says why not.
-    pub(crate) fn check_live(&self, id: ChildId) -> Result<()> {
-        self.check_process()?;
-        if self.contains(id) {
-            Ok(())
-        } else if id.reactor == self.number {
-            Err(Error::AlreadyReaped { pid: id.pid })
-        } else {
-            Err(Error::UnknownChild { pid: id.pid })
-        }
-    }
-
-    /// `kill(pid, signal)` for a live registered child.
-    ///
-    /// `signal` is a signal number such as `libc::SIGTERM`; 0 checks that the
-    /// child can be signalled without sending anything.
-    ///
-    /// Between its registration and the report of its death the pid cannot
-    /// name another process: the kernel does not reuse the pid of a child
-    /// that has not been reaped, and evchild reports each death only after
-    /// reaping. (In `Mainloop` mode this holds only if the application calls
-    /// [`reaped`](Reactor::reaped) before it signals through the reactor.)
-    ///
-    /// # Errors
-    ///
-    /// Nothing is signalled on error.
-    /// * [`Error::AlreadyReaped`] if the child's death has been reported (or
-    ///   is about to be, in this `dispatch`): the pid may have been recycled.
-    /// * [`Error::UnknownChild`] if `id` comes from another reactor.
-    /// * [`Error::Io`] from `kill(2)`: `EINVAL` for a bad signal number.
-    /// * [`Error::ForkedChild`] in a forked child.
-    pub fn kill(&mut self, id: ChildId, signal: libc::c_int) -> Result<()> {
-        self.check_live(id)?;
-        crate::sys::kill(id.pid, signal).map_err(|e| Error::io("kill", e))
-    }
-
-    /// Asks a child to stop: `SIGTERM` now, and `SIGKILL` if it is still
-    /// alive after `grace`.
-    ///
-    /// The death callback still fires exactly once, with the true status:
-    /// signal 15 if the child obeyed (or died otherwise), 9 if it had to be
-    /// killed. The `SIGKILL` is sent by the first [`dispatch`](Reactor::dispatch)
-    /// at or after the deadline; see [`timeout`](Reactor::timeout) for the
-    /// loop that makes that happen on time. Calling it again for the same
-    /// child sends another `SIGTERM` and adds another deadline; the earliest
-    /// wins.
-    ///
-    /// # Errors
-    ///
-    /// As for [`kill`](Reactor::kill); nothing is sent and no deadline is set.
-    pub fn terminate(&mut self, id: ChildId, grace: Duration) -> Result<()> {
-        self.kill(id, libc::SIGTERM)?;
-        let at = Instant::now().checked_add(grace);
-        // A grace too long to represent never runs out.
-        if let Some(at) = at {
-            self.deadlines.push(at, id);
-        }
-        Ok(())
-    }
-
-    /// How long the loop may sleep in `poll` before the reactor has a
-    /// deadline due, or `None` if it has none. Zero means one is due now.
-    ///
-    /// A loop that passes this to `poll` and calls
-    /// [`dispatch`](Reactor::dispatch) whenever `poll` returns (on an event
-    /// for the reactor *or* on time-out) needs nothing else for the
-    /// reactor's timers:
-    ///
-    /// ```no_run
-    /// # use evchild::{Hooks, Reactor};
-    /// # let mut poll = mio::Poll::new()?;
-    /// # let mut events = mio::Events::with_capacity(8);
-    /// # let mut children = Reactor::<()>::new(Hooks::default())?;
-    /// loop {
-    ///     match poll.poll(&mut events, children.timeout()) {
-    ///         // SIGCHLD interrupts epoll_wait; that is no error.
-    ///         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-    ///         other => other?,
-    ///     }
-    ///     children.dispatch(&mut ())?; // cheap when there is nothing to do
-    ///     // ... handle the other events ...
-    /// #   break;
-    /// }
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn timeout(&self) -> Option<Duration> {
-        self.deadlines
-            .next()
-            .map(|at| at.saturating_duration_since(Instant::now()))
-    }
-
-    /// Sends `SIGKILL` to every child whose grace period has run out, and
-    /// forgets deadlines of children that are gone.
-    pub(crate) fn fire_deadlines(&mut self) {
-        let now = Instant::now();
-        while let Some(id) = self.deadlines.pop_due(now) {
-            if self.contains(id) {
-                // ESRCH cannot happen (the child is unreaped); anything else
-                // is not the caller's to handle in dispatch.
-                let _ = crate::sys::kill(id.pid, libc::SIGKILL);
-            }
-        }
-        let Reactor {
-            deadlines,
-            children,
-            ..
-        } = self;
-        deadlines.prune(|id| {
-            !children
-                .get(id.pid)
-                .is_some_and(|entry| entry.serial == id.serial)
-        });
-    }
-
-    /// Chooses what dropping the reactor does to the children it still has
-    /// (by default, [`DropPolicy::Leave`]).
-    pub fn set_drop_policy(&mut self, policy: DropPolicy) {
-        self.drop_policy = policy;
-    }
-
-    /// What dropping the reactor will do to the children it still has.
-    pub fn drop_policy(&self) -> DropPolicy {
-        self.drop_policy
-    }
-
-    /// Carries out the drop policy (in the creating process only).
-    fn drop_children(&mut self) {
-        let within = match self.drop_policy {
-            DropPolicy::Leave => return,
-            DropPolicy::Kill => None,
-            DropPolicy::KillAndReap(within) => Some(within),
-        };
-        for pid in self.children.pids() {
-            // ESRCH cannot happen (unreaped); nothing else can be done here.
-            let _ = crate::sys::kill(pid, libc::SIGKILL);
-        }
-        let Some(within) = within else { return };
-        let deadline = Instant::now().checked_add(within);
-        loop {
-            // Reaped children's entries (and callbacks) are simply dropped.
-            let _ = crate::reap::reap_own(
-                &mut crate::sys::SysReap,
-                &mut self.children,
-                &mut self.scratch,
-                drop,
-            );
-            if self.children.is_empty() || deadline.is_some_and(|d| Instant::now() >= d) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
     /// The SIGCHLD mode.
     pub fn mode(&self) -> SigchldOwner {
         self.mode
@@ -466,34 +282,6 @@ impl<C> Reactor<C> {
                 current,
             })
         }
-    }
-}
-
-impl<C> Drop for Reactor<C> {
-    fn drop(&mut self) {
-        if self.check_process().is_err() {
-            // A forked child: the registry's lock may be held by a thread
-            // that does not exist here, and freeing memory is not
-            // async-signal-safe. Leak everything; the descriptors (the
-            // child's own copies) are closed below, and close(2) is
-            // async-signal-safe.
-            std::mem::forget(std::mem::take(&mut self.children));
-            std::mem::forget(std::mem::take(&mut self.pending));
-            std::mem::forget(std::mem::take(&mut self.scratch));
-            std::mem::forget(self.fork_replacement.take());
-            std::mem::forget(self.unknown_child.take());
-            if let Some(registration) = self.registration.take() {
-                registration.forget();
-            }
-            if let Some(token) = self.reap_all.take() {
-                token.forget();
-            }
-            return;
-        }
-        self.drop_children();
-        // Unregister (waiting out any handler still using the write end)
-        // before the pipe is closed by the field drops.
-        self.registration = None;
     }
 }
 

@@ -73,6 +73,16 @@ impl<C> Reactor<C> {
     ///
     /// Do not wait for the child through other means; the reactor reaps it.
     ///
+    /// The child inherits what std passes on: the environment, descriptors
+    /// not marked close-on-exec, and, since Rust 1.66, **the calling thread's
+    /// signal mask**. A program that blocks signals (for `signalfd`, say)
+    /// starts children with those signals blocked, and a `SIGTERM` from
+    /// `terminate` then waits, pending, until the `SIGKILL`. Prefer a handler
+    /// that writes to a pipe (as evchild does for `SIGCHLD`) to blocking:
+    /// handled signals are reset to their default at exec, blocked ones stay
+    /// blocked. Unblocking them in `pre_exec` works too, but pushes std onto
+    /// its slow `fork` path.
+    ///
     /// # Errors
     ///
     /// * [`Error::Spawn`] if the child could not be started: the program is
@@ -83,9 +93,10 @@ impl<C> Reactor<C> {
     /// * [`Error::HandlerConflict`] / [`Error::TooManyReactors`] (`Library`
     ///   mode) if the handler cannot be installed; nothing was started.
     /// * [`Error::ForkedChild`] in a forked child; nothing was started.
-    /// * [`Error::Io`] (`fcntl`) if a pipe could not be made non-blocking:
-    ///   the child *was* started and is registered, and its callback will
-    ///   run; only its pipes are lost.
+    /// * [`Error::Io`] (`fcntl`) if a pipe could not be made non-blocking (it
+    ///   cannot happen to a valid pipe on Linux): the child had started, and
+    ///   has been sent `SIGKILL`; its death callback still runs once, with
+    ///   signal 9.
     pub fn spawn(
         &mut self,
         command: &mut Command,
@@ -110,13 +121,20 @@ impl<C> Reactor<C> {
         let id = self.register(Pid::from(child.id()), on_death);
         // std's `Child` neither waits nor kills on drop: from here on the
         // reactor alone owns the child's death.
-        let (stdin, stdout, stderr) = nonblocking_stdio(&mut child)?;
-        Ok(Spawned {
-            id,
-            stdin,
-            stdout,
-            stderr,
-        })
+        match nonblocking_stdio(&mut child) {
+            Ok((stdin, stdout, stderr)) => Ok(Spawned {
+                id,
+                stdin,
+                stdout,
+                stderr,
+            }),
+            Err(e) => {
+                // The caller gets no id, so it could not stop a child it
+                // cannot talk to: end it now. Its death is still reported.
+                let _ = self.kill(id, libc::SIGKILL);
+                Err(e)
+            }
+        }
     }
 
     /// Adopts `pid`, a child this process started some other way (with
@@ -161,25 +179,6 @@ impl<C> Reactor<C> {
         // Its SIGCHLD may have come before our handler was there: look now.
         self.pipe.wake();
         Ok(id)
-    }
-
-    /// `kill(-pgid, signal)`: signals the process group a child leads, for a
-    /// child started in its own group (`CommandExt::process_group(0)`), so
-    /// its descendants get the signal too.
-    ///
-    /// # Errors
-    ///
-    /// Nothing is signalled on error.
-    /// * As for [`kill`](Reactor::kill) (`AlreadyReaped` once the child's
-    ///   death has been reported, even if other members of the group live on).
-    /// * [`Error::NotAGroupLeader`] if the child does not lead a process
-    ///   group (`getpgid(pid) != pid`).
-    pub fn kill_group(&mut self, id: ChildId, signal: libc::c_int) -> Result<()> {
-        self.check_live(id)?;
-        if crate::sys::getpgid(id.pid).map_err(|e| Error::io("getpgid", e))? != id.pid {
-            return Err(Error::NotAGroupLeader { pid: id.pid });
-        }
-        crate::sys::kill_group(id.pid, signal).map_err(|e| Error::io("killpg", e))
     }
 }
 

@@ -1,0 +1,183 @@
+//! Acting on live children: signals, process groups, and `terminate`'s
+//! deadlines.
+//!
+//! Every call takes a [`ChildId`] and checks it against the table first, so
+//! a child is signalled only between its registration and the report of its
+//! death, while the kernel cannot have given its pid (or its process group
+//! id) to anything else.
+
+use std::time::{Duration, Instant};
+
+use crate::timer::Target;
+use crate::{ChildId, Error, Reactor, Result};
+
+impl<C> Reactor<C> {
+    /// `Ok(())` if `id` is a live child of this reactor; otherwise the error
+    /// that says why not.
+    pub(crate) fn check_live(&self, id: ChildId) -> Result<()> {
+        self.check_process()?;
+        if self.contains(id) {
+            Ok(())
+        } else if id.reactor == self.number {
+            Err(Error::AlreadyReaped { pid: id.pid })
+        } else {
+            Err(Error::UnknownChild { pid: id.pid })
+        }
+    }
+
+    /// `kill(pid, signal)` for a live registered child.
+    ///
+    /// `signal` is a signal number such as `libc::SIGTERM`; 0 checks that the
+    /// child can be signalled without sending anything.
+    ///
+    /// Between its registration and the report of its death the pid cannot
+    /// name another process: the kernel does not reuse the pid of a child
+    /// that has not been reaped, and evchild reports each death only after
+    /// reaping. (In `Mainloop` mode this holds only if the application calls
+    /// [`reaped`](Reactor::reaped) before it signals through the reactor.)
+    ///
+    /// # Errors
+    ///
+    /// Nothing is signalled on error.
+    /// * [`Error::AlreadyReaped`] if the child's death has been reported (or
+    ///   is about to be, in this `dispatch`): the pid may have been recycled.
+    /// * [`Error::UnknownChild`] if `id` comes from another reactor.
+    /// * [`Error::Io`] from `kill(2)`: `EINVAL` for a bad signal number.
+    /// * [`Error::ForkedChild`] in a forked child.
+    pub fn kill(&mut self, id: ChildId, signal: libc::c_int) -> Result<()> {
+        self.check_live(id)?;
+        crate::sys::kill(id.pid, signal).map_err(|e| Error::io("kill", e))
+    }
+
+    /// Asks a child to stop: `SIGTERM` now, and `SIGKILL` if it is still
+    /// alive after `grace`.
+    ///
+    /// The death callback still fires exactly once, with the true status:
+    /// signal 15 if the child obeyed (or died otherwise), 9 if it had to be
+    /// killed. The `SIGKILL` is sent by the first [`dispatch`](Reactor::dispatch)
+    /// at or after the deadline; see [`timeout`](Reactor::timeout) for the
+    /// loop that makes that happen on time. Calling it again for the same
+    /// child sends another `SIGTERM` and adds another deadline; the earliest
+    /// wins.
+    ///
+    /// # Errors
+    ///
+    /// As for [`kill`](Reactor::kill); nothing is sent and no deadline is set.
+    pub fn terminate(&mut self, id: ChildId, grace: Duration) -> Result<()> {
+        self.kill(id, libc::SIGTERM)?;
+        self.add_deadline(id, grace, Target::Child);
+        Ok(())
+    }
+
+    /// [`terminate`](Reactor::terminate) for the whole process group a child
+    /// leads: `SIGTERM` to the group now, and `SIGKILL` to the group if the
+    /// child is still alive after `grace`.
+    ///
+    /// The `SIGKILL` goes to the group while its leader is alive, so members
+    /// that ignore `SIGTERM` cannot outlive a leader that the deadline kills.
+    /// If the leader obeys and dies first, the group is no longer signalled
+    /// (see [`kill_group`](Reactor::kill_group)); members still running then
+    /// are left alone.
+    ///
+    /// # Errors
+    ///
+    /// As for [`kill_group`](Reactor::kill_group); nothing is sent and no
+    /// deadline is set.
+    pub fn terminate_group(&mut self, id: ChildId, grace: Duration) -> Result<()> {
+        self.kill_group(id, libc::SIGTERM)?;
+        self.add_deadline(id, grace, Target::Group);
+        Ok(())
+    }
+
+    fn add_deadline(&mut self, id: ChildId, grace: Duration, target: Target) {
+        // A grace too long to represent never runs out.
+        if let Some(at) = Instant::now().checked_add(grace) {
+            self.deadlines.push(at, id, target);
+        }
+    }
+
+    /// How long the loop may sleep in `poll` before the reactor has a
+    /// deadline due, or `None` if it has none. Zero means one is due now.
+    ///
+    /// A loop with deadlines of its own sleeps for the shorter of the two,
+    /// where `None` means no limit (mind that `Option::min` would pick
+    /// `None`). A loop that passes
+    /// this to `poll` and calls
+    /// [`dispatch`](Reactor::dispatch) whenever `poll` returns (on an event
+    /// for the reactor *or* on time-out) needs nothing else for the
+    /// reactor's timers:
+    ///
+    /// ```no_run
+    /// # use evchild::{Hooks, Reactor};
+    /// # let mut poll = mio::Poll::new()?;
+    /// # let mut events = mio::Events::with_capacity(8);
+    /// # let mut children = Reactor::<()>::new(Hooks::default())?;
+    /// loop {
+    ///     match poll.poll(&mut events, children.timeout()) {
+    ///         // SIGCHLD interrupts epoll_wait; that is no error.
+    ///         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+    ///         other => other?,
+    ///     }
+    ///     children.dispatch(&mut ())?; // cheap when there is nothing to do
+    ///     // ... handle the other events ...
+    /// #   break;
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn timeout(&self) -> Option<Duration> {
+        self.deadlines
+            .next()
+            .map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// Sends `SIGKILL` to every child whose grace period has run out, and
+    /// forgets deadlines of children that are gone.
+    pub(crate) fn fire_deadlines(&mut self) {
+        let now = Instant::now();
+        while let Some((id, target)) = self.deadlines.pop_due(now) {
+            if self.contains(id) {
+                // ESRCH cannot happen (the child is unreaped, so its pid and
+                // group exist); anything else is not the caller's to handle
+                // in dispatch.
+                let _ = match target {
+                    Target::Child => crate::sys::kill(id.pid, libc::SIGKILL),
+                    Target::Group => crate::sys::kill_group(id.pid, libc::SIGKILL),
+                };
+            }
+        }
+        let Reactor {
+            deadlines,
+            children,
+            ..
+        } = self;
+        deadlines.prune(|id| {
+            !children
+                .get(id.pid)
+                .is_some_and(|entry| entry.serial == id.serial)
+        });
+    }
+
+    /// `kill(-pgid, signal)`: signals the process group a child leads, for a
+    /// child started in its own group (`CommandExt::process_group(0)`), so
+    /// its descendants get the signal too.
+    ///
+    /// # Errors
+    ///
+    /// Nothing is signalled on error.
+    /// * As for [`kill`](Reactor::kill): `AlreadyReaped` once the child's
+    ///   death has been reported, even if other members of the group live on.
+    ///   Once the leader is reaped, evchild cannot tell whether the group id
+    ///   still names the same group, so it does not guess: signal a group
+    ///   before its leader's death is reported (in the leader's own death
+    ///   callback it is already too late). `terminate_group` does this for
+    ///   you.
+    /// * [`Error::NotAGroupLeader`] if the child does not lead a process
+    ///   group (`getpgid(pid) != pid`).
+    pub fn kill_group(&mut self, id: ChildId, signal: libc::c_int) -> Result<()> {
+        self.check_live(id)?;
+        if crate::sys::getpgid(id.pid).map_err(|e| Error::io("getpgid", e))? != id.pid {
+            return Err(Error::NotAGroupLeader { pid: id.pid });
+        }
+        crate::sys::kill_group(id.pid, signal).map_err(|e| Error::io("killpg", e))
+    }
+}
