@@ -99,13 +99,12 @@ impl<C> Reactor<C> {
     /// How long the loop may sleep in `poll` before the reactor has a
     /// deadline due, or `None` if it has none. Zero means one is due now.
     ///
-    /// A loop with deadlines of its own sleeps for the shorter of the two,
-    /// where `None` means no limit (mind that `Option::min` would pick
-    /// `None`). A loop that passes
-    /// this to `poll` and calls
+    /// A loop that passes this to `poll` and calls
     /// [`dispatch`](Reactor::dispatch) whenever `poll` returns (on an event
     /// for the reactor *or* on time-out) needs nothing else for the
-    /// reactor's timers:
+    /// reactor's timers. A loop with deadlines of its own sleeps for the
+    /// shorter of the two, where `None` means no limit (mind that
+    /// `Option::min` would pick `None`).
     ///
     /// ```no_run
     /// # use evchild::{Hooks, Reactor};

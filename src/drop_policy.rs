@@ -86,6 +86,7 @@ impl<C> Drop for Reactor<C> {
             std::mem::forget(std::mem::take(&mut self.children));
             std::mem::forget(std::mem::take(&mut self.pending));
             std::mem::forget(std::mem::take(&mut self.scratch));
+            std::mem::forget(std::mem::take(&mut self.deadlines));
             std::mem::forget(self.fork_replacement.take());
             std::mem::forget(self.unknown_child.take());
             if let Some(registration) = self.registration.take() {
