@@ -73,8 +73,9 @@ impl<C> Reactor<C> {
     /// leads: `SIGTERM` to the group now, and `SIGKILL` to the group if the
     /// child is still alive after `grace`.
     ///
-    /// The `SIGKILL` goes to the group while its leader is alive, so members
-    /// that ignore `SIGTERM` cannot outlive a leader that the deadline kills.
+    /// The `SIGKILL` goes to the group (and to the leader itself, should it
+    /// have left the group) while the leader is alive, so members that ignore
+    /// `SIGTERM` cannot outlive a leader that the deadline kills.
     /// If the leader obeys and dies first, the group is no longer signalled
     /// (see [`kill_group`](Reactor::kill_group)); members still running then
     /// are left alone.
@@ -138,10 +139,12 @@ impl<C> Reactor<C> {
                 // ESRCH cannot happen (the child is unreaped, so its pid and
                 // group exist); anything else is not the caller's to handle
                 // in dispatch.
-                let _ = match target {
-                    Target::Child => crate::sys::kill(id.pid, libc::SIGKILL),
-                    Target::Group => crate::sys::kill_group(id.pid, libc::SIGKILL),
-                };
+                if target == Target::Group {
+                    // ESRCH if the leader has left its group since: the
+                    // leader itself still gets the SIGKILL below.
+                    let _ = crate::sys::kill_group(id.pid, libc::SIGKILL);
+                }
+                let _ = crate::sys::kill(id.pid, libc::SIGKILL);
             }
         }
         let Reactor {

@@ -25,7 +25,8 @@ pub enum Error {
 
     /// The child is not one of this reactor's.
     ///
-    /// From `kill`, `kill_group` and `terminate`: the [`ChildId`](crate::ChildId)
+    /// From `kill`, `kill_group`, `terminate` and `terminate_group`: the
+    /// [`ChildId`](crate::ChildId)
     /// was issued by another reactor; ask that one. From `reaped` (`Mainloop`
     /// mode): the pid is not a registered child, so its status is the
     /// application's own.

@@ -6,23 +6,18 @@
 
 mod util;
 
-use std::io;
 use std::process::{Child, Command};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use evchild::{ChildId, DropPolicy, Exit, Hooks, Pid, Reactor, SigchldOwner};
+use evchild::{ChildId, DropPolicy, Exit, Pid, Reactor};
 use nix::sys::signal::Signal;
-use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
+use nix::sys::wait::{waitid, Id, WaitPidFlag};
+use util::{has_exited, reap_child, sigchld_handler, signaled, Check, KillOnPanic};
 
-/// The application's context in these tests (never used: no test here
-/// dispatches, and dropped children's callbacks never run).
-#[derive(Default)]
-struct App;
-
-fn library() -> Reactor<App> {
-    Reactor::new(Hooks::new(SigchldOwner::Library)).expect("Reactor::new")
-}
+/// The reactors here have no context: no test dispatches, and dropped
+/// children's callbacks never run.
+type App = ();
 
 /// Spawns `sleep 30` with a callback that holds a clone of `token` and
 /// panics if it is ever called.
@@ -40,53 +35,10 @@ fn spawn_sleep(reactor: &mut Reactor<App>, token: &Rc<()>) -> ChildId {
         .id
 }
 
-fn nix_pid(pid: Pid) -> nix::unistd::Pid {
-    nix::unistd::Pid::from_raw(pid.as_raw())
-}
-
-/// Whether `pid` is running (not a zombie), asked without reaping it.
-fn running(pid: Pid) -> bool {
-    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-    match waitid(Id::Pid(nix_pid(pid)), flags) {
-        Ok(WaitStatus::StillAlive) => true,
-        Ok(_) => false,
-        Err(e) => panic!("waitid({pid}): {e}"),
-    }
-}
-
-/// Reaps `pid` (blocking) and returns its status.
-fn reap(pid: Pid) -> WaitStatus {
-    loop {
-        match waitpid(nix_pid(pid), None) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            other => return other.unwrap_or_else(|e| panic!("waitpid({pid}): {e}")),
-        }
-    }
-}
-
-/// Blocks until `pid` has exited, without reaping it.
-fn wait_until_zombie(pid: Pid) {
-    loop {
-        match waitid(
-            Id::Pid(nix_pid(pid)),
-            WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
-        ) {
-            Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => return,
-            Err(nix::errno::Errno::EINTR) => continue,
-            other => panic!("waitid(WNOWAIT) on {pid}: {other:?}"),
-        }
-    }
-}
-
-/// The current `SIGCHLD` disposition (`sa_sigaction`).
-fn sigchld_disposition() -> libc::sighandler_t {
-    // SAFETY: an all-zero `sigaction` is a valid value (no handler, empty
-    // mask); the kernel overwrites it.
-    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: a null `act` only queries; `old` is valid and writable.
-    let rc = unsafe { libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old) };
-    assert_eq!(rc, 0, "sigaction: {}", io::Error::last_os_error());
-    old.sa_sigaction
+/// `SIGKILL` to `pid`, outside the (dropped) reactor.
+fn kill_pid(pid: Pid) {
+    let pid = nix::unistd::Pid::from_raw(pid.as_raw());
+    nix::sys::signal::kill(pid, Signal::SIGKILL).expect("kill");
 }
 
 /// Kills and reaps a std child the test owns.
@@ -100,28 +52,22 @@ fn kill_std(mut child: Child) {
 /// then kills and reaps the child itself.
 #[test]
 fn leave_keeps_the_child_running() {
-    let check = util::Check::start();
+    let check = Check::start();
+    let _kill = KillOnPanic;
     let token = Rc::new(());
-    let mut reactor = library();
+    let mut reactor = util::library::<App>();
     assert_eq!(reactor.drop_policy(), DropPolicy::Leave, "default policy");
     let id = spawn_sleep(&mut reactor, &token);
-    assert!(running(id.pid()));
+    assert!(!has_exited(id.pid()));
 
     drop(reactor);
     assert_eq!(Rc::strong_count(&token), 1, "callback not dropped");
-    assert_eq!(
-        sigchld_disposition(),
-        libc::SIG_DFL,
-        "handler left installed"
-    );
+    assert_eq!(sigchld_handler(), libc::SIG_DFL, "handler left installed");
     std::thread::sleep(Duration::from_millis(50));
-    assert!(running(id.pid()), "Leave killed or lost the child");
+    assert!(!has_exited(id.pid()), "Leave killed or lost the child");
 
-    nix::sys::signal::kill(nix_pid(id.pid()), Signal::SIGKILL).expect("kill");
-    assert_eq!(
-        reap(id.pid()),
-        WaitStatus::Signaled(nix_pid(id.pid()), Signal::SIGKILL, false)
-    );
+    kill_pid(id.pid());
+    assert_eq!(reap_child(id.pid()), signaled(libc::SIGKILL));
     check.finish();
 }
 
@@ -129,9 +75,10 @@ fn leave_keeps_the_child_running() {
 /// reap, killed by signal 9.
 #[test]
 fn kill_sends_sigkill_and_leaves_the_reap() {
-    let check = util::Check::start();
+    let check = Check::start();
+    let _kill = KillOnPanic;
     let token = Rc::new(());
-    let mut reactor = library();
+    let mut reactor = util::library::<App>();
     reactor.set_drop_policy(DropPolicy::Kill);
     assert_eq!(reactor.drop_policy(), DropPolicy::Kill);
     let ids = [
@@ -139,22 +86,15 @@ fn kill_sends_sigkill_and_leaves_the_reap() {
         spawn_sleep(&mut reactor, &token),
     ];
     for id in ids {
-        assert!(running(id.pid()));
+        assert!(!has_exited(id.pid()));
     }
 
     drop(reactor);
     assert_eq!(Rc::strong_count(&token), 1, "callbacks not dropped");
-    assert_eq!(
-        sigchld_disposition(),
-        libc::SIG_DFL,
-        "handler left installed"
-    );
+    assert_eq!(sigchld_handler(), libc::SIG_DFL, "handler left installed");
     for id in ids {
         // Blocking waitpid succeeds: the drop did not reap.
-        assert_eq!(
-            reap(id.pid()),
-            WaitStatus::Signaled(nix_pid(id.pid()), Signal::SIGKILL, false)
-        );
+        assert_eq!(reap_child(id.pid()), signaled(libc::SIGKILL));
     }
     check.finish();
 }
@@ -165,9 +105,10 @@ fn kill_sends_sigkill_and_leaves_the_reap() {
 /// callback runs.
 #[test]
 fn kill_and_reap_leaves_no_zombie() {
-    let check = util::Check::start();
+    let check = Check::start();
+    let _kill = KillOnPanic;
     let token = Rc::new(());
-    let mut reactor = library();
+    let mut reactor = util::library::<App>();
     reactor.set_drop_policy(DropPolicy::KillAndReap(Duration::from_secs(1)));
 
     let mut ids = vec![
@@ -187,7 +128,7 @@ fn kill_and_reap_leaves_no_zombie() {
         .id;
     ids.push(trapping);
     for &id in &ids {
-        assert!(running(id.pid()), "{id} not alive before the drop");
+        assert!(!has_exited(id.pid()), "{id} not alive before the drop");
     }
     let exited = reactor
         .spawn(&mut Command::new("true"), |_: &mut App, _: &mut _, _| {
@@ -195,7 +136,7 @@ fn kill_and_reap_leaves_no_zombie() {
         })
         .expect("spawn true")
         .id;
-    wait_until_zombie(exited.pid());
+    util::wait_zombie(exited.pid());
     assert_eq!(reactor.len(), 4);
 
     let start = Instant::now();
@@ -205,11 +146,7 @@ fn kill_and_reap_leaves_no_zombie() {
     eprintln!("KillAndReap of 4 children took {took:?}");
     assert!(took < Duration::from_secs(5), "drop took {took:?}");
     assert_eq!(Rc::strong_count(&token), 1, "callbacks not dropped");
-    assert_eq!(
-        sigchld_disposition(),
-        libc::SIG_DFL,
-        "handler left installed"
-    );
+    assert_eq!(sigchld_handler(), libc::SIG_DFL, "handler left installed");
     check.finish();
 }
 
@@ -217,18 +154,22 @@ fn kill_and_reap_leaves_no_zombie() {
 /// std is neither killed nor reaped by a `KillAndReap` drop.
 #[test]
 fn kill_and_reap_spares_other_children() {
-    let check = util::Check::start();
+    let check = Check::start();
+    let _kill = KillOnPanic;
     let token = Rc::new(());
     let stranger = Command::new("sleep").arg("30").spawn().expect("std spawn");
     let stranger_pid = Pid::from(stranger.id());
-    let mut reactor = library();
+    let mut reactor = util::library::<App>();
     reactor.set_drop_policy(DropPolicy::KillAndReap(Duration::from_secs(1)));
     let id = spawn_sleep(&mut reactor, &token);
 
     drop(reactor);
-    assert!(running(stranger_pid), "the stranger was killed or reaped");
+    assert!(
+        !has_exited(stranger_pid),
+        "the stranger was killed or reaped"
+    );
     match waitid(
-        Id::Pid(nix_pid(id.pid())),
+        Id::Pid(nix::unistd::Pid::from_raw(id.pid().as_raw())),
         WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
     ) {
         Err(nix::errno::Errno::ECHILD) => {}
@@ -242,18 +183,16 @@ fn kill_and_reap_spares_other_children() {
 /// dropped; changing it back to `Leave` before the drop leaves them alone.
 #[test]
 fn policy_is_read_at_drop() {
-    let check = util::Check::start();
+    let check = Check::start();
+    let _kill = KillOnPanic;
     let token = Rc::new(());
-    let mut reactor = library();
+    let mut reactor = util::library::<App>();
     reactor.set_drop_policy(DropPolicy::KillAndReap(Duration::from_secs(1)));
     let id = spawn_sleep(&mut reactor, &token);
     reactor.set_drop_policy(DropPolicy::Leave);
     drop(reactor);
-    assert!(running(id.pid()));
-    nix::sys::signal::kill(nix_pid(id.pid()), Signal::SIGKILL).expect("kill");
-    assert_eq!(
-        reap(id.pid()),
-        WaitStatus::Signaled(nix_pid(id.pid()), Signal::SIGKILL, false)
-    );
+    assert!(!has_exited(id.pid()));
+    kill_pid(id.pid());
+    assert_eq!(reap_child(id.pid()), signaled(libc::SIGKILL));
     check.finish();
 }

@@ -11,21 +11,20 @@ mod util;
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use evchild::{Error, Exit, Hooks, Reactor, SigchldOwner, Spawned};
+use evchild::{Error, Exit, Reactor, Spawned};
 use mio::unix::pipe::{Receiver, Sender};
-use mio::{Events, Interest, Poll, Token};
-use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use mio::{Interest, Registry, Token};
+use util::{
+    assert_cloexec_nonblock, only_death, record, sigchld_handler, Check, KillOnPanic, Loop, Record,
+};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-const CHILDREN: Token = Token(0);
 const STDIN: Token = Token(1);
 const STDOUT: Token = Token(2);
 const STDERR: Token = Token(3);
@@ -35,27 +34,18 @@ const STDERR: Token = Token(3);
 struct App {
     /// Death reports, in callback order.
     deaths: Vec<Exit>,
-    /// Whether the loop still holds the child's stdin open.
-    stdin_open: bool,
-    /// `stdin_open` as each death callback saw it.
+    /// Whether the loop still held the child's stdin open when each death
+    /// callback ran.
     stdin_open_at_death: Vec<bool>,
+    /// The child's pipes, while the loop holds them.
+    io: Io,
 }
 
-fn record(app: &mut App, _: &mut Reactor<App>, exit: Exit) {
-    app.stdin_open_at_death.push(app.stdin_open);
-    app.deaths.push(exit);
-}
-
-fn library() -> Reactor<App> {
-    Reactor::new(Hooks::new(SigchldOwner::Library)).expect("Reactor::new")
-}
-
-/// The one report the test expects, as `(code, signal)`.
-#[track_caller]
-fn only_death(app: &App) -> (Option<i32>, Option<i32>) {
-    assert_eq!(app.deaths.len(), 1, "expected one death: {:?}", app.deaths);
-    let status = app.deaths[0].status().expect("reaped, not lost");
-    (status.code(), status.signal())
+impl Record for App {
+    fn record(&mut self, exit: Exit) {
+        self.stdin_open_at_death.push(self.io.stdin.is_some());
+        self.deaths.push(exit);
+    }
 }
 
 /// What the child wrote.
@@ -63,6 +53,53 @@ fn only_death(app: &App) -> (Option<i32>, Option<i32>) {
 struct Output {
     stdout: Vec<u8>,
     stderr: Vec<u8>,
+}
+
+/// The loop's side of a child's piped stdio: the pipes still open, the
+/// input and how much of it has been written, and the output read so far.
+#[derive(Default)]
+struct Io {
+    stdin: Option<Sender>,
+    stdout: Option<Receiver>,
+    stderr: Option<Receiver>,
+    input: Vec<u8>,
+    written: usize,
+    out: Output,
+}
+
+impl Io {
+    fn closed(&self) -> bool {
+        self.stdin.is_none() && self.stdout.is_none() && self.stderr.is_none()
+    }
+
+    /// Handles readiness of one pipe: feeds stdin (and closes it once all
+    /// the input is written), or reads stdout or stderr (and closes it at
+    /// end-of-file). A closed pipe is deregistered from `registry` first.
+    fn on_event(&mut self, token: Token, registry: &Registry) {
+        match token {
+            STDIN => {
+                let Some(pipe) = &mut self.stdin else { return };
+                if feed(pipe, &self.input, &mut self.written) {
+                    registry.deregister(pipe).expect("deregister");
+                    // Dropping the write end is the child's end-of-file.
+                    self.stdin = None;
+                }
+            }
+            STDOUT | STDERR => {
+                let (slot, into) = if token == STDOUT {
+                    (&mut self.stdout, &mut self.out.stdout)
+                } else {
+                    (&mut self.stderr, &mut self.out.stderr)
+                };
+                let Some(pipe) = slot else { return };
+                if drain(pipe, into) {
+                    registry.deregister(pipe).expect("deregister");
+                    *slot = None;
+                }
+            }
+            other => panic!("unexpected token {other:?}"),
+        }
+    }
 }
 
 /// Writes `input[*written..]` until it is all written (`true`) or the pipe
@@ -93,97 +130,46 @@ fn drain(pipe: &mut Receiver, into: &mut Vec<u8>) -> bool {
     }
 }
 
-/// The application's loop: one `Poll` with the reactor and the child's
-/// pipes. Feeds `input` to stdin (then closes it), reads stdout and stderr
-/// to end-of-file, and dispatches the reactor, until the pipes are closed
-/// and one more death has been reported.
-fn pump(reactor: &mut Reactor<App>, app: &mut App, spawned: &mut Spawned, input: &[u8]) -> Output {
-    let mut poll = Poll::new().expect("mio::Poll::new");
-    let registry = poll.registry();
-    registry
-        .register(reactor, CHILDREN, Interest::READABLE)
-        .expect("register reactor");
-    let mut stdin = spawned.stdin.take();
-    let mut stdout = spawned.stdout.take();
-    let mut stderr = spawned.stderr.take();
-    if let Some(pipe) = &mut stdin {
+/// The application's loop: the child's pipes in the loop's `Poll`, next to
+/// the reactor. Feeds `input` to stdin (then closes it), reads stdout and
+/// stderr to end-of-file, and dispatches the reactor, until the pipes are
+/// closed and one more death has been reported.
+fn pump(
+    lp: &mut Loop,
+    reactor: &mut Reactor<App>,
+    app: &mut App,
+    spawned: &mut Spawned,
+    input: &[u8],
+) -> Output {
+    let registry = lp.poll.registry().try_clone().expect("clone registry");
+    app.io = Io {
+        stdin: spawned.stdin.take(),
+        stdout: spawned.stdout.take(),
+        stderr: spawned.stderr.take(),
+        input: input.to_vec(),
+        ..Io::default()
+    };
+    if let Some(pipe) = &mut app.io.stdin {
         registry
             .register(pipe, STDIN, Interest::WRITABLE)
             .expect("register stdin");
-        app.stdin_open = true;
     }
-    for (pipe, token) in [(&mut stdout, STDOUT), (&mut stderr, STDERR)] {
+    for (pipe, token) in [(&mut app.io.stdout, STDOUT), (&mut app.io.stderr, STDERR)] {
         if let Some(pipe) = pipe {
             registry
                 .register(pipe, token, Interest::READABLE)
                 .expect("register output");
         }
     }
-
-    let mut out = Output::default();
-    let mut written = 0;
     let deaths = app.deaths.len();
-    let mut events = Events::with_capacity(16);
-    let deadline = Instant::now() + LIMIT;
-    while stdin.is_some() || stdout.is_some() || stderr.is_some() || app.deaths.len() == deaths {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "the child's stdio loop timed out");
-        match poll.poll(&mut events, Some(left)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => panic!("poll: {e}"),
-        }
-        for event in events.iter() {
-            match event.token() {
-                CHILDREN => reactor.dispatch(app).expect("dispatch"),
-                STDIN => {
-                    let Some(pipe) = &mut stdin else { continue };
-                    if feed(pipe, input, &mut written) {
-                        poll.registry().deregister(pipe).expect("deregister");
-                        // Dropping the write end is the child's end-of-file.
-                        stdin = None;
-                        app.stdin_open = false;
-                    }
-                }
-                STDOUT | STDERR => {
-                    let (slot, into) = if event.token() == STDOUT {
-                        (&mut stdout, &mut out.stdout)
-                    } else {
-                        (&mut stderr, &mut out.stderr)
-                    };
-                    let Some(pipe) = slot else { continue };
-                    if drain(pipe, into) {
-                        poll.registry().deregister(pipe).expect("deregister");
-                        *slot = None;
-                    }
-                }
-                other => panic!("unexpected token {other:?}"),
-            }
-        }
-    }
-    poll.registry().deregister(reactor).expect("deregister");
-    out
-}
-
-/// Asserts `fd` is close-on-exec and non-blocking.
-#[track_caller]
-fn assert_cloexec_nonblock(fd: impl AsFd) {
-    let fd = fd.as_fd();
-    let fd_flags = FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD).expect("F_GETFD"));
-    let fl_flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL).expect("F_GETFL"));
-    assert!(fd_flags.contains(FdFlag::FD_CLOEXEC), "not close-on-exec");
-    assert!(fl_flags.contains(OFlag::O_NONBLOCK), "not non-blocking");
-}
-
-/// The current `SIGCHLD` disposition (`sa_sigaction`).
-fn sigchld_disposition() -> libc::sighandler_t {
-    // SAFETY: an all-zero `sigaction` is a valid value (no handler, empty
-    // mask); the kernel overwrites it.
-    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: a null `act` only queries; `old` is valid and writable.
-    let rc = unsafe { libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old) };
-    assert_eq!(rc, 0, "sigaction: {}", io::Error::last_os_error());
-    old.sa_sigaction
+    lp.run_with(
+        reactor,
+        app,
+        LIMIT,
+        |token, _, app| app.io.on_event(token, &registry),
+        |_, app| app.io.closed() && app.deaths.len() > deaths,
+    );
+    std::mem::take(&mut app.io.out)
 }
 
 /// Asserts a failed spawn was `Error::Spawn` of `program` with `kind`.
@@ -212,19 +198,22 @@ fn unique_temp_path(what: &str) -> PathBuf {
 
 /// Spawns `sh -c script` with nothing piped and runs the loop until its
 /// death, returning `(code, signal)`.
-fn run_script(reactor: &mut Reactor<App>, script: &str) -> (Option<i32>, Option<i32>) {
+fn run_script(
+    lp: &mut Loop,
+    reactor: &mut Reactor<App>,
+    script: &str,
+) -> (Option<i32>, Option<i32>) {
     let mut app = App::default();
     let spawned = reactor
         .spawn(Command::new("sh").args(["-c", script]), record)
         .expect("spawn");
     assert!(spawned.stdin.is_none() && spawned.stdout.is_none() && spawned.stderr.is_none());
     assert!(reactor.contains(spawned.id));
-    let mut ev = util::Loop::new(reactor);
-    ev.run_until(reactor, &mut app, LIMIT, |app| !app.deaths.is_empty());
+    lp.run_until(reactor, &mut app, LIMIT, |app| !app.deaths.is_empty());
     assert_eq!(app.deaths[0].id, spawned.id);
     assert_eq!(app.deaths[0].pid, spawned.id.pid());
     assert!(!reactor.contains(spawned.id));
-    only_death(&app)
+    only_death(&app.deaths)
 }
 
 /// Lines written to `cat` come back in order, through pipes registered in
@@ -233,9 +222,9 @@ fn run_script(reactor: &mut Reactor<App>, script: &str) -> (Option<i32>, Option<
 /// must interleave.
 #[test]
 fn stdio_round_trip_through_cat() {
-    let check = util::Check::start();
-    let mut reactor = library();
-    let mut app = App::default();
+    let check = Check::start();
+    let _kill = KillOnPanic;
+    let (mut reactor, mut lp, mut app) = util::library_loop::<App>();
     let input: Vec<u8> = (0..20_000)
         .flat_map(|i| format!("line {i}\n").into_bytes())
         .collect();
@@ -254,14 +243,13 @@ fn stdio_round_trip_through_cat() {
     assert_cloexec_nonblock(spawned.stdout.as_ref().expect("stdout"));
     assert_eq!(reactor.len(), 1);
 
-    let out = pump(&mut reactor, &mut app, &mut spawned, &input);
+    let out = pump(&mut lp, &mut reactor, &mut app, &mut spawned, &input);
     assert!(out.stdout == input, "cat's output differs from its input");
-    assert_eq!(only_death(&app), (Some(0), None));
+    assert_eq!(only_death(&app.deaths), (Some(0), None));
     assert_eq!(app.stdin_open_at_death, [false], "cat died before EOF");
     assert!(reactor.is_empty());
 
-    drop(spawned);
-    drop(reactor);
+    drop((spawned, lp, reactor));
     check.finish();
 }
 
@@ -271,9 +259,9 @@ fn stdio_round_trip_through_cat() {
 #[test]
 fn large_output_is_read_without_deadlock() {
     const SIZE: usize = 8 * 1024 * 1024;
-    let check = util::Check::start();
-    let mut reactor = library();
-    let mut app = App::default();
+    let check = Check::start();
+    let _kill = KillOnPanic;
+    let (mut reactor, mut lp, mut app) = util::library_loop::<App>();
     let started = Instant::now();
     let mut spawned = reactor
         .spawn(
@@ -283,23 +271,22 @@ fn large_output_is_read_without_deadlock() {
             record,
         )
         .expect("spawn head");
-    let out = pump(&mut reactor, &mut app, &mut spawned, b"");
+    let out = pump(&mut lp, &mut reactor, &mut app, &mut spawned, b"");
     eprintln!("read {} bytes in {:?}", out.stdout.len(), started.elapsed());
     assert_eq!(out.stdout.len(), SIZE);
     assert!(out.stdout.iter().all(|&b| b == 0));
-    assert_eq!(only_death(&app), (Some(0), None));
+    assert_eq!(only_death(&app.deaths), (Some(0), None));
 
-    drop(spawned);
-    drop(reactor);
+    drop((spawned, lp, reactor));
     check.finish();
 }
 
 /// stdout and stderr are separate pipes, and the exit code is the child's.
 #[test]
 fn stdout_stderr_and_exit_code() {
-    let check = util::Check::start();
-    let mut reactor = library();
-    let mut app = App::default();
+    let check = Check::start();
+    let _kill = KillOnPanic;
+    let (mut reactor, mut lp, mut app) = util::library_loop::<App>();
     let mut spawned = reactor
         .spawn(
             Command::new("sh")
@@ -311,13 +298,12 @@ fn stdout_stderr_and_exit_code() {
         )
         .expect("spawn sh");
     assert_cloexec_nonblock(spawned.stderr.as_ref().expect("stderr"));
-    let out = pump(&mut reactor, &mut app, &mut spawned, b"hello\n");
+    let out = pump(&mut lp, &mut reactor, &mut app, &mut spawned, b"hello\n");
     assert_eq!(out.stdout, b"out hello\n");
     assert_eq!(out.stderr, b"err\n");
-    assert_eq!(only_death(&app), (Some(3), None));
+    assert_eq!(only_death(&app.deaths), (Some(3), None));
 
-    drop(spawned);
-    drop(reactor);
+    drop((spawned, lp, reactor));
     check.finish();
 }
 
@@ -325,14 +311,22 @@ fn stdout_stderr_and_exit_code() {
 /// true status; `Spawned` has no pipes when none were asked for.
 #[test]
 fn spawned_children_report_their_status() {
-    let check = util::Check::start();
-    let mut reactor = library();
-    assert_eq!(run_script(&mut reactor, "exit 0"), (Some(0), None));
-    assert_eq!(run_script(&mut reactor, "exit 42"), (Some(42), None));
-    assert_eq!(run_script(&mut reactor, "kill -9 $$"), (None, Some(9)));
+    let check = Check::start();
+    let _kill = KillOnPanic;
+    let mut reactor = util::library::<App>();
+    let mut lp = Loop::new(&mut reactor);
+    assert_eq!(run_script(&mut lp, &mut reactor, "exit 0"), (Some(0), None));
+    assert_eq!(
+        run_script(&mut lp, &mut reactor, "exit 42"),
+        (Some(42), None)
+    );
+    assert_eq!(
+        run_script(&mut lp, &mut reactor, "kill -9 $$"),
+        (None, Some(9))
+    );
     assert!(reactor.is_empty());
-    drop(reactor);
-    assert_eq!(sigchld_disposition(), libc::SIG_DFL);
+    drop((lp, reactor));
+    assert_eq!(sigchld_handler(), libc::SIG_DFL);
     check.finish();
 }
 
@@ -340,9 +334,9 @@ fn spawned_children_report_their_status() {
 /// its death is still reported.
 #[test]
 fn dropping_spawned_keeps_the_child() {
-    let check = util::Check::start();
-    let mut reactor = library();
-    let mut app = App::default();
+    let check = Check::start();
+    let _kill = KillOnPanic;
+    let (mut reactor, mut lp, mut app) = util::library_loop::<App>();
     let spawned = reactor
         .spawn(
             Command::new("sh")
@@ -354,13 +348,11 @@ fn dropping_spawned_keeps_the_child() {
     let id = spawned.id;
     drop(spawned);
     assert!(reactor.contains(id));
-    let mut ev = util::Loop::new(&mut reactor);
-    ev.run_until(&mut reactor, &mut app, LIMIT, |app| !app.deaths.is_empty());
-    assert_eq!(only_death(&app), (Some(6), None));
+    lp.run_until(&mut reactor, &mut app, LIMIT, |app| !app.deaths.is_empty());
+    assert_eq!(only_death(&app.deaths), (Some(6), None));
     assert_eq!(app.deaths[0].id, id);
 
-    drop(ev);
-    drop(reactor);
+    drop((lp, reactor));
     check.finish();
 }
 
@@ -369,9 +361,9 @@ fn dropping_spawned_keeps_the_child() {
 /// installed, no zombie is left, and the reactor still works.
 #[test]
 fn exec_failure_missing_program() {
-    let check = util::Check::start();
-    let mut reactor = library();
-    let mut app = App::default();
+    let check = Check::start();
+    let _kill = KillOnPanic;
+    let (mut reactor, mut lp, mut app) = util::library_loop::<App>();
     for program in [
         "/nonexistent/evchild-no-such-program",
         "evchild-no-such-program-in-path",
@@ -380,30 +372,26 @@ fn exec_failure_missing_program() {
         assert_spawn_error(result, program, io::ErrorKind::NotFound);
         assert_eq!(reactor.len(), 0);
         assert!(reactor.is_empty());
-        assert_eq!(
-            sigchld_disposition(),
-            libc::SIG_DFL,
-            "handler left installed"
-        );
+        assert_eq!(sigchld_handler(), libc::SIG_DFL, "handler left installed");
         util::assert_no_children();
     }
     // Still usable.
     let spawned = reactor
         .spawn(&mut Command::new("true"), record)
         .expect("spawn true");
-    let mut ev = util::Loop::new(&mut reactor);
-    ev.run_until(&mut reactor, &mut app, LIMIT, |app| !app.deaths.is_empty());
-    assert_eq!(only_death(&app), (Some(0), None));
+    lp.run_until(&mut reactor, &mut app, LIMIT, |app| !app.deaths.is_empty());
+    assert_eq!(only_death(&app.deaths), (Some(0), None));
     assert_eq!(app.deaths[0].id, spawned.id);
 
-    drop((ev, spawned, reactor));
+    drop((lp, spawned, reactor));
     check.finish();
 }
 
 /// A file without the execute bit, and a directory: `PermissionDenied`.
 #[test]
 fn exec_failure_not_executable() {
-    let check = util::Check::start();
+    let check = Check::start();
+    let _kill = KillOnPanic;
     let path = unique_temp_path("not-executable");
     {
         let mut file = OpenOptions::new()
@@ -416,17 +404,13 @@ fn exec_failure_not_executable() {
     }
     fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod 0644");
 
-    let mut reactor = library();
+    let mut reactor = util::library::<App>();
     let program = path.to_str().expect("utf-8 temp path").to_owned();
     let result = reactor.spawn(&mut Command::new(&program), record);
     fs::remove_file(&path).expect("remove temp file");
     assert_spawn_error(result, &program, io::ErrorKind::PermissionDenied);
     assert_eq!(reactor.len(), 0);
-    assert_eq!(
-        sigchld_disposition(),
-        libc::SIG_DFL,
-        "handler left installed"
-    );
+    assert_eq!(sigchld_handler(), libc::SIG_DFL, "handler left installed");
     util::assert_no_children();
 
     let dir = std::env::temp_dir();
@@ -434,11 +418,7 @@ fn exec_failure_not_executable() {
     let result = reactor.spawn(&mut Command::new(dir), record);
     assert_spawn_error(result, dir, io::ErrorKind::PermissionDenied);
     assert_eq!(reactor.len(), 0);
-    assert_eq!(
-        sigchld_disposition(),
-        libc::SIG_DFL,
-        "handler left installed"
-    );
+    assert_eq!(sigchld_handler(), libc::SIG_DFL, "handler left installed");
 
     drop(reactor);
     check.finish();
@@ -448,16 +428,13 @@ fn exec_failure_not_executable() {
 /// exists.
 #[test]
 fn exec_failure_missing_directory() {
-    let check = util::Check::start();
-    let mut reactor = library();
+    let check = Check::start();
+    let _kill = KillOnPanic;
+    let mut reactor = util::library::<App>();
     let result = reactor.spawn(Command::new("true").current_dir("/nonexistent"), record);
     assert_spawn_error(result, "true", io::ErrorKind::NotFound);
     assert_eq!(reactor.len(), 0);
-    assert_eq!(
-        sigchld_disposition(),
-        libc::SIG_DFL,
-        "handler left installed"
-    );
+    assert_eq!(sigchld_handler(), libc::SIG_DFL, "handler left installed");
     drop(reactor);
     check.finish();
 }
@@ -466,9 +443,9 @@ fn exec_failure_missing_directory() {
 /// for that child, which is still reported.
 #[test]
 fn exec_failure_keeps_handler_for_live_children() {
-    let check = util::Check::start();
-    let mut reactor = library();
-    let mut app = App::default();
+    let check = Check::start();
+    let _kill = KillOnPanic;
+    let (mut reactor, mut lp, mut app) = util::library_loop::<App>();
     let mut live = reactor
         .spawn(Command::new("cat").stdin(Stdio::piped()), record)
         .expect("spawn cat");
@@ -477,18 +454,17 @@ fn exec_failure_keeps_handler_for_live_children() {
     assert_eq!(reactor.len(), 1);
     assert!(reactor.contains(live.id));
     assert_ne!(
-        sigchld_disposition(),
+        sigchld_handler(),
         libc::SIG_DFL,
         "handler removed too early"
     );
 
     drop(live.stdin.take()); // cat sees EOF and exits 0
-    let mut ev = util::Loop::new(&mut reactor);
-    ev.run_until(&mut reactor, &mut app, LIMIT, |app| !app.deaths.is_empty());
-    assert_eq!(only_death(&app), (Some(0), None));
+    lp.run_until(&mut reactor, &mut app, LIMIT, |app| !app.deaths.is_empty());
+    assert_eq!(only_death(&app.deaths), (Some(0), None));
     assert_eq!(app.deaths[0].id, live.id);
-    assert_eq!(sigchld_disposition(), libc::SIG_DFL, "handler not released");
+    assert_eq!(sigchld_handler(), libc::SIG_DFL, "handler not released");
 
-    drop((ev, live, reactor));
+    drop((lp, live, reactor));
     check.finish();
 }

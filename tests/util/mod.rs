@@ -14,13 +14,15 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::collections::{BTreeSet, HashMap};
+use std::io::{ErrorKind, Read};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use evchild::{ChildId, Exit, Forked, Hooks, Outcome, Pid, Reactor, SigchldOwner};
+use evchild::{ChildId, Error, Exit, Forked, Hooks, Outcome, Pid, Reactor, SigchldOwner};
+use mio::unix::pipe::Receiver;
 use mio::{Events, Interest, Poll, Token};
 use nix::errno::Errno;
 
@@ -59,7 +61,8 @@ impl Check {
     }
 }
 
-/// Declared first in a test's scope, so dropped last: if the test panics,
+/// Declared right after [`Check::start`] (so dropped before the lock is
+/// released, and after everything the test declares later): if the test panics,
 /// reaps every child of the process (the test holds the process-wide lock of
 /// [`Check`], so they are all its own), so that one failing test does not
 /// make every later test of the binary fail at `Check::start`. Children
@@ -86,6 +89,58 @@ pub fn reap_every_child(limit: Duration) {
             Err(_) => return, // ECHILD: none left
         }
     }
+}
+
+/// [`ReapOnPanic`] for tests whose children do not end by themselves
+/// (`sleep 30`, a shell that ignores `SIGTERM`): if the test panics, sends
+/// `SIGKILL` to every child of the process and reaps it, until none is left
+/// (a child subreaper inherits the orphans of the children it kills), for at
+/// most 10 s. Declare it right after [`Check::start`], so that it is dropped
+/// after the test's reactor and before the `Check` lets the next test in.
+pub struct KillOnPanic;
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            kill_every_child(Duration::from_secs(10));
+        }
+    }
+}
+
+/// `SIGKILL`s and reaps every child of the process until it has none (the
+/// test holds the lock of [`Check`], so they are all its own), or `limit`
+/// passed.
+pub fn kill_every_child(limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let children = children();
+        if children.is_empty() || Instant::now() >= deadline {
+            return;
+        }
+        for pid in children {
+            // A child that is already dead (a zombie) ignores it.
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        reap_every_child(Duration::from_millis(100));
+    }
+}
+
+/// The processes whose parent is this process (the `ppid` field of every
+/// `/proc/<pid>/stat`), zombies included.
+pub fn children() -> Vec<nix::unistd::Pid> {
+    let me = std::process::id().to_string();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| {
+        let pid: libc::pid_t = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // `pid (comm) state ppid ...`; `comm` may hold spaces and parentheses.
+        let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+        let ppid = fields.nth(1)?;
+        (ppid == me).then(|| nix::unistd::Pid::from_raw(pid))
+    })
+    .collect()
 }
 
 /// `waitid(P_ALL, WEXITED|WNOHANG|WNOWAIT)` answers `ECHILD`: the process has
@@ -176,6 +231,47 @@ pub fn outcome_of(deaths: &[Exit], id: ChildId) -> Outcome {
     let found: Vec<_> = deaths.iter().filter(|e| e.id == id).collect();
     assert_eq!(found.len(), 1, "exactly one report for {id}: {deaths:?}");
     found[0].outcome
+}
+
+/// The one report in `deaths`, which must be a reap, as `(code, signal)`.
+#[track_caller]
+pub fn only_death(deaths: &[Exit]) -> (Option<i32>, Option<i32>) {
+    assert_eq!(deaths.len(), 1, "expected one death: {deaths:?}");
+    let status = deaths[0].status().expect("reaped, not lost");
+    (status.code(), status.signal())
+}
+
+/// Asserts that `result` (of `call`) is the refusal [`Error::AlreadyReaped`]
+/// for `pid`.
+#[track_caller]
+pub fn assert_already_reaped<T: std::fmt::Debug>(result: evchild::Result<T>, pid: Pid, call: &str) {
+    match result {
+        Err(Error::AlreadyReaped { pid: refused }) => assert_eq!(refused, pid, "{call}"),
+        other => panic!("{call}: expected AlreadyReaped, got {other:?}"),
+    }
+}
+
+/// Loose upper bound on how late an escalation to `SIGKILL` may come.
+pub const LATE: Duration = Duration::from_secs(10);
+
+/// Right after `terminate` or `terminate_group` with `grace`: the reactor
+/// has a deadline, due within `grace`. Returns `timeout()`.
+#[track_caller]
+pub fn assert_deadline_within<C>(reactor: &Reactor<C>, grace: Duration) -> Duration {
+    let timeout = reactor.timeout().expect("a deadline after terminate");
+    assert!(timeout <= grace, "timeout {timeout:?} > grace {grace:?}");
+    timeout
+}
+
+/// A death by `SIGKILL` after a `grace` period, reported `elapsed` after
+/// the `terminate` call: not before the grace ran out, nor after [`LATE`].
+#[track_caller]
+pub fn assert_killed_after_grace(elapsed: Duration, grace: Duration) {
+    assert!(
+        elapsed >= grace,
+        "killed after {elapsed:?}, before the {grace:?} grace ran out"
+    );
+    assert!(elapsed < LATE, "killed only after {elapsed:?}");
 }
 
 /// Every death report, per child: a child reported twice shows up as two
@@ -436,6 +532,64 @@ pub fn has_exited(pid: Pid) -> bool {
         Ok(_) => true,
         Err(e) => panic!("waitid({pid}): {e}"),
     }
+}
+
+/// Reaps `pid` (blocking `waitpid(pid, 0)`, retrying `EINTR`) and returns
+/// its status.
+#[track_caller]
+pub fn reap_child(pid: Pid) -> ExitStatus {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid, writable int.
+        let rc = unsafe { libc::waitpid(pid.as_raw(), &mut status, 0) };
+        if rc == pid.as_raw() {
+            return ExitStatus::from_raw(status);
+        }
+        assert_eq!(Errno::last(), Errno::EINTR, "waitpid({pid})");
+    }
+}
+
+/// Reads a child's output from the non-blocking `pipe` (in a `Poll` of its
+/// own) until `count` whole lines have arrived, and returns every line read;
+/// panics at end of file or after `limit`.
+#[track_caller]
+pub fn read_lines(pipe: &mut Receiver, count: usize, limit: Duration) -> Vec<String> {
+    const OUTPUT: Token = Token(0);
+    let mut poll = Poll::new().expect("mio::Poll::new");
+    poll.registry()
+        .register(pipe, OUTPUT, Interest::READABLE)
+        .expect("register pipe");
+    let mut events = Events::with_capacity(4);
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 256];
+    while seen.iter().filter(|&&b| b == b'\n').count() < count {
+        match pipe.read(&mut buf) {
+            Ok(0) => panic!("EOF after {:?}", String::from_utf8_lossy(&seen)),
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                assert!(
+                    !left.is_zero(),
+                    "timed out waiting for {count} lines: {:?}",
+                    String::from_utf8_lossy(&seen)
+                );
+                match poll.poll(&mut events, Some(left)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => panic!("poll: {e}"),
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    poll.registry().deregister(pipe).expect("deregister");
+    String::from_utf8(seen)
+        .expect("utf-8")
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Starts `/bin/sh -c script` with `std::process::Command`, stdio to
