@@ -106,7 +106,7 @@ impl<C> Reactor<C> {
         let id = self.id(pid, entry.serial);
         self.pending.push_back(Pending::Death(
             entry.on_death,
-            Exit::reaped(id, status.into_raw()),
+            Exit::reaped(id, status.into_raw(), None),
         ));
         self.deliver(ctx);
         Ok(())
@@ -230,7 +230,7 @@ fn queue<C>(
     match reaped {
         Reaped::Died(pid, status, entry) => {
             stats.reaped += 1;
-            let exit = Exit::reaped(id(pid, &entry), status);
+            let exit = Exit::reaped(id(pid, &entry), status.raw, status.usage);
             pending.push_back(Pending::Death(entry.on_death, exit));
         }
         Reaped::Lost(pid, entry) => {
@@ -238,6 +238,6 @@ fn queue<C>(
             let exit = Exit::lost(id(pid, &entry));
             pending.push_back(Pending::Death(entry.on_death, exit));
         }
-        Reaped::Stranger(pid, status) => pending.push_back(Pending::Stranger(pid, status)),
+        Reaped::Stranger(pid, status) => pending.push_back(Pending::Stranger(pid, status.raw)),
     }
 }

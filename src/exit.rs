@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::process::ExitStatus;
+use std::time::Duration;
 
 /// A process id.
 ///
@@ -76,6 +77,34 @@ impl fmt::Display for ChildId {
     }
 }
 
+/// What a child used, from `wait4(2)`'s `struct rusage`.
+///
+/// Covers the child and those of its own children it waited for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ResourceUsage {
+    /// CPU time spent in user mode (`ru_utime`).
+    pub user_time: Duration,
+    /// CPU time spent in the kernel on its behalf (`ru_stime`).
+    pub system_time: Duration,
+    /// Peak resident set size in KiB (`ru_maxrss`).
+    pub max_rss_kib: u64,
+}
+
+impl ResourceUsage {
+    pub(crate) fn from_rusage(ru: &libc::rusage) -> Self {
+        let time = |tv: libc::timeval| {
+            Duration::from_secs(tv.tv_sec.max(0) as u64)
+                + Duration::from_micros(tv.tv_usec.max(0) as u64)
+        };
+        ResourceUsage {
+            user_time: time(ru.ru_utime),
+            system_time: time(ru.ru_stime),
+            max_rss_kib: ru.ru_maxrss.max(0) as u64,
+        }
+    }
+}
+
 /// How a registered child ended, as far as evchild could learn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -100,15 +129,24 @@ pub struct Exit {
     pub id: ChildId,
     /// How the child ended.
     pub outcome: Outcome,
+    /// What the child used, when evchild reaped it (with `wait4`); `None`
+    /// for a [`Outcome::Lost`] child and for a status the application
+    /// reported with [`Reactor::reaped`](crate::Reactor::reaped).
+    pub usage: Option<ResourceUsage>,
 }
 
 impl Exit {
-    pub(crate) fn reaped(id: ChildId, raw_status: libc::c_int) -> Self {
+    pub(crate) fn reaped(
+        id: ChildId,
+        raw_status: libc::c_int,
+        usage: Option<ResourceUsage>,
+    ) -> Self {
         use std::os::unix::process::ExitStatusExt;
         Exit {
             pid: id.pid,
             id,
             outcome: Outcome::Reaped(ExitStatus::from_raw(raw_status)),
+            usage,
         }
     }
 
@@ -117,6 +155,7 @@ impl Exit {
             pid: id.pid,
             id,
             outcome: Outcome::Lost,
+            usage: None,
         }
     }
 

@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use nix::errno::Errno;
 
-use crate::reap::{reap_all, reap_own, Reap, Reaped};
+use crate::reap::{reap_all, reap_own, reap_peek, Reap, Reaped, Waited};
 use crate::table::ChildTable;
 use crate::Pid;
 
@@ -142,7 +142,7 @@ impl Procs {
 }
 
 impl Reap for Procs {
-    fn reap_pid(&mut self, pid: Pid) -> Result<Option<libc::c_int>, Errno> {
+    fn reap_pid(&mut self, pid: Pid) -> Result<Option<Waited>, Errno> {
         match &self.pass {
             Pass::All => panic!("reap-all mode called waitpid({pid})"),
             Pass::Selective(pids) => assert!(pids.contains(&pid), "waitpid({pid}): not ours"),
@@ -155,11 +155,11 @@ impl Reap for Procs {
         match self.children.get(&pid) {
             None => Err(Errno::ECHILD),
             Some((_, None)) => Ok(None),
-            Some((_, Some(_))) => Ok(Some(self.take(pid))),
+            Some((_, Some(_))) => Ok(Some(self.take(pid).into())),
         }
     }
 
-    fn reap_any(&mut self) -> Result<Option<(Pid, libc::c_int)>, Errno> {
+    fn reap_any(&mut self) -> Result<Option<(Pid, Waited)>, Errno> {
         assert!(
             !matches!(self.pass, Pass::Selective(_)),
             "selective mode called waitpid(-1)"
@@ -170,9 +170,25 @@ impl Reap for Procs {
         }
         let exited = self.children.iter().find(|(_, c)| c.1.is_some());
         match exited.map(|(pid, _)| *pid) {
-            Some(pid) => Ok(Some((pid, self.take(pid)))),
+            Some(pid) => Ok(Some((pid, self.take(pid).into()))),
             None => Ok(None),
         }
+    }
+
+    fn peek(&mut self) -> Result<Option<Pid>, Errno> {
+        assert!(
+            !matches!(self.pass, Pass::All),
+            "reap-all mode has no use for a peek"
+        );
+        self.fault()?;
+        if self.children.is_empty() {
+            return Err(Errno::ECHILD);
+        }
+        Ok(self
+            .children
+            .iter()
+            .find(|(_, c)| c.1.is_some())
+            .map(|(pid, _)| *pid))
     }
 }
 
@@ -181,7 +197,7 @@ impl Reap for Procs {
 struct Model {
     procs: Procs,
     table: ChildTable<u64>,
-    scratch: Vec<(Pid, Option<libc::c_int>)>,
+    scratch: Vec<(Pid, Option<Waited>)>,
     /// What the table should hold: pid → token (the serial registered).
     registered: BTreeMap<Pid, u64>,
     /// Tokens whose process is gone without our reaping it.
@@ -207,20 +223,28 @@ impl Model {
         assert!(self.settled.insert(token), "pid {pid} reported twice");
     }
 
-    /// One pass in either mode, with every report checked against the model.
-    fn pass(&mut self, all: bool) {
+    /// One pass, with every report checked against the model.
+    fn pass(&mut self, mode: Mode) {
+        let all = mode == Mode::All;
         let start = self.registered.clone();
         let (mut out, mut errors) = (Vec::new(), self.procs.error.is_some());
         let (calls, eintr) = (self.procs.calls, self.procs.eintr);
         self.procs.answered.clear();
         self.procs.reaps.clear();
-        let result = if all {
-            self.procs.pass = Pass::All;
-            reap_all(&mut self.procs, &mut self.table, |r| out.push(r))
-        } else {
-            self.procs.pass = Pass::Selective(start.keys().copied().collect());
-            let scratch = &mut self.scratch;
-            reap_own(&mut self.procs, &mut self.table, scratch, |r| out.push(r))
+        let scratch = &mut self.scratch;
+        let result = match mode {
+            Mode::All => {
+                self.procs.pass = Pass::All;
+                reap_all(&mut self.procs, &mut self.table, |r| out.push(r))
+            }
+            Mode::Scan => {
+                self.procs.pass = Pass::Selective(start.keys().copied().collect());
+                reap_own(&mut self.procs, &mut self.table, scratch, |r| out.push(r))
+            }
+            Mode::Peek => {
+                self.procs.pass = Pass::Selective(start.keys().copied().collect());
+                reap_peek(&mut self.procs, &mut self.table, scratch, |r| out.push(r))
+            }
         };
         self.procs.pass = Pass::Any;
         errors &= self.procs.error.is_none();
@@ -233,7 +257,7 @@ impl Model {
         for report in out {
             match report {
                 Reaped::Died(pid, status, token) => {
-                    assert_eq!(reaps.remove(&pid), Some((token, status)), "bad death");
+                    assert_eq!(reaps.remove(&pid), Some((token, status.raw)), "bad death");
                     self.settle(pid, token);
                 }
                 Reaped::Lost(pid, token) => {
@@ -243,7 +267,7 @@ impl Model {
                 Reaped::Stranger(pid, status) => {
                     assert!(all, "selective mode reported stranger {pid}");
                     let (serial, st) = reaps.remove(&pid).expect("stranger not reaped");
-                    assert_eq!(st, status, "stranger {pid}'s status");
+                    assert_eq!(st, status.raw, "stranger {pid}'s status");
                     assert_ne!(start.get(&pid), Some(&serial), "ours as a stranger");
                 }
             }
@@ -255,20 +279,29 @@ impl Model {
             return;
         }
         // One conclusive waitpid per registered child, or k+1 for k exits.
+        // (A peek pass makes a peek and a waitpid per exit, and falls back
+        // to the scan when a stranger's zombie is first in line.)
         let conclusive = self.procs.calls - calls - (eintr - self.procs.eintr) as usize;
-        let expected = if all {
-            self.procs.reaps.len() + 1
-        } else {
-            start.len()
-        };
-        assert_eq!(conclusive, expected, "waitpid calls in a pass");
+        match mode {
+            Mode::All => assert_eq!(conclusive, self.procs.reaps.len() + 1),
+            Mode::Scan => assert_eq!(conclusive, start.len(), "waitpid calls"),
+            Mode::Peek => assert!(conclusive <= 2 * self.procs.reaps.len() + 1 + start.len()),
+        }
         if all {
             assert!(self.procs.children.values().all(|c| c.1.is_none()));
             assert!(!self.procs.children.is_empty() || self.registered.is_empty());
         } else {
             for (&pid, &token) in &self.registered {
-                let alive = self.procs.child(pid) == Some((token, None));
-                assert!(alive, "{pid} exited or gone but not reported");
+                let state = self.procs.child(pid);
+                if mode == Mode::Peek {
+                    // A peek sees only zombies: a child some other reaper
+                    // took leaves none, and is reported by a later scan.
+                    let exited = matches!(state, Some((t, Some(_))) if t == token);
+                    assert!(!exited, "{pid} exited but not reported");
+                } else {
+                    let alive = state == Some((token, None));
+                    assert!(alive, "{pid} exited or gone but not reported");
+                }
             }
         }
     }
@@ -276,6 +309,14 @@ impl Model {
     fn free(&self, pid: Pid) -> bool {
         self.procs.child(pid).is_none()
     }
+}
+
+/// Which reaping pass to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Scan,
+    Peek,
+    All,
 }
 
 /// Most operations a fuzz input may script.
@@ -323,8 +364,9 @@ pub fn run(data: &[u8]) {
             6 if arg % 4 == 0 => model
                 .procs
                 .inject_error(usize::from(arg / 4 % 4), Errno::EINVAL),
-            6 => model.pass(false),
-            7 => model.pass(true),
+            6 if arg % 4 == 1 => model.pass(Mode::Peek),
+            6 => model.pass(Mode::Scan),
+            7 => model.pass(Mode::All),
             _ => {}
         }
     }
@@ -334,7 +376,7 @@ pub fn run(data: &[u8]) {
     }
     model.procs.eintr = 0;
     model.procs.error = None;
-    model.pass(false);
+    model.pass(Mode::Scan);
     assert!(model.table.is_empty(), "children left after a clean pass");
     assert_eq!(
         model.settled.len(),

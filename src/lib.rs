@@ -229,7 +229,7 @@ mod timer;
 
 pub use drop_policy::DropPolicy;
 pub use error::{Error, Result};
-pub use exit::{ChildId, Exit, Outcome, Pid};
+pub use exit::{ChildId, Exit, Outcome, Pid, ResourceUsage};
 pub use mode::{Claim, Forked, Hooks, SigchldOwner};
 pub use reactor::{Reactor, Stats};
 pub use spawn::Spawned;

@@ -104,7 +104,7 @@ pub struct Reactor<C> {
     pub(crate) next_serial: u64,
     pub(crate) children: ChildTable<Entry<C>>,
     pub(crate) pending: VecDeque<Pending<C>>,
-    pub(crate) scratch: Vec<(Pid, Option<libc::c_int>)>,
+    pub(crate) scratch: Vec<(Pid, Option<crate::reap::Waited>)>,
     /// SIGKILL deadlines of `terminate`.
     pub(crate) deadlines: Deadlines,
     pub(crate) drop_policy: DropPolicy,

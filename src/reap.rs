@@ -9,6 +9,10 @@
 //! * [`reap_own`] (`Library`, `Mainloop` + `sigchld_occurred`): one
 //!   `waitpid(pid, WNOHANG)` per registered child. O(N) in the number of live
 //!   children, and never touches a child that is not ours.
+//! * [`reap_peek`] (`Library` with the peek backend): `waitid(WNOWAIT)`
+//!   names the next exited child without reaping it; reap it if it is ours
+//!   and peek again. O(k) for k exits, unless someone else's zombie is first
+//!   in line, when it falls back to `reap_own` for that pass.
 //! * [`reap_all`] (`LibraryAlways`): `waitpid(-1, WNOHANG)` until it answers
 //!   0 or `ECHILD`: k+1 calls for k exits, whatever N is.
 //!
@@ -20,25 +24,45 @@ use std::io;
 use nix::errno::Errno;
 
 use crate::table::ChildTable;
-use crate::Pid;
+use crate::{Pid, ResourceUsage};
+
+/// A wait status, with the child's resource usage where the OS gave it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Waited {
+    pub(crate) raw: libc::c_int,
+    pub(crate) usage: Option<ResourceUsage>,
+}
+
+impl From<libc::c_int> for Waited {
+    fn from(raw: libc::c_int) -> Self {
+        Waited { raw, usage: None }
+    }
+}
 
 /// The OS seam: the two forms of `waitpid` evchild uses, both `WNOHANG`.
 pub(crate) trait Reap {
     /// `waitpid(pid, &status, WNOHANG)`: `Ok(Some(raw_status))` if it was
     /// reaped now, `Ok(None)` if it is still running, `Err` with the errno
     /// otherwise (`ECHILD`: not a waitable child of ours).
-    fn reap_pid(&mut self, pid: Pid) -> Result<Option<libc::c_int>, Errno>;
+    fn reap_pid(&mut self, pid: Pid) -> Result<Option<Waited>, Errno>;
     /// `waitpid(-1, &status, WNOHANG)`: `Ok(Some((pid, raw_status)))` for a
     /// child reaped now, `Ok(None)` if children exist but none has exited.
-    fn reap_any(&mut self) -> Result<Option<(Pid, libc::c_int)>, Errno>;
+    fn reap_any(&mut self) -> Result<Option<(Pid, Waited)>, Errno>;
+    /// `waitid(P_ALL, WEXITED | WNOHANG | WNOWAIT)`: the pid of some child
+    /// that has exited, *without* reaping it; `Ok(None)` if children exist
+    /// but none has exited.
+    fn peek(&mut self) -> Result<Option<Pid>, Errno>;
 }
 
 impl<R: Reap + ?Sized> Reap for &mut R {
-    fn reap_pid(&mut self, pid: Pid) -> Result<Option<libc::c_int>, Errno> {
+    fn reap_pid(&mut self, pid: Pid) -> Result<Option<Waited>, Errno> {
         (**self).reap_pid(pid)
     }
-    fn reap_any(&mut self) -> Result<Option<(Pid, libc::c_int)>, Errno> {
+    fn reap_any(&mut self) -> Result<Option<(Pid, Waited)>, Errno> {
         (**self).reap_any()
+    }
+    fn peek(&mut self) -> Result<Option<Pid>, Errno> {
+        (**self).peek()
     }
 }
 
@@ -46,11 +70,11 @@ impl<R: Reap + ?Sized> Reap for &mut R {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Reaped<T> {
     /// A registered child died; it has left the table.
-    Died(Pid, libc::c_int, T),
+    Died(Pid, Waited, T),
     /// A registered child was reaped by someone else; it has left the table.
     Lost(Pid, T),
     /// A child that is not registered died (reap-all only).
-    Stranger(Pid, libc::c_int),
+    Stranger(Pid, Waited),
 }
 
 /// Reaps the registered children that have exited, one `waitpid(pid)` each,
@@ -62,7 +86,7 @@ pub(crate) enum Reaped<T> {
 pub(crate) fn reap_own<R: Reap, T>(
     sys: &mut R,
     table: &mut ChildTable<T>,
-    scratch: &mut Vec<(Pid, Option<libc::c_int>)>,
+    scratch: &mut Vec<(Pid, Option<Waited>)>,
     mut out: impl FnMut(Reaped<T>),
 ) -> io::Result<()> {
     scratch.clear();
@@ -89,6 +113,50 @@ pub(crate) fn reap_own<R: Reap, T>(
     match failure {
         Some(e) => Err(e.into()),
         None => Ok(()),
+    }
+}
+
+/// Reaps the registered children that have exited, finding them with a
+/// peek (`waitid(WNOWAIT)`) instead of asking each: a peek and a `waitpid`
+/// per exit, whatever the number of live children. If the first exited
+/// child in line is not registered (someone else's zombie, not yet collected
+/// by its owner), the peek cannot see past it, so this pass falls back to
+/// [`reap_own`]. Never reaps a child that is not registered.
+///
+/// A registered child that another reaper took leaves no zombie to peek at:
+/// it is reported [`Reaped::Lost`] only by a later fallback scan (a stranger
+/// first in line, or no child left at all), not by this pass.
+pub(crate) fn reap_peek<R: Reap, T>(
+    sys: &mut R,
+    table: &mut ChildTable<T>,
+    scratch: &mut Vec<(Pid, Option<Waited>)>,
+    mut out: impl FnMut(Reaped<T>),
+) -> io::Result<()> {
+    loop {
+        let pid = match retry_eintr(|| sys.peek()) {
+            Ok(None) => return Ok(()),
+            Ok(Some(pid)) if table.get(pid).is_some() => pid,
+            // A stranger first in line, or no child at all (then every
+            // registered child was taken by someone else: the scan says so).
+            Ok(Some(_)) | Err(Errno::ECHILD) => return reap_own(sys, table, scratch, out),
+            Err(e) => return Err(e.into()),
+        };
+        match retry_eintr(|| sys.reap_pid(pid)) {
+            Ok(Some(status)) => {
+                if let Some(value) = table.remove(pid) {
+                    out(Reaped::Died(pid, status, value));
+                }
+            }
+            Err(Errno::ECHILD) => {
+                if let Some(value) = table.remove(pid) {
+                    out(Reaped::Lost(pid, value));
+                }
+            }
+            // Peeked as exited, yet not waitable: another thread reaped it
+            // and the pid came back. Let the scan sort it out.
+            Ok(None) => return reap_own(sys, table, scratch, out),
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
@@ -163,7 +231,7 @@ mod tests {
         procs.exit(pid(2), 7 << 8);
         procs.inject_eintr(3);
         let out = own(&mut procs, &mut table).unwrap();
-        assert_eq!(out, [Reaped::Died(pid(2), 7 << 8, 2)]);
+        assert_eq!(out, [Reaped::Died(pid(2), (7 << 8).into(), 2)]);
         assert_eq!(procs.calls, 2 + 3);
         assert!(table.contains(pid(1)) && table.len() == 1);
     }
@@ -174,7 +242,7 @@ mod tests {
         procs.exit(pid(1), libc::SIGKILL);
         procs.inject_eintr(2);
         let out = all(&mut procs, &mut table).unwrap();
-        assert_eq!(out, [Reaped::Died(pid(1), libc::SIGKILL, 1)]);
+        assert_eq!(out, [Reaped::Died(pid(1), libc::SIGKILL.into(), 1)]);
         // k+1 answers for k exits, plus the interrupted calls.
         assert_eq!(procs.calls, 2 + 2);
     }
@@ -206,7 +274,10 @@ mod tests {
         assert_eq!(err.raw_os_error(), Some(Errno::EINVAL as i32));
         // The one reaped before the failure is reported; the others stay.
         let first = order[0];
-        assert_eq!(out, [Reaped::Died(first, first.as_raw(), first.as_raw())]);
+        assert_eq!(
+            out,
+            [Reaped::Died(first, first.as_raw().into(), first.as_raw())]
+        );
         assert_eq!(table.len(), 2);
         for &later in &order[1..] {
             assert!(table.contains(later));
@@ -238,7 +309,10 @@ mod tests {
         let out = all(&mut procs, &mut table).unwrap();
         assert_eq!(
             out,
-            [Reaped::Died(pid(1), 3, 1), Reaped::Stranger(pid(5), 4)]
+            [
+                Reaped::Died(pid(1), 3.into(), 1),
+                Reaped::Stranger(pid(5), 4.into())
+            ]
         );
         assert_eq!(procs.calls, 3, "k+1 calls for k exits");
         assert!(table.contains(pid(2)) && table.len() == 1);
@@ -259,9 +333,9 @@ mod tests {
         assert_eq!(
             out.drain(..3).collect::<Vec<_>>(),
             [
-                Reaped::Died(pid(1), 0, 1),
-                Reaped::Died(pid(3), 1, 3),
-                Reaped::Stranger(pid(7), 9)
+                Reaped::Died(pid(1), 0.into(), 1),
+                Reaped::Died(pid(3), 1.into(), 3),
+                Reaped::Stranger(pid(7), 9.into())
             ]
         );
         out.sort_by_key(|r| format!("{r:?}"));

@@ -1,40 +1,60 @@
 //! The system calls of the reaping and signalling paths, each wrapped once.
 //!
-//! `waitpid` is called through `libc` rather than `nix` so the raw wait
-//! status reaches `ExitStatus::from_raw` untouched (nix decodes it into an
-//! enum that cannot be turned back exactly for every status).
+//! Reaping uses `wait4` through `libc` rather than nix's `waitpid`: the raw
+//! wait status reaches `ExitStatus::from_raw` untouched (nix decodes it into
+//! an enum that cannot be turned back exactly for every status), and the
+//! child's `struct rusage` comes with it at no extra cost.
 
 #![allow(unsafe_code)]
 
 use nix::errno::Errno;
 
-use crate::reap::Reap;
-use crate::Pid;
+use crate::reap::{Reap, Waited};
+use crate::{Pid, ResourceUsage};
 
-/// The real [`Reap`]: `waitpid(2)` with `WNOHANG`.
+/// The real [`Reap`]: `wait4(2)` and `waitid(2)`, with `WNOHANG`.
 #[derive(Debug, Default)]
 pub(crate) struct SysReap;
 
-fn waitpid(pid: libc::pid_t) -> Result<Option<(Pid, libc::c_int)>, Errno> {
+/// `wait4(pid, &status, WNOHANG, &rusage)`.
+fn wait4(pid: libc::pid_t) -> Result<Option<(Pid, Waited)>, Errno> {
     let mut status: libc::c_int = 0;
-    // SAFETY: `status` is a valid, writable `int`; waitpid has no other
-    // memory effects.
-    let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    // SAFETY: all-zero is a valid `rusage` (plain integers); wait4 fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `status` and `usage` are valid, writable, and live for the
+    // call; wait4 has no other memory effects.
+    let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
     match rc {
         -1 => Err(Errno::last()),
         0 => Ok(None),
-        pid => Ok(Some((Pid::from_raw(pid), status))),
+        pid => Ok(Some((
+            Pid::from_raw(pid),
+            Waited {
+                raw: status,
+                usage: Some(ResourceUsage::from_rusage(&usage)),
+            },
+        ))),
     }
 }
 
 impl Reap for SysReap {
-    fn reap_pid(&mut self, pid: Pid) -> Result<Option<libc::c_int>, Errno> {
+    fn reap_pid(&mut self, pid: Pid) -> Result<Option<Waited>, Errno> {
         debug_assert!(pid.as_raw() > 0, "a single child, never a group");
-        waitpid(pid.as_raw()).map(|r| r.map(|(_, status)| status))
+        wait4(pid.as_raw()).map(|r| r.map(|(_, waited)| waited))
     }
 
-    fn reap_any(&mut self) -> Result<Option<(Pid, libc::c_int)>, Errno> {
-        waitpid(-1)
+    fn reap_any(&mut self) -> Result<Option<(Pid, Waited)>, Errno> {
+        wait4(-1)
+    }
+
+    fn peek(&mut self) -> Result<Option<Pid>, Errno> {
+        use nix::sys::wait::{waitid, Id, WaitPidFlag};
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        // nix reads `si_pid` for us; 0 (no exited child) comes back as
+        // `StillAlive`.
+        Ok(waitid(Id::All, flags)?
+            .pid()
+            .map(|p| Pid::from_raw(p.as_raw())))
     }
 }
 
