@@ -46,7 +46,11 @@ impl<C> Reactor<C> {
     /// * [`Error::ForkedChild`] in a forked child.
     pub fn kill(&mut self, id: ChildId, signal: libc::c_int) -> Result<()> {
         self.check_live(id)?;
-        crate::sys::kill(id.pid, signal).map_err(|e| Error::io("kill", e))
+        match self.children.get(id.pid).and_then(|e| e.pidfd.as_ref()) {
+            Some(pidfd) => crate::pidfd::send_signal(pidfd, signal)
+                .map_err(|e| Error::io("pidfd_send_signal", e)),
+            None => crate::sys::kill(id.pid, signal).map_err(|e| Error::io("kill", e)),
+        }
     }
 
     /// Asks a child to stop: `SIGTERM` now, and `SIGKILL` if it is still

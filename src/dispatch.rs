@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use crate::reactor::{Entry, Pending};
 use crate::reap::{self, Reaped};
 use crate::sys::SysReap;
-use crate::{ChildId, Claim, Error, Exit, Pid, Reactor, Result, SigchldOwner, Stats};
+use crate::{Backend, ChildId, Claim, Error, Exit, Pid, Reactor, Result, SigchldOwner, Stats};
 
 impl<C> Reactor<C> {
     /// Does what the wake-up asked for: reaps the children that died and
@@ -57,7 +57,11 @@ impl<C> Reactor<C> {
         self.stats.dispatches += 1;
         // 2-3. Reap; outcomes leave the table and join the queue.
         let reaped = match self.mode {
-            SigchldOwner::Library if !self.children.is_empty() => self.reap_own(),
+            SigchldOwner::Library if !self.children.is_empty() => match self.backend {
+                Backend::Pidfd => self.reap_ready(),
+                Backend::Peek => self.reap_peeked(),
+                _ => self.reap_own(),
+            },
             SigchldOwner::LibraryAlways => self.reap_everything(),
             _ => Ok(()),
         };
@@ -160,6 +164,50 @@ impl<C> Reactor<C> {
         .map_err(|e| Error::io("waitpid", e))
     }
 
+    /// Pidfd backend: the children whose pidfds are ready, plus, if some
+    /// child has no pidfd (and so the handler is installed), a scan.
+    fn reap_ready(&mut self) -> Result<()> {
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.clear();
+        let polled = self
+            .poller
+            .ready(&mut ready)
+            .map_err(|e| Error::io("epoll_wait", e));
+        let Reactor {
+            children,
+            pending,
+            stats,
+            number,
+            ..
+        } = self;
+        let reaped = reap::reap_listed(&mut SysReap, children, &ready, |r| {
+            queue(pending, stats, *number, r)
+        })
+        .map_err(|e| Error::io("waitpid", e));
+        self.ready = ready;
+        polled?;
+        reaped?;
+        if self.registration.is_some() {
+            self.reap_own()?;
+        }
+        Ok(())
+    }
+
+    fn reap_peeked(&mut self) -> Result<()> {
+        let Reactor {
+            children,
+            scratch,
+            pending,
+            stats,
+            number,
+            ..
+        } = self;
+        reap::reap_peek(&mut SysReap, children, scratch, |r| {
+            queue(pending, stats, *number, r)
+        })
+        .map_err(|e| Error::io("waitpid", e))
+    }
+
     fn reap_everything(&mut self) -> Result<()> {
         let Reactor {
             children,
@@ -208,9 +256,17 @@ impl<C> Reactor<C> {
         }
     }
 
-    /// In `Library` mode the handler is needed only while children live.
+    /// In `Library` mode the handler is needed only while children live,
+    /// and with the pidfd backend only while some child has no pidfd.
     fn release_idle_handler(&mut self) {
-        if self.mode == SigchldOwner::Library && self.children.is_empty() {
+        if self.mode != SigchldOwner::Library || self.registration.is_none() {
+            return;
+        }
+        let needed = match self.backend {
+            Backend::Pidfd => self.children.iter().any(|(_, e)| e.pidfd.is_none()),
+            _ => !self.children.is_empty(),
+        };
+        if !needed {
             self.registration = None;
         }
     }

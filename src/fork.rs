@@ -103,10 +103,14 @@ impl<C> Reactor<C> {
         }
     }
 
-    /// In `Library` mode, makes sure the handler is installed and our pipe
-    /// registered. Returns whether this call acquired it.
+    /// In `Library` mode with a `SIGCHLD` backend, makes sure the handler is
+    /// installed and our pipe registered (the pidfd backend needs neither).
+    /// Returns whether this call acquired it.
     pub(crate) fn need_handler(&mut self) -> Result<bool> {
-        if self.mode == SigchldOwner::Library && self.registration.is_none() {
+        if self.mode == SigchldOwner::Library
+            && self.backend != crate::Backend::Pidfd
+            && self.registration.is_none()
+        {
             self.registration = Some(sigchld::register(self.pipe.write_raw())?);
             return Ok(true);
         }

@@ -218,6 +218,8 @@ mod fork;
 #[doc(hidden)]
 pub mod fuzzing;
 mod mode;
+mod pidfd;
+mod poller;
 mod reactor;
 mod reap;
 mod selfpipe;
@@ -230,6 +232,6 @@ mod timer;
 pub use drop_policy::DropPolicy;
 pub use error::{Error, Result};
 pub use exit::{ChildId, Exit, Outcome, Pid, ResourceUsage};
-pub use mode::{Claim, Forked, Hooks, SigchldOwner};
+pub use mode::{Backend, Claim, Forked, Hooks, SigchldOwner};
 pub use reactor::{Reactor, Stats};
 pub use spawn::Spawned;

@@ -29,6 +29,30 @@ pub enum SigchldOwner {
     LibraryAlways,
 }
 
+/// How a `Library`-mode reactor finds out which of its children died.
+///
+/// All three reap only the reactor's own children; they differ in what a
+/// wake-up costs. See the crate documentation, *Backends*, for the figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Backend {
+    /// The best one this system supports (see the crate docs for which and
+    /// why); [`Reactor::backend`](crate::Reactor::backend) tells the choice.
+    #[default]
+    Auto,
+    /// A pidfd per child in the reactor's epoll set (Linux ≥ 5.3): a wake-up
+    /// names exactly the children that died, and no `SIGCHLD` handler is
+    /// installed. One descriptor per live child.
+    Pidfd,
+    /// `SIGCHLD`, then `waitid(WNOWAIT)` to name the next exited child
+    /// without reaping it: O(k) for k exits, no extra descriptor; falls back
+    /// to the scan for a wake-up where someone else's zombie is first.
+    Peek,
+    /// `SIGCHLD`, then one `waitpid(pid, WNOHANG)` per live child: O(N) per
+    /// wake-up. The reference the others are tested against.
+    Scan,
+}
+
 /// The unknown-child hook's answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Claim {
@@ -68,6 +92,7 @@ pub(crate) type UnknownFn<C> = Box<dyn FnMut(&mut C, Pid, ExitStatus) -> Claim>;
 /// ```
 pub struct Hooks<C> {
     pub(crate) owner: SigchldOwner,
+    pub(crate) backend: Backend,
     pub(crate) fork_replacement: Option<ForkFn>,
     pub(crate) unknown_child: Option<UnknownFn<C>>,
 }
@@ -78,6 +103,7 @@ impl<C> Hooks<C> {
     pub fn new(owner: SigchldOwner) -> Self {
         Hooks {
             owner,
+            backend: Backend::Auto,
             fork_replacement: None,
             unknown_child: None,
         }
@@ -86,6 +112,15 @@ impl<C> Hooks<C> {
     /// The mode these hooks ask for.
     pub fn owner(&self) -> SigchldOwner {
         self.owner
+    }
+
+    /// Chooses how `Library` mode finds dead children (by default
+    /// [`Backend::Auto`]). `Pidfd` where the kernel has no pidfds falls back
+    /// to `Peek`. Other modes ignore it: `LibraryAlways` reaps everything
+    /// with `waitpid(-1)`, and in `Mainloop` mode the application reaps.
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
     }
 
     /// Calls `f` instead of `fork(2)` in [`Reactor::fork`](crate::Reactor::fork).
@@ -128,6 +163,7 @@ impl<C> fmt::Debug for Hooks<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Hooks")
             .field("owner", &self.owner)
+            .field("backend", &self.backend)
             .field("fork_replacement", &self.fork_replacement.is_some())
             .field("unknown_child", &self.unknown_child.is_some())
             .finish()

@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use mio::event::Source;
@@ -15,11 +15,12 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
 use crate::mode::{ForkFn, UnknownFn};
+use crate::poller::Poller;
 use crate::selfpipe::SelfPipe;
 use crate::sigchld::{self, ReapAllToken, Registration};
 use crate::table::ChildTable;
 use crate::timer::Deadlines;
-use crate::{ChildId, DropPolicy, Error, Exit, Hooks, Pid, Result, SigchldOwner};
+use crate::{Backend, ChildId, DropPolicy, Error, Exit, Hooks, Pid, Result, SigchldOwner};
 
 /// A death callback: runs once, in [`Reactor::dispatch`] (or `reaped` /
 /// `sigchld_occurred`), after the child has left the reactor's tables. It
@@ -58,6 +59,10 @@ pub struct Stats {
 pub(crate) struct Entry<C> {
     pub(crate) serial: u64,
     pub(crate) on_death: OnDeath<C>,
+    /// With the pidfd backend, the child's pidfd (in the poller's set). None
+    /// in other backends, and for a child whose pidfd could not be opened,
+    /// which is then watched through `SIGCHLD`.
+    pub(crate) pidfd: Option<OwnedFd>,
 }
 
 /// Numbers reactors, so a [`ChildId`] says which reactor issued it.
@@ -96,6 +101,8 @@ pub struct Reactor<C> {
     /// child and gets `Error::ForkedChild`.
     pub(crate) owner: Pid,
     pub(crate) mode: SigchldOwner,
+    /// The `Library`-mode backend in use (never `Auto`).
+    pub(crate) backend: Backend,
     pub(crate) fork_replacement: Option<ForkFn>,
     pub(crate) unknown_child: Option<UnknownFn<C>>,
     /// This reactor's number, part of every [`ChildId`] it issues.
@@ -105,6 +112,8 @@ pub struct Reactor<C> {
     pub(crate) children: ChildTable<Entry<C>>,
     pub(crate) pending: VecDeque<Pending<C>>,
     pub(crate) scratch: Vec<(Pid, Option<crate::reap::Waited>)>,
+    /// Pids whose pidfds are ready (pidfd backend), reused.
+    pub(crate) ready: Vec<Pid>,
     /// SIGKILL deadlines of `terminate`.
     pub(crate) deadlines: Deadlines,
     pub(crate) drop_policy: DropPolicy,
@@ -113,6 +122,9 @@ pub struct Reactor<C> {
     /// `LibraryAlways` mode always. Dropped before `pipe` is closed.
     pub(crate) registration: Option<Registration>,
     pub(crate) reap_all: Option<ReapAllToken>,
+    /// The descriptor the loop watches: an epoll set holding `pipe` (and
+    /// pidfds).
+    pub(crate) poller: Poller,
     pub(crate) pipe: SelfPipe,
 }
 
@@ -136,9 +148,11 @@ impl<C> Reactor<C> {
     ///   is ignored or has `SA_NOCLDWAIT`; [`Error::TooManyReactors`].
     pub fn new(hooks: Hooks<C>) -> Result<Self> {
         let pipe = SelfPipe::new().map_err(|e| Error::io("pipe2", e))?;
+        let poller = Poller::new(pipe.read_fd()).map_err(|e| Error::io("epoll_create1", e))?;
         let mut reactor = Reactor {
             owner: Pid::this(),
             mode: SigchldOwner::Library,
+            backend: Backend::Scan,
             fork_replacement: None,
             unknown_child: None,
             number: REACTORS.fetch_add(1, Ordering::Relaxed),
@@ -146,11 +160,13 @@ impl<C> Reactor<C> {
             children: ChildTable::default(),
             pending: VecDeque::new(),
             scratch: Vec::new(),
+            ready: Vec::new(),
             deadlines: Deadlines::default(),
             drop_policy: DropPolicy::Leave,
             stats: Stats::default(),
             registration: None,
             reap_all: None,
+            poller,
             pipe,
         };
         reactor.apply(hooks)?;
@@ -203,16 +219,32 @@ impl<C> Reactor<C> {
             self.registration = None;
         }
         self.mode = hooks.owner;
+        self.backend = match hooks.backend {
+            Backend::Auto | Backend::Pidfd if crate::pidfd::supported() => Backend::Pidfd,
+            Backend::Auto | Backend::Pidfd => Backend::Peek,
+            other => other,
+        };
         self.fork_replacement = hooks.fork_replacement;
         self.unknown_child = hooks.unknown_child;
         Ok(())
     }
 
-    /// Adds a started child to the table and returns its id.
+    /// Adds a started child to the table and returns its id. With the pidfd
+    /// backend, opens the child's pidfd and puts it in the poller's set; if
+    /// that fails (`EMFILE`), the child is watched through `SIGCHLD`.
     pub(crate) fn register(&mut self, pid: Pid, on_death: OnDeath<C>) -> ChildId {
         let serial = self.next_serial;
         self.next_serial += 1;
-        let entry = Entry { serial, on_death };
+        let pidfd = if self.uses_pidfds() {
+            self.open_pidfd(pid)
+        } else {
+            None
+        };
+        let entry = Entry {
+            serial,
+            on_death,
+            pidfd,
+        };
         if let Some(stale) = self.children.insert(pid, entry) {
             // The kernel gave out this pid again, so the child we had under
             // it was reaped by someone else.
@@ -223,6 +255,33 @@ impl<C> Reactor<C> {
             self.pipe.wake();
         }
         self.id(pid, serial)
+    }
+
+    /// Whether this reactor watches its children through pidfds.
+    pub(crate) fn uses_pidfds(&self) -> bool {
+        self.mode == SigchldOwner::Library && self.backend == Backend::Pidfd
+    }
+
+    fn open_pidfd(&mut self, pid: Pid) -> Option<OwnedFd> {
+        let opened = crate::pidfd::open(pid).and_then(|fd| {
+            self.poller.add(pid, &fd)?;
+            Ok(fd)
+        });
+        match opened {
+            Ok(fd) => Some(fd),
+            Err(_e) => {
+                #[cfg(feature = "log")]
+                log::warn!("evchild: no pidfd for child {pid} ({_e}); watching it through SIGCHLD");
+                if self.registration.is_none() {
+                    // If even this fails (SIGCHLD ignored), the child cannot
+                    // be waited for by anyone; the next dispatch scans anyway.
+                    self.registration = sigchld::register(self.pipe.write_raw()).ok();
+                }
+                // It may have died before the handler was there: look now.
+                self.pipe.wake();
+                None
+            }
+        }
     }
 
     pub(crate) fn id(&self, pid: Pid, serial: u64) -> ChildId {
@@ -236,6 +295,13 @@ impl<C> Reactor<C> {
     /// The SIGCHLD mode.
     pub fn mode(&self) -> SigchldOwner {
         self.mode
+    }
+
+    /// The backend `Library` mode uses to find dead children: the one asked
+    /// for in [`Hooks::backend`], or what `Auto` chose, or `Peek` where
+    /// pidfds are not available. Never [`Backend::Auto`].
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// How many children are registered (started and not yet reported dead).
@@ -313,13 +379,13 @@ impl<C> AsFd for Reactor<C> {
     /// The descriptor that becomes readable when `dispatch` has work. Watch
     /// it for readability only; never read from it yourself.
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.pipe.read_fd()
+        self.poller.fd()
     }
 }
 
 impl<C> AsRawFd for Reactor<C> {
     fn as_raw_fd(&self) -> RawFd {
-        self.pipe.read_fd().as_raw_fd()
+        self.poller.fd().as_raw_fd()
     }
 }
 
@@ -327,6 +393,7 @@ impl<C> fmt::Debug for Reactor<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Reactor")
             .field("mode", &self.mode)
+            .field("backend", &self.backend)
             .field("children", &self.children.len())
             .field("pending", &self.pending.len())
             .field("fd", &self.as_raw_fd())

@@ -160,6 +160,37 @@ pub(crate) fn reap_peek<R: Reap, T>(
     }
 }
 
+/// Reaps the listed children (those whose pidfds are ready), one
+/// `waitpid(pid)` each: O(k) for k exits. Pids not (or no longer) in the
+/// table are skipped; one still running stays registered.
+pub(crate) fn reap_listed<R: Reap, T>(
+    sys: &mut R,
+    table: &mut ChildTable<T>,
+    pids: &[Pid],
+    mut out: impl FnMut(Reaped<T>),
+) -> io::Result<()> {
+    for &pid in pids {
+        if table.get(pid).is_none() {
+            continue;
+        }
+        match retry_eintr(|| sys.reap_pid(pid)) {
+            Ok(Some(status)) => {
+                if let Some(value) = table.remove(pid) {
+                    out(Reaped::Died(pid, status, value));
+                }
+            }
+            Ok(None) => {}
+            Err(Errno::ECHILD) => {
+                if let Some(value) = table.remove(pid) {
+                    out(Reaped::Lost(pid, value));
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// Reaps every exited child of the process with `waitpid(-1)`, registered or
 /// not. If the kernel says the process has no children at all (`ECHILD`), any
 /// child still registered was reaped by someone else and is reported lost.

@@ -1,0 +1,87 @@
+//! The reactor's one descriptor: an epoll set holding its wake pipe and,
+//! with the pidfd backend, each child's pidfd.
+//!
+//! The loop watches only the epoll descriptor, which is readable whenever
+//! anything inside is; so the descriptor never changes whatever the backend,
+//! and a loop registers it once. Inside, everything is level-triggered:
+//! `dispatch` empties the pipe and reaps (closing) every ready pidfd, so the
+//! set goes quiet and the loop's edge-triggered registration sees the next
+//! event as a new edge.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+
+use crate::Pid;
+
+/// The epoll data of the wake pipe; pidfds carry their (positive) pid.
+const PIPE: u64 = u64::MAX;
+
+#[derive(Debug)]
+pub(crate) struct Poller {
+    epoll: Epoll,
+    events: Vec<EpollEvent>,
+}
+
+impl Poller {
+    /// `epoll_create1(EPOLL_CLOEXEC)`, made non-blocking too (like every
+    /// descriptor a loop watches), with `pipe` inside.
+    pub(crate) fn new(pipe: BorrowedFd<'_>) -> io::Result<Self> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        let flags = OFlag::from_bits_retain(fcntl(&epoll.0, FcntlArg::F_GETFL)?);
+        fcntl(&epoll.0, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+        epoll.add(pipe, EpollEvent::new(EpollFlags::EPOLLIN, PIPE))?;
+        Ok(Poller {
+            epoll,
+            events: Vec::new(),
+        })
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.epoll.0.as_fd()
+    }
+
+    /// Watches `pidfd` for `pid`'s exit. Closing the pidfd removes it.
+    pub(crate) fn add(&self, pid: Pid, pidfd: &OwnedFd) -> io::Result<()> {
+        let data = u64::try_from(pid.as_raw()).map_err(|_| Errno::EINVAL)?;
+        self.epoll
+            .add(pidfd, EpollEvent::new(EpollFlags::EPOLLIN, data))?;
+        Ok(())
+    }
+
+    /// The pids whose pidfds are ready now (`epoll_wait` with no timeout),
+    /// into `out`. Reads until the kernel has nothing more, so nothing stays
+    /// ready unseen.
+    pub(crate) fn ready(&mut self, out: &mut Vec<Pid>) -> io::Result<()> {
+        if self.events.is_empty() {
+            self.events.resize(64, EpollEvent::empty());
+        }
+        loop {
+            let n = match self.epoll.wait(&mut self.events, 0u8) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            out.extend(
+                self.events[..n]
+                    .iter()
+                    .map(EpollEvent::data)
+                    .filter(|&d| d != PIPE)
+                    .filter_map(|d| libc::pid_t::try_from(d).ok().map(Pid::from_raw)),
+            );
+            // A full buffer may have left more behind; the ones returned are
+            // reaped before the next call, so it cannot return them again,
+            // but the caller reaps only after we return: ask once with a
+            // bigger buffer instead.
+            if n < self.events.len() {
+                return Ok(());
+            }
+            let bigger = self.events.len() * 2;
+            self.events.resize(bigger, EpollEvent::empty());
+            out.clear();
+        }
+    }
+}
