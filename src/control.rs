@@ -8,8 +8,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::sigchld;
 use crate::timer::Target;
-use crate::{ChildId, Error, Reactor, Result};
+use crate::{ChildId, ChildState, Error, Reactor, Result, SigchldOwner};
 
 impl<C> Reactor<C> {
     /// `Ok(())` if `id` is a live child of this reactor; otherwise the error
@@ -51,6 +52,69 @@ impl<C> Reactor<C> {
                 .map_err(|e| Error::io("pidfd_send_signal", e)),
             None => crate::sys::kill(id.pid, signal).map_err(|e| Error::io("kill", e)),
         }
+    }
+
+    /// Asks for reports of the child's stops and continues
+    /// (`WUNTRACED | WCONTINUED`): `on_state` runs, in `dispatch`, with
+    /// [`ChildState::Stopped`] (and the signal) or [`ChildState::Continued`]
+    /// each time. The death callback still runs exactly once.
+    ///
+    /// Such a child is watched through `SIGCHLD` whatever the backend (a
+    /// pidfd does not report stops), and while any is registered evchild's
+    /// handler is installed without `SA_NOCLDSTOP`, so every stop and
+    /// continue of any child of the process wakes the reactors. Each
+    /// wake-up costs one extra `waitpid` per such child.
+    ///
+    /// ```no_run
+    /// # use evchild::{ChildState, Hooks, Reactor};
+    /// # use std::process::Command;
+    /// # let mut children = Reactor::<()>::new(Hooks::default())?;
+    /// let child = children.spawn(&mut Command::new("vim"), |_, _, _| {})?;
+    /// children.on_state_change(child.id, |_, _, id, state| match state {
+    ///     ChildState::Stopped(sig) => println!("{id} stopped by signal {sig}"),
+    ///     ChildState::Continued => println!("{id} continued"),
+    ///     _ => {}
+    /// })?;
+    /// # Ok::<(), evchild::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Nothing changed on error.
+    /// * As for [`kill`](Reactor::kill): the child must be live and ours.
+    /// * [`Error::WrongMode`] in `Mainloop` mode (the application reaps,
+    ///   and sees the stops itself with `WUNTRACED`).
+    /// * [`Error::HandlerConflict`] / [`Error::TooManyReactors`] if the
+    ///   handler cannot be installed.
+    pub fn on_state_change(
+        &mut self,
+        id: ChildId,
+        on_state: impl FnMut(&mut C, &mut Reactor<C>, ChildId, ChildState) + 'static,
+    ) -> Result<()> {
+        self.check_live(id)?;
+        if self.mode == SigchldOwner::Mainloop {
+            return Err(Error::WrongMode {
+                call: "on_state_change",
+                mode: self.mode,
+                hint: "the application reaps in this mode; wait with WUNTRACED | WCONTINUED \
+                       to see stops yourself",
+            });
+        }
+        if self.registration.is_none() {
+            self.registration = Some(sigchld::register(self.pipe.write_raw())?);
+        }
+        if let Some(registration) = self.registration.as_mut() {
+            registration.want_stops();
+        }
+        if let Some(entry) = self.children.get_mut(id.pid) {
+            if entry.on_state.replace(Box::new(on_state)).is_none() {
+                self.stateful.push(id.pid);
+            }
+        }
+        // A stop before now sent no signal (SA_NOCLDSTOP) but is still
+        // waitable: look at once.
+        self.pipe.wake();
+        Ok(())
     }
 
     /// Asks a child to stop: `SIGTERM` now, and `SIGKILL` if it is still

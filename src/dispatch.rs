@@ -16,7 +16,9 @@ use std::collections::VecDeque;
 use crate::reactor::{Entry, Pending};
 use crate::reap::{self, Reaped};
 use crate::sys::SysReap;
-use crate::{Backend, ChildId, Claim, Error, Exit, Pid, Reactor, Result, SigchldOwner, Stats};
+use crate::{
+    Backend, ChildId, ChildState, Claim, Error, Exit, Pid, Reactor, Result, SigchldOwner, Stats,
+};
 
 impl<C> Reactor<C> {
     /// Does what the wake-up asked for: reaps the children that died and
@@ -65,6 +67,8 @@ impl<C> Reactor<C> {
             SigchldOwner::LibraryAlways => self.reap_everything(),
             _ => Ok(()),
         };
+        // Stop/continue reports, for the children that asked.
+        let reaped = reaped.and_then(|()| self.reap_states());
         // 4. Grace periods that ran out: SIGKILL, now that the reap has
         // removed every child that already died.
         self.fire_deadlines();
@@ -193,6 +197,36 @@ impl<C> Reactor<C> {
         Ok(())
     }
 
+    /// Stop/continue reports and deaths of the children that asked for
+    /// state reports, found by one `waitpid(WUNTRACED | WCONTINUED)` each.
+    fn reap_states(&mut self) -> Result<()> {
+        if self.stateful.is_empty() || self.mode == SigchldOwner::Mainloop {
+            return Ok(());
+        }
+        let mut changes = Vec::new();
+        let Reactor {
+            children,
+            pending,
+            stats,
+            number,
+            stateful,
+            ..
+        } = self;
+        let reaped = reap::reap_states(&mut SysReap, children, stateful, |r| match r {
+            Reaped::Stopped(pid, signal) => changes.push((pid, ChildState::Stopped(signal))),
+            Reaped::Continued(pid) => changes.push((pid, ChildState::Continued)),
+            other => queue(pending, stats, *number, other),
+        })
+        .map_err(|e| Error::io("waitpid", e));
+        for (pid, state) in changes {
+            if let Some(entry) = self.children.get(pid) {
+                let id = self.id(pid, entry.serial);
+                self.pending.push_back(Pending::State(id, state));
+            }
+        }
+        reaped
+    }
+
     fn reap_peeked(&mut self) -> Result<()> {
         let Reactor {
             children,
@@ -228,6 +262,7 @@ impl<C> Reactor<C> {
         while let Some(next) = self.pending.pop_front() {
             let result = panic::catch_unwind(AssertUnwindSafe(|| match next {
                 Pending::Death(on_death, exit) => on_death(ctx, self, exit),
+                Pending::State(id, state) => self.state_changed(ctx, id, state),
                 Pending::Stranger(pid, status) => self.stranger(ctx, pid, status),
             }));
             if let Err(panic) = result {
@@ -235,6 +270,25 @@ impl<C> Reactor<C> {
                     self.pipe.wake();
                 }
                 panic::resume_unwind(panic);
+            }
+        }
+    }
+
+    /// Runs a child's stop/continue callback, if the child is still there
+    /// (the callback is taken out while it runs, so it may use the reactor
+    /// freely; a panicking one is not put back).
+    fn state_changed(&mut self, ctx: &mut C, id: ChildId, state: ChildState) {
+        let entry = self
+            .children
+            .get_mut(id.pid)
+            .filter(|e| e.serial == id.serial);
+        let Some(mut on_state) = entry.and_then(|e| e.on_state.take()) else {
+            return;
+        };
+        on_state(ctx, self, id, state);
+        if let Some(entry) = self.children.get_mut(id.pid) {
+            if entry.serial == id.serial && entry.on_state.is_none() {
+                entry.on_state = Some(on_state);
             }
         }
     }
@@ -263,7 +317,10 @@ impl<C> Reactor<C> {
             return;
         }
         let needed = match self.backend {
-            Backend::Pidfd => self.children.iter().any(|(_, e)| e.pidfd.is_none()),
+            Backend::Pidfd => self
+                .children
+                .iter()
+                .any(|(_, e)| e.pidfd.is_none() || e.on_state.is_some()),
             _ => !self.children.is_empty(),
         };
         if !needed {
@@ -295,5 +352,7 @@ fn queue<C>(
             pending.push_back(Pending::Death(entry.on_death, exit));
         }
         Reaped::Stranger(pid, status) => pending.push_back(Pending::Stranger(pid, status.raw)),
+        // Only `reap_states` reports these, and it does not come through here.
+        Reaped::Stopped(..) | Reaped::Continued(..) => {}
     }
 }

@@ -105,6 +105,18 @@ impl ResourceUsage {
     }
 }
 
+/// A change of a live child's state, for children that asked for them with
+/// [`Reactor::on_state_change`](crate::Reactor::on_state_change).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ChildState {
+    /// Stopped by this signal (`WIFSTOPPED`, `WSTOPSIG`): `SIGSTOP`,
+    /// `SIGTSTP`, `SIGTTIN` or `SIGTTOU`.
+    Stopped(i32),
+    /// Resumed by `SIGCONT` (`WIFCONTINUED`).
+    Continued,
+}
+
 /// How a registered child ended, as far as evchild could learn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

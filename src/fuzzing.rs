@@ -264,6 +264,9 @@ impl Model {
                     assert!(self.lostable.contains(&token), "{pid} lost but alive");
                     self.settle(pid, token);
                 }
+                Reaped::Stopped(..) | Reaped::Continued(..) => {
+                    panic!("the model scripts no stops: {report:?}")
+                }
                 Reaped::Stranger(pid, status) => {
                     assert!(all, "selective mode reported stranger {pid}");
                     let (serial, st) = reaps.remove(&pid).expect("stranger not reaped");

@@ -231,7 +231,7 @@ mod timer;
 
 pub use drop_policy::DropPolicy;
 pub use error::{Error, Result};
-pub use exit::{ChildId, Exit, Outcome, Pid, ResourceUsage};
+pub use exit::{ChildId, ChildState, Exit, Outcome, Pid, ResourceUsage};
 pub use mode::{Backend, Claim, Forked, Hooks, SigchldOwner};
 pub use reactor::{Reactor, Stats};
 pub use spawn::Spawned;

@@ -20,7 +20,9 @@ use crate::selfpipe::SelfPipe;
 use crate::sigchld::{self, ReapAllToken, Registration};
 use crate::table::ChildTable;
 use crate::timer::Deadlines;
-use crate::{Backend, ChildId, DropPolicy, Error, Exit, Hooks, Pid, Result, SigchldOwner};
+use crate::{
+    Backend, ChildId, ChildState, DropPolicy, Error, Exit, Hooks, Pid, Result, SigchldOwner,
+};
 
 /// A death callback: runs once, in [`Reactor::dispatch`] (or `reaped` /
 /// `sigchld_occurred`), after the child has left the reactor's tables. It
@@ -28,9 +30,13 @@ use crate::{Backend, ChildId, DropPolicy, Error, Exit, Hooks, Pid, Result, Sigch
 /// adopt other children), and the report.
 pub(crate) type OnDeath<C> = Box<dyn FnOnce(&mut C, &mut Reactor<C>, Exit)>;
 
+/// A stop/continue callback (see `Reactor::on_state_change`).
+pub(crate) type OnState<C> = Box<dyn FnMut(&mut C, &mut Reactor<C>, ChildId, ChildState)>;
+
 /// Work waiting to be handed to the application.
 pub(crate) enum Pending<C> {
     Death(OnDeath<C>, Exit),
+    State(ChildId, ChildState),
     Stranger(Pid, libc::c_int),
 }
 
@@ -63,6 +69,8 @@ pub(crate) struct Entry<C> {
     /// in other backends, and for a child whose pidfd could not be opened,
     /// which is then watched through `SIGCHLD`.
     pub(crate) pidfd: Option<OwnedFd>,
+    /// Stop/continue callback, for children that asked for one.
+    pub(crate) on_state: Option<OnState<C>>,
 }
 
 /// Numbers reactors, so a [`ChildId`] says which reactor issued it.
@@ -114,6 +122,9 @@ pub struct Reactor<C> {
     pub(crate) scratch: Vec<(Pid, Option<crate::reap::Waited>)>,
     /// Pids whose pidfds are ready (pidfd backend), reused.
     pub(crate) ready: Vec<Pid>,
+    /// Children with a stop/continue callback (possibly stale: pruned by
+    /// each pass).
+    pub(crate) stateful: Vec<Pid>,
     /// SIGKILL deadlines of `terminate`.
     pub(crate) deadlines: Deadlines,
     pub(crate) drop_policy: DropPolicy,
@@ -161,6 +172,7 @@ impl<C> Reactor<C> {
             pending: VecDeque::new(),
             scratch: Vec::new(),
             ready: Vec::new(),
+            stateful: Vec::new(),
             deadlines: Deadlines::default(),
             drop_policy: DropPolicy::Leave,
             stats: Stats::default(),
@@ -244,6 +256,7 @@ impl<C> Reactor<C> {
             serial,
             on_death,
             pidfd,
+            on_state: None,
         };
         if let Some(stale) = self.children.insert(pid, entry) {
             // The kernel gave out this pid again, so the child we had under

@@ -52,6 +52,12 @@ pub(crate) trait Reap {
     /// that has exited, *without* reaping it; `Ok(None)` if children exist
     /// but none has exited.
     fn peek(&mut self) -> Result<Option<Pid>, Errno>;
+    /// `waitpid(pid, &status, WNOHANG | WUNTRACED | WCONTINUED)`: like
+    /// `reap_pid`, but a stop or a continue is an answer too (and reaps
+    /// nothing).
+    fn reap_pid_or_state(&mut self, pid: Pid) -> Result<Option<Waited>, Errno> {
+        self.reap_pid(pid)
+    }
 }
 
 impl<R: Reap + ?Sized> Reap for &mut R {
@@ -64,6 +70,9 @@ impl<R: Reap + ?Sized> Reap for &mut R {
     fn peek(&mut self) -> Result<Option<Pid>, Errno> {
         (**self).peek()
     }
+    fn reap_pid_or_state(&mut self, pid: Pid) -> Result<Option<Waited>, Errno> {
+        (**self).reap_pid_or_state(pid)
+    }
 }
 
 /// One outcome of a reaping pass.
@@ -75,6 +84,10 @@ pub(crate) enum Reaped<T> {
     Lost(Pid, T),
     /// A child that is not registered died (reap-all only).
     Stranger(Pid, Waited),
+    /// A registered child stopped, with this signal; it stays registered.
+    Stopped(Pid, libc::c_int),
+    /// A registered child continued; it stays registered.
+    Continued(Pid),
 }
 
 /// Reaps the registered children that have exited, one `waitpid(pid)` each,
@@ -188,6 +201,47 @@ pub(crate) fn reap_listed<R: Reap, T>(
             Err(e) => return Err(e.into()),
         }
     }
+    Ok(())
+}
+
+/// For the children that asked for stop/continue reports: one
+/// `waitpid(pid, WNOHANG | WUNTRACED | WCONTINUED)` each, which reports a
+/// stop, a continue, or the death. `pids` is pruned of children no longer
+/// registered.
+pub(crate) fn reap_states<R: Reap, T>(
+    sys: &mut R,
+    table: &mut ChildTable<T>,
+    pids: &mut Vec<Pid>,
+    mut out: impl FnMut(Reaped<T>),
+) -> io::Result<()> {
+    pids.retain(|&pid| table.get(pid).is_some());
+    for &pid in pids.iter() {
+        // Several changes may be queued (stop, then continue): ask until
+        // there is nothing more, or the child is gone.
+        loop {
+            match retry_eintr(|| sys.reap_pid_or_state(pid)) {
+                Ok(None) => break,
+                Ok(Some(w)) if libc::WIFSTOPPED(w.raw) => {
+                    out(Reaped::Stopped(pid, libc::WSTOPSIG(w.raw)))
+                }
+                Ok(Some(w)) if libc::WIFCONTINUED(w.raw) => out(Reaped::Continued(pid)),
+                Ok(Some(status)) => {
+                    if let Some(value) = table.remove(pid) {
+                        out(Reaped::Died(pid, status, value));
+                    }
+                    break;
+                }
+                Err(Errno::ECHILD) => {
+                    if let Some(value) = table.remove(pid) {
+                        out(Reaped::Lost(pid, value));
+                    }
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    pids.retain(|&pid| table.get(pid).is_some());
     Ok(())
 }
 

@@ -83,6 +83,9 @@ static PREV: AtomicPtr<libc::sigaction> = AtomicPtr::new(ptr::null_mut());
 struct State {
     /// Live registrations.
     users: usize,
+    /// Live registrations that want stop/continue reports (the handler is
+    /// then installed without `SA_NOCLDSTOP`).
+    stops: usize,
     /// We installed our handler and have not restored the previous one
     /// (either ours is current, or a later handler shadows it).
     installed: bool,
@@ -91,6 +94,7 @@ struct State {
 
 static STATE: Mutex<State> = Mutex::new(State {
     users: 0,
+    stops: 0,
     installed: false,
     used: [false; CAPACITY],
 });
@@ -106,6 +110,7 @@ fn state() -> MutexGuard<'static, State> {
 #[derive(Debug)]
 pub(crate) struct Registration {
     slot: usize,
+    stops: bool,
 }
 
 /// Registers `wake_fd` (non-blocking; must stay open until the registration
@@ -135,7 +140,7 @@ pub(crate) fn register(wake_fd: RawFd) -> Result<Registration, Error> {
         .store(nix::unistd::getpid().as_raw(), Ordering::Relaxed);
     SLOTS[slot].fd.store(wake_fd, Ordering::Release);
     HIGH.fetch_max(slot + 1, Ordering::AcqRel);
-    Ok(Registration { slot })
+    Ok(Registration { slot, stops: false })
 }
 
 /// Makes sure our handler will run, for the first user after an idle time.
@@ -157,13 +162,28 @@ fn ensure_installed(st: &mut State) -> Result<(), Error> {
         && cur.sa_sigaction != libc::SIG_IGN
         && cur.sa_flags & libc::SA_NOCLDWAIT == 0;
     if !ours && !shadowed {
-        install()?;
+        install(st.stops > 0)?;
     }
     st.installed = true;
     Ok(())
 }
 
 impl Registration {
+    /// Asks for `SIGCHLD` on stop and continue too, for as long as this
+    /// registration lives (the handler is reinstalled without
+    /// `SA_NOCLDSTOP`, if it is ours and current).
+    pub(crate) fn want_stops(&mut self) {
+        if self.stops {
+            return;
+        }
+        let mut st = state();
+        self.stops = true;
+        st.stops += 1;
+        if st.stops == 1 {
+            refresh_flags(&st);
+        }
+    }
+
     /// Leaves the registration in place without touching the registry. Used
     /// in a forked child, where the registry lock may be held forever by a
     /// thread that no longer exists, and where the handler ignores the slot
@@ -182,6 +202,12 @@ impl Drop for Registration {
         // close it.
         st.used[self.slot] = false;
         st.users -= 1;
+        if self.stops {
+            st.stops -= 1;
+            if st.stops == 0 && st.users > 0 {
+                refresh_flags(&st);
+            }
+        }
         if st.users == 0 && st.installed && uninstall() {
             st.installed = false;
         }
@@ -352,25 +378,50 @@ fn remember_prev(old: &libc::sigaction) {
     PREV.store(Box::leak(Box::new(*old)), Ordering::Release);
 }
 
-/// Installs `on_sigchld`, refusing dispositions that make reaping impossible.
-/// On error, the disposition is what it was.
-fn install() -> Result<(), Error> {
-    let old = current()?;
-    check_usable(&old)?;
-    remember_prev(&old);
-
+/// Our `sigaction`: `SA_NOCLDSTOP` unless a registration wants stop reports
+/// or the handler we chain to wanted them.
+fn our_action(stops: bool) -> libc::sigaction {
     // SAFETY: all-zero is a valid `sigaction`; every field we rely on is set
     // below.
     let mut new: libc::sigaction = unsafe { std::mem::zeroed() };
     new.sa_sigaction = on_sigchld_addr();
     new.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_NOCLDSTOP;
-    let real_prev = old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != on_sigchld_addr();
-    if real_prev && old.sa_flags & libc::SA_NOCLDSTOP == 0 {
-        // The handler we chain to wants stop/continue notifications.
+    let prev = PREV.load(Ordering::Acquire);
+    let prev_wants_stops = !prev.is_null() && {
+        // SAFETY: see `chain`: PREV is null or a leaked, never-freed
+        // allocation, and it is not null here.
+        let prev = unsafe { &*prev };
+        prev.sa_sigaction != libc::SIG_DFL
+            && prev.sa_sigaction != libc::SIG_IGN
+            && prev.sa_flags & libc::SA_NOCLDSTOP == 0
+    };
+    if stops || prev_wants_stops {
         new.sa_flags &= !libc::SA_NOCLDSTOP;
     }
     // SAFETY: `new.sa_mask` is a valid out-pointer to a `sigset_t`.
     unsafe { libc::sigemptyset(&mut new.sa_mask) };
+    new
+}
+
+/// Reinstalls our handler with the flags `st` asks for, if it is ours and
+/// current (otherwise whoever replaced it decides, and chains to us or not).
+fn refresh_flags(st: &State) {
+    if !st.installed || !current().is_ok_and(|c| c.sa_sigaction == on_sigchld_addr()) {
+        return;
+    }
+    let new = our_action(st.stops > 0);
+    // SAFETY: `new` is fully initialised, as in `install`. A failure leaves
+    // the previous flags, which only costs or saves spurious wake-ups.
+    unsafe { libc::sigaction(libc::SIGCHLD, &new, ptr::null_mut()) };
+}
+
+/// Installs `on_sigchld`, refusing dispositions that make reaping impossible.
+/// On error, the disposition is what it was.
+fn install(stops: bool) -> Result<(), Error> {
+    let old = current()?;
+    check_usable(&old)?;
+    remember_prev(&old);
+    let new = our_action(stops);
 
     // SAFETY: zeroed is valid; the kernel fills it in.
     let mut swapped: libc::sigaction = unsafe { std::mem::zeroed() };

@@ -16,14 +16,14 @@ use crate::{Pid, ResourceUsage};
 #[derive(Debug, Default)]
 pub(crate) struct SysReap;
 
-/// `wait4(pid, &status, WNOHANG, &rusage)`.
-fn wait4(pid: libc::pid_t) -> Result<Option<(Pid, Waited)>, Errno> {
+/// `wait4(pid, &status, WNOHANG | extra, &rusage)`.
+fn wait4(pid: libc::pid_t, extra: libc::c_int) -> Result<Option<(Pid, Waited)>, Errno> {
     let mut status: libc::c_int = 0;
     // SAFETY: all-zero is a valid `rusage` (plain integers); wait4 fills it.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `status` and `usage` are valid, writable, and live for the
     // call; wait4 has no other memory effects.
-    let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+    let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG | extra, &mut usage) };
     match rc {
         -1 => Err(Errno::last()),
         0 => Ok(None),
@@ -40,11 +40,17 @@ fn wait4(pid: libc::pid_t) -> Result<Option<(Pid, Waited)>, Errno> {
 impl Reap for SysReap {
     fn reap_pid(&mut self, pid: Pid) -> Result<Option<Waited>, Errno> {
         debug_assert!(pid.as_raw() > 0, "a single child, never a group");
-        wait4(pid.as_raw()).map(|r| r.map(|(_, waited)| waited))
+        wait4(pid.as_raw(), 0).map(|r| r.map(|(_, waited)| waited))
     }
 
     fn reap_any(&mut self) -> Result<Option<(Pid, Waited)>, Errno> {
-        wait4(-1)
+        wait4(-1, 0)
+    }
+
+    fn reap_pid_or_state(&mut self, pid: Pid) -> Result<Option<Waited>, Errno> {
+        debug_assert!(pid.as_raw() > 0, "a single child, never a group");
+        let extra = libc::WUNTRACED | libc::WCONTINUED;
+        wait4(pid.as_raw(), extra).map(|r| r.map(|(_, waited)| waited))
     }
 
     fn peek(&mut self) -> Result<Option<Pid>, Errno> {

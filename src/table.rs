@@ -65,6 +65,11 @@ impl<T> ChildTable<T> {
         self.slab.get(key).map(|(_, value)| value)
     }
 
+    pub(crate) fn get_mut(&mut self, pid: Pid) -> Option<&mut T> {
+        let key = *self.by_pid.get(&pid)?;
+        self.slab.get_mut(key).map(|(_, value)| value)
+    }
+
     pub(crate) fn pids(&self) -> impl Iterator<Item = Pid> + '_ {
         self.slab.iter().map(|(_, (pid, _))| *pid)
     }
