@@ -25,10 +25,9 @@ fn stop_continue_kill(hooks: Hooks<Seen>) {
         let mut lp = util::Loop::new(&mut reactor);
         let mut seen = Seen::default();
         let child = reactor
-            .spawn(
-                &mut Command::new("sleep").arg("30"),
-                |s: &mut Seen, _, e| s.deaths.push(e),
-            )
+            .spawn(Command::new("sleep").arg("30"), |s: &mut Seen, _, e| {
+                s.deaths.push(e)
+            })
             .expect("spawn");
         reactor
             .on_state_change(child.id, |s: &mut Seen, _, id, state| {
