@@ -57,7 +57,9 @@ impl<C> Reactor<C> {
     /// Asks for reports of the child's stops and continues
     /// (`WUNTRACED | WCONTINUED`): `on_state` runs, in `dispatch`, with
     /// [`ChildState::Stopped`] (and the signal) or [`ChildState::Continued`]
-    /// each time. The death callback still runs exactly once.
+    /// each time. The death callback still runs exactly once. The kernel
+    /// keeps only a child's latest state: a continue followed at once by
+    /// the death may be reported as the death alone.
     ///
     /// Such a child is watched through `SIGCHLD` whatever the backend (a
     /// pidfd does not report stops), and while any is registered evchild's
