@@ -48,7 +48,7 @@ impl<C> Reactor<C> {
     pub fn kill(&mut self, id: ChildId, signal: libc::c_int) -> Result<()> {
         self.check_live(id)?;
         match self.children.get(id.pid).and_then(|e| e.pidfd.as_ref()) {
-            Some(pidfd) => crate::pidfd::send_signal(pidfd, signal)
+            Some(pidfd) => crate::pidfd::send_signal(pidfd.fd(), signal)
                 .map_err(|e| Error::io("pidfd_send_signal", e)),
             None => crate::sys::kill(id.pid, signal).map_err(|e| Error::io("kill", e)),
         }

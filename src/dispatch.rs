@@ -160,10 +160,11 @@ impl<C> Reactor<C> {
             pending,
             stats,
             number,
+            unpolled,
             ..
         } = self;
         reap::reap_own(&mut SysReap, children, scratch, |r| {
-            queue(pending, stats, *number, r)
+            queue(pending, stats, *number, unpolled, r)
         })
         .map_err(|e| Error::io("waitpid", e))
     }
@@ -182,16 +183,17 @@ impl<C> Reactor<C> {
             pending,
             stats,
             number,
+            unpolled,
             ..
         } = self;
         let reaped = reap::reap_listed(&mut SysReap, children, &ready, |r| {
-            queue(pending, stats, *number, r)
+            queue(pending, stats, *number, unpolled, r)
         })
         .map_err(|e| Error::io("waitpid", e));
         self.ready = ready;
         polled?;
         reaped?;
-        if self.registration.is_some() {
+        if self.unpolled > 0 {
             self.reap_own()?;
         }
         Ok(())
@@ -210,12 +212,13 @@ impl<C> Reactor<C> {
             stats,
             number,
             stateful,
+            unpolled,
             ..
         } = self;
         let reaped = reap::reap_states(&mut SysReap, children, stateful, |r| match r {
             Reaped::Stopped(pid, signal) => changes.push((pid, ChildState::Stopped(signal))),
             Reaped::Continued(pid) => changes.push((pid, ChildState::Continued)),
-            other => queue(pending, stats, *number, other),
+            other => queue(pending, stats, *number, unpolled, other),
         })
         .map_err(|e| Error::io("waitpid", e));
         for (pid, state) in changes {
@@ -234,10 +237,11 @@ impl<C> Reactor<C> {
             pending,
             stats,
             number,
+            unpolled,
             ..
         } = self;
         reap::reap_peek(&mut SysReap, children, scratch, |r| {
-            queue(pending, stats, *number, r)
+            queue(pending, stats, *number, unpolled, r)
         })
         .map_err(|e| Error::io("waitpid", e))
     }
@@ -248,10 +252,11 @@ impl<C> Reactor<C> {
             pending,
             stats,
             number,
+            unpolled,
             ..
         } = self;
         reap::reap_all(&mut SysReap, children, |r| {
-            queue(pending, stats, *number, r)
+            queue(pending, stats, *number, unpolled, r)
         })
         .map_err(|e| Error::io("waitpid(-1)", e))
     }
@@ -317,10 +322,13 @@ impl<C> Reactor<C> {
             return;
         }
         let needed = match self.backend {
-            Backend::Pidfd => self
-                .children
-                .iter()
-                .any(|(_, e)| e.pidfd.is_none() || e.on_state.is_some()),
+            Backend::Pidfd => {
+                self.unpolled > 0
+                    || self
+                        .stateful
+                        .iter()
+                        .any(|&p| self.children.get(p).is_some())
+            }
             _ => !self.children.is_empty(),
         };
         if !needed {
@@ -333,6 +341,7 @@ fn queue<C>(
     pending: &mut VecDeque<Pending<C>>,
     stats: &mut Stats,
     reactor: u32,
+    unpolled: &mut usize,
     reaped: Reaped<Entry<C>>,
 ) {
     let id = |pid, entry: &Entry<C>| ChildId {
@@ -343,11 +352,13 @@ fn queue<C>(
     match reaped {
         Reaped::Died(pid, status, entry) => {
             stats.reaped += 1;
+            *unpolled -= usize::from(entry.fallback);
             let exit = Exit::reaped(id(pid, &entry), status.raw, status.usage);
             pending.push_back(Pending::Death(entry.on_death, exit));
         }
         Reaped::Lost(pid, entry) => {
             stats.lost += 1;
+            *unpolled -= usize::from(entry.fallback);
             let exit = Exit::lost(id(pid, &entry));
             pending.push_back(Pending::Death(entry.on_death, exit));
         }

@@ -87,7 +87,9 @@ pub struct ResourceUsage {
     pub user_time: Duration,
     /// CPU time spent in the kernel on its behalf (`ru_stime`).
     pub system_time: Duration,
-    /// Peak resident set size in KiB (`ru_maxrss`).
+    /// Peak resident set size in KiB (`ru_maxrss`). On Linux this counts
+    /// from the fork, so a child that execs a small program after being
+    /// forked from a large parent shows at least the parent's size then.
     pub max_rss_kib: u64,
 }
 

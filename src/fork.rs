@@ -107,6 +107,12 @@ impl<C> Reactor<C> {
     /// installed and our pipe registered (the pidfd backend needs neither).
     /// Returns whether this call acquired it.
     pub(crate) fn need_handler(&mut self) -> Result<bool> {
+        if self.uses_pidfds() {
+            // No handler, but the same promise: a disposition that makes the
+            // kernel reap our children is refused, not reported as losses.
+            crate::sigchld::check_reapable()?;
+            return Ok(false);
+        }
         if self.mode == SigchldOwner::Library
             && self.backend != crate::Backend::Pidfd
             && self.registration.is_none()

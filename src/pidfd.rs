@@ -20,7 +20,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::Pid;
@@ -83,5 +83,47 @@ pub(crate) fn send_signal(pidfd: &OwnedFd, signal: libc::c_int) -> io::Result<()
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// A child's pidfd while it sits in the reactor's epoll set.
+///
+/// Dropping it removes it from the set (`EPOLL_CTL_DEL`) before closing it.
+/// Closing alone is not enough: epoll forgets a descriptor only when every
+/// copy of it is closed, and a child forked without exec holds copies of
+/// every pidfd open at the fork, so a dead child's pidfd would stay ready in
+/// the set and keep the reactor readable forever.
+#[derive(Debug)]
+pub(crate) struct Polled {
+    fd: OwnedFd,
+    /// The epoll set's descriptor; the reactor drops every `Polled` before
+    /// it closes the set.
+    epoll: RawFd,
+}
+
+impl Polled {
+    pub(crate) fn new(fd: OwnedFd, epoll: RawFd) -> Self {
+        Polled { fd, epoll }
+    }
+
+    pub(crate) fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+}
+
+impl Drop for Polled {
+    fn drop(&mut self) {
+        // SAFETY: integers only; a null event is allowed for EPOLL_CTL_DEL.
+        // Both descriptors are open: `fd` is ours, and the set outlives
+        // every `Polled` (the reactor's field order). An error (ENOENT)
+        // would only mean it was not in the set.
+        unsafe {
+            libc::epoll_ctl(
+                self.epoll,
+                libc::EPOLL_CTL_DEL,
+                self.fd.as_raw_fd(),
+                std::ptr::null_mut(),
+            )
+        };
     }
 }

@@ -9,7 +9,7 @@
 //! event as a new edge.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -44,12 +44,13 @@ impl Poller {
         self.epoll.0.as_fd()
     }
 
-    /// Watches `pidfd` for `pid`'s exit. Closing the pidfd removes it.
-    pub(crate) fn add(&self, pid: Pid, pidfd: &OwnedFd) -> io::Result<()> {
+    /// Watches `pidfd` for `pid`'s exit, until the returned guard is
+    /// dropped.
+    pub(crate) fn add(&self, pid: Pid, pidfd: OwnedFd) -> io::Result<crate::pidfd::Polled> {
         let data = u64::try_from(pid.as_raw()).map_err(|_| Errno::EINVAL)?;
         self.epoll
-            .add(pidfd, EpollEvent::new(EpollFlags::EPOLLIN, data))?;
-        Ok(())
+            .add(&pidfd, EpollEvent::new(EpollFlags::EPOLLIN, data))?;
+        Ok(crate::pidfd::Polled::new(pidfd, self.epoll.0.as_raw_fd()))
     }
 
     /// The pids whose pidfds are ready now (`epoll_wait` with no timeout),

@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use mio::event::Source;
@@ -68,7 +68,10 @@ pub(crate) struct Entry<C> {
     /// With the pidfd backend, the child's pidfd (in the poller's set). None
     /// in other backends, and for a child whose pidfd could not be opened,
     /// which is then watched through `SIGCHLD`.
-    pub(crate) pidfd: Option<OwnedFd>,
+    pub(crate) pidfd: Option<crate::pidfd::Polled>,
+    /// With the pidfd backend, a child whose pidfd could not be opened and
+    /// which is watched through `SIGCHLD` instead.
+    pub(crate) fallback: bool,
     /// Stop/continue callback, for children that asked for one.
     pub(crate) on_state: Option<OnState<C>>,
 }
@@ -122,6 +125,8 @@ pub struct Reactor<C> {
     pub(crate) scratch: Vec<(Pid, Option<crate::reap::Waited>)>,
     /// Pids whose pidfds are ready (pidfd backend), reused.
     pub(crate) ready: Vec<Pid>,
+    /// Children of the pidfd backend without a pidfd (`Entry::fallback`).
+    pub(crate) unpolled: usize,
     /// Children with a stop/continue callback (possibly stale: pruned by
     /// each pass).
     pub(crate) stateful: Vec<Pid>,
@@ -172,6 +177,7 @@ impl<C> Reactor<C> {
             pending: VecDeque::new(),
             scratch: Vec::new(),
             ready: Vec::new(),
+            unpolled: 0,
             stateful: Vec::new(),
             deadlines: Deadlines::default(),
             drop_policy: DropPolicy::Leave,
@@ -252,16 +258,20 @@ impl<C> Reactor<C> {
         } else {
             None
         };
+        let fallback = self.uses_pidfds() && pidfd.is_none();
+        self.unpolled += usize::from(fallback);
         let entry = Entry {
             serial,
             on_death,
             pidfd,
+            fallback,
             on_state: None,
         };
         if let Some(stale) = self.children.insert(pid, entry) {
             // The kernel gave out this pid again, so the child we had under
             // it was reaped by someone else.
             self.stats.lost += 1;
+            self.unpolled -= usize::from(stale.fallback);
             let stale_id = self.id(pid, stale.serial);
             self.pending
                 .push_back(Pending::Death(stale.on_death, Exit::lost(stale_id)));
@@ -275,19 +285,16 @@ impl<C> Reactor<C> {
         self.mode == SigchldOwner::Library && self.backend == Backend::Pidfd
     }
 
-    fn open_pidfd(&mut self, pid: Pid) -> Option<OwnedFd> {
-        let opened = crate::pidfd::open(pid).and_then(|fd| {
-            self.poller.add(pid, &fd)?;
-            Ok(fd)
-        });
+    fn open_pidfd(&mut self, pid: Pid) -> Option<crate::pidfd::Polled> {
+        let opened = crate::pidfd::open(pid).and_then(|fd| self.poller.add(pid, fd));
         match opened {
             Ok(fd) => Some(fd),
             Err(_e) => {
                 #[cfg(feature = "log")]
                 log::warn!("evchild: no pidfd for child {pid} ({_e}); watching it through SIGCHLD");
                 if self.registration.is_none() {
-                    // If even this fails (SIGCHLD ignored), the child cannot
-                    // be waited for by anyone; the next dispatch scans anyway.
+                    // If even this fails, the child is still scanned by every
+                    // dispatch (`unpolled`), which something else may wake.
                     self.registration = sigchld::register(self.pipe.write_raw()).ok();
                 }
                 // It may have died before the handler was there: look now.

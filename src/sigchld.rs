@@ -334,6 +334,12 @@ fn current() -> Result<libc::sigaction, Error> {
     Ok(old)
 }
 
+/// `Err(HandlerConflict)` if the current disposition makes the kernel reap
+/// children by itself (`SIG_IGN`, `SA_NOCLDWAIT`); installs nothing.
+pub(crate) fn check_reapable() -> Result<(), Error> {
+    check_usable(&current()?)
+}
+
 fn check_usable(old: &libc::sigaction) -> Result<(), Error> {
     if old.sa_sigaction == libc::SIG_IGN {
         return Err(Error::HandlerConflict {

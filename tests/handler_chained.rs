@@ -4,6 +4,10 @@
 //! reinstates it when it no longer needs the signal, and never clobbers a
 //! handler installed after its own.
 //!
+//! The tests are about evchild's handler, so they run for each backend that
+//! has one (scan, peek), whatever `EVCHILD_TEST_BACKEND` says; with pidfds
+//! evchild installs no handler and leaves a foreign one alone.
+//!
 //! In its own binary: the tests change the process's `SIGCHLD` disposition.
 
 mod util;
@@ -11,7 +15,7 @@ mod util;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use evchild::{ChildId, Exit, Outcome};
+use evchild::{Backend, ChildId, Exit, Outcome};
 use util::{
     disposition, exited, fork_gated, record, restore_action, set_disposition, Gate, RestoreDefault,
 };
@@ -91,10 +95,15 @@ fn wait_calls(n: usize) {
 
 /// Runs `codes.len()` children one after the other, each released only once
 /// the previous one's callback ran (so each exit is a separate `SIGCHLD`).
-/// While they live, evchild's handler is installed in place of `foreign`.
-/// Checks every status and that the foreign handler ran once per exit.
-fn run_children_one_by_one(foreign: libc::sighandler_t, codes: &[i32]) -> Vec<ChildId> {
-    let (mut reactor, mut lp, mut deaths) = util::library_loop::<Vec<Exit>>();
+/// While they live, evchild's handler (`backend` is scan or peek) is
+/// installed in place of `foreign`. Checks every status and that the
+/// foreign handler ran once per exit.
+fn run_children_one_by_one(
+    backend: Backend,
+    foreign: libc::sighandler_t,
+    codes: &[i32],
+) -> Vec<ChildId> {
+    let (mut reactor, mut lp, mut deaths) = util::library_loop_with::<Vec<Exit>>(backend);
     let mut gates: Vec<Gate> = codes.iter().map(|_| Gate::new()).collect();
     let ids: Vec<ChildId> = codes
         .iter()
@@ -133,10 +142,10 @@ fn plain_foreign_handler_is_chained_and_reinstated() {
     {
         let _restore = RestoreDefault;
         set_disposition(plain_addr(), libc::SA_RESTART);
-        // Twice: evchild installs, chains and reinstates again after it gave
-        // the signal back.
-        for _ in 0..2 {
-            run_children_one_by_one(plain_addr(), &[1, 2, 3]);
+        // Twice per backend: evchild installs, chains and reinstates again
+        // after it gave the signal back.
+        for backend in util::SIGCHLD_BACKENDS.into_iter().flat_map(|b| [b, b]) {
+            run_children_one_by_one(backend, plain_addr(), &[1, 2, 3]);
             let (handler, flags) = disposition();
             assert_eq!(handler, plain_addr(), "foreign handler reinstated");
             assert_eq!(flags & libc::SA_SIGINFO, 0);
@@ -152,9 +161,9 @@ fn siginfo_foreign_handler_is_chained_with_its_siginfo_and_reinstated() {
     {
         let _restore = RestoreDefault;
         set_disposition(info_addr(), libc::SA_SIGINFO | libc::SA_RESTART);
-        for _ in 0..2 {
+        for backend in util::SIGCHLD_BACKENDS.into_iter().flat_map(|b| [b, b]) {
             LAST_SIGNO.store(0, Ordering::SeqCst);
-            let ids = run_children_one_by_one(info_addr(), &[0, 5]);
+            let ids = run_children_one_by_one(backend, info_addr(), &[0, 5]);
             // Each exit was its own SIGCHLD, so the last siginfo names the
             // last child: the kernel's siginfo was passed on intact.
             assert_eq!(LAST_SIGNO.load(Ordering::SeqCst), libc::SIGCHLD);
@@ -170,10 +179,10 @@ fn siginfo_foreign_handler_is_chained_with_its_siginfo_and_reinstated() {
 #[test]
 fn handler_installed_after_ours_is_not_clobbered() {
     let check = util::Check::start();
-    {
+    for backend in util::SIGCHLD_BACKENDS {
         let _restore = RestoreDefault;
         assert_eq!(disposition().0, libc::SIG_DFL);
-        let (mut reactor, mut lp, mut deaths) = util::library_loop::<Vec<Exit>>();
+        let (mut reactor, mut lp, mut deaths) = util::library_loop_with::<Vec<Exit>>(backend);
 
         let mut gate = Gate::new();
         let id = fork_gated(&mut reactor, &gate, 4, record);
@@ -216,9 +225,9 @@ fn handler_installed_after_ours_is_not_clobbered() {
 #[test]
 fn stop_notifications_follow_the_chained_handler() {
     let check = util::Check::start();
-    {
+    for backend in util::SIGCHLD_BACKENDS {
         let _restore = RestoreDefault;
-        let (mut reactor, mut lp, mut deaths) = util::library_loop::<Vec<Exit>>();
+        let (mut reactor, mut lp, mut deaths) = util::library_loop_with::<Vec<Exit>>(backend);
 
         // A foreign handler with SA_NOCLDSTOP: evchild asks for no stop
         // reports either.
@@ -267,10 +276,10 @@ fn stop_notifications_follow_the_chained_handler() {
 #[test]
 fn handler_is_reinstalled_after_later_handler_reset_to_default() {
     let check = util::Check::start();
-    let observed;
-    {
+    let mut observed = Vec::new();
+    for backend in util::SIGCHLD_BACKENDS {
         let _restore = RestoreDefault;
-        let (mut reactor, mut lp, mut deaths) = util::library_loop::<Vec<Exit>>();
+        let (mut reactor, mut lp, mut deaths) = util::library_loop_with::<Vec<Exit>>(backend);
 
         let mut gate = Gate::new();
         fork_gated(&mut reactor, &gate, 1, record);
@@ -287,8 +296,8 @@ fn handler_is_reinstalled_after_later_handler_reset_to_default() {
 
         let mut gate = Gate::new();
         let id = fork_gated(&mut reactor, &gate, 2, record);
-        observed = disposition().0;
-        if observed == libc::SIG_DFL {
+        observed.push((backend, disposition().0));
+        if disposition().0 == libc::SIG_DFL {
             // No handler: nothing would ever wake the loop. Put evchild's
             // back by hand so the child can be collected and the process
             // left clean for the other tests, then fail below.
@@ -301,10 +310,47 @@ fn handler_is_reinstalled_after_later_handler_reset_to_default() {
         assert_eq!(disposition().0, libc::SIG_DFL);
     }
     check.finish();
-    assert_ne!(
-        observed,
-        libc::SIG_DFL,
-        "evchild registered a child with SIGCHLD at SIG_DFL and no handler of its own: \
+    assert!(
+        observed.iter().all(|&(_, handler)| handler != libc::SIG_DFL),
+        "{observed:?}: evchild registered a child with SIGCHLD at SIG_DFL and no handler of its own: \
          its death would never wake the loop"
     );
+}
+
+/// With pidfds evchild needs no handler: a foreign handler installed before
+/// stays installed all along (never replaced, so nothing to reinstate), and
+/// it still runs once per exit of evchild's children (the kernel sends
+/// `SIGCHLD` whoever watches the child), which evchild reports with their
+/// statuses.
+#[test]
+fn pidfd_leaves_a_foreign_handler_alone() {
+    let check = util::Check::start();
+    if !util::pidfd_available() {
+        eprintln!("no pidfds on this system: nothing to test");
+        return check.finish();
+    }
+    {
+        let _restore = RestoreDefault;
+        set_disposition(plain_addr(), libc::SA_RESTART);
+        let (mut reactor, mut lp, mut deaths) =
+            util::library_loop_with::<Vec<Exit>>(Backend::Pidfd);
+        let mut gates: Vec<Gate> = (0..3).map(|_| Gate::new()).collect();
+        let ids: Vec<ChildId> = gates
+            .iter()
+            .zip(10..)
+            .map(|(gate, code)| fork_gated(&mut reactor, gate, code, record))
+            .collect();
+        assert_eq!(disposition(), (plain_addr(), libc::SA_RESTART));
+        CALLS.store(0, Ordering::SeqCst);
+        for (i, gate) in gates.iter_mut().enumerate() {
+            gate.open();
+            lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.len() == i + 1);
+            assert_eq!(deaths[i].id, ids[i]);
+            assert_eq!(deaths[i].outcome, Outcome::Reaped(exited(10 + i as i32)));
+            wait_calls(i + 1);
+            assert_eq!(disposition(), (plain_addr(), libc::SA_RESTART));
+        }
+        assert_eq!(CALLS.load(Ordering::SeqCst), 3, "once per exit");
+    }
+    check.finish();
 }

@@ -3,6 +3,10 @@
 //! refuse to own the signal with `Error::HandlerConflict`, change nothing,
 //! and start no child.
 //!
+//! The refusals of `Library` forks are about evchild's handler, so they are
+//! checked for each backend that has one (scan, peek), whatever
+//! `EVCHILD_TEST_BACKEND` says.
+//!
 //! In its own binary: the tests change the process's `SIGCHLD` disposition.
 
 mod util;
@@ -12,7 +16,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use evchild::{Error, Exit, Forked, Hooks, Outcome, Pid, Reactor, SigchldOwner};
+use evchild::{Backend, Error, Exit, Forked, Hooks, Outcome, Pid, Reactor, SigchldOwner};
 use util::{
     disposition, exited, fork_exit, fork_gated, record, restore_action, set_disposition,
     sigchld_action, wait_zombie, Gate, RestoreDefault,
@@ -44,11 +48,19 @@ fn wait_gone(pid: Pid) {
     }
 }
 
-/// Asserts `new(LibraryAlways)` and a `Library` fork are refused with
-/// `HandlerConflict`, leaving the disposition `(handler, flags)` as it is
-/// and starting and registering nothing.
+/// Asserts `new(LibraryAlways)` and a `Library` fork (with a `SIGCHLD`
+/// backend, scan or peek) are refused with `HandlerConflict`, leaving the
+/// disposition `(handler, flags)` as it is and starting and registering
+/// nothing.
 #[track_caller]
 fn assert_refused(handler: libc::sighandler_t, flags: libc::c_int) {
+    for backend in util::SIGCHLD_BACKENDS {
+        assert_refused_with(backend, handler, flags);
+    }
+}
+
+#[track_caller]
+fn assert_refused_with(backend: Backend, handler: libc::sighandler_t, flags: libc::c_int) {
     let before = disposition();
     assert_eq!(before.0, handler);
     assert_eq!(before.1 & flags, flags);
@@ -79,12 +91,14 @@ fn assert_refused(handler: libc::sighandler_t, flags: libc::c_int) {
     // the kernel would reap one at once, so a zombie check could not).
     let forks = Rc::new(Cell::new(0));
     let counter = Rc::clone(&forks);
-    let hooks = Hooks::new(SigchldOwner::Library).fork_replacement(move || {
-        counter.set(counter.get() + 1);
-        Err(std::io::Error::other(
-            "the fork replacement must not be called",
-        ))
-    });
+    let hooks = Hooks::new(SigchldOwner::Library)
+        .backend(backend)
+        .fork_replacement(move || {
+            counter.set(counter.get() + 1);
+            Err(std::io::Error::other(
+                "the fork replacement must not be called",
+            ))
+        });
     let mut reactor = Reactor::<Vec<Exit>>::new(hooks).expect("Library new needs no handler");
     // SAFETY: the fork replacement never forks; nothing runs in a child.
     let err = unsafe { reactor.fork(record) }.expect_err("fork must be refused");
@@ -94,7 +108,7 @@ fn assert_refused(handler: libc::sighandler_t, flags: libc::c_int) {
     assert_eq!(disposition(), before);
 
     // The same with the real fork(2).
-    let mut reactor = Reactor::<Vec<Exit>>::new(Hooks::new(SigchldOwner::Library)).expect("new");
+    let mut reactor = util::library_with::<Vec<Exit>>(backend);
     // SAFETY: should a child be started after all, it only calls _exit(2),
     // which is async-signal-safe.
     match unsafe { reactor.fork(record) } {
@@ -109,12 +123,15 @@ fn assert_refused(handler: libc::sighandler_t, flags: libc::c_int) {
 
 /// After a refusal and with `SIG_DFL` back, a fork works and the handler is
 /// removed when its child is reaped (so the refusals left no user behind),
-/// and `LibraryAlways` is available (no reap-all right leaked).
+/// and `LibraryAlways` is available (no reap-all right leaked); for each
+/// `SIGCHLD` backend.
 #[track_caller]
 fn assert_works_after_restore() {
     set_disposition(libc::SIG_DFL, 0);
-    let mut reactor = Reactor::new(Hooks::new(SigchldOwner::Library)).expect("new");
-    assert_works_after_restore_from(&mut reactor);
+    for backend in util::SIGCHLD_BACKENDS {
+        let mut reactor = util::library_with(backend);
+        assert_works_after_restore_from(&mut reactor);
+    }
 }
 
 /// One fork-and-reap cycle through a mio loop with exact status, after which
@@ -226,11 +243,10 @@ fn mainloop_mode_still_works_when_ignored() {
 #[test]
 fn sig_ign_set_after_ours_was_replaced_is_still_refused() {
     let check = util::Check::start();
-    let result;
-    let always_refused;
-    {
+    let mut results = Vec::new();
+    for backend in util::SIGCHLD_BACKENDS {
         let _restore = RestoreDefault;
-        let mut reactor = Reactor::new(Hooks::new(SigchldOwner::Library)).expect("new");
+        let mut reactor = util::library_with(backend);
         let mut deaths = Vec::new();
 
         let mut gate = Gate::new();
@@ -251,14 +267,14 @@ fn sig_ign_set_after_ours_was_replaced_is_still_refused() {
         set_disposition(libc::SIG_IGN, 0);
         // SAFETY: should a child be started, it only calls _exit(2), which is
         // async-signal-safe.
-        result = match unsafe { reactor.fork(record) } {
+        let result = match unsafe { reactor.fork(record) } {
             Ok(Forked::Child) => util::exit_child(0),
             other => other,
         };
         assert_eq!(disposition(), (libc::SIG_IGN, 0));
         // And LibraryAlways must be refused too.
         let always = Reactor::<Vec<Exit>>::new(Hooks::new(SigchldOwner::LibraryAlways));
-        always_refused = matches!(always, Err(Error::HandlerConflict { .. }));
+        let always_refused = matches!(always, Err(Error::HandlerConflict { .. }));
         drop(always);
         if let Ok(Forked::Parent(id)) = result {
             // The kernel reaps it. Wait until it is gone, settle it (lost),
@@ -271,14 +287,91 @@ fn sig_ign_set_after_ours_was_replaced_is_still_refused() {
         }
         restore_action(&evchilds);
         assert_works_after_restore_from(&mut reactor);
+        let refused = matches!(result, Err(Error::HandlerConflict { .. }));
+        results.push((backend, refused, format!("{result:?}"), always_refused));
+    }
+    check.finish();
+    for (backend, refused, result, always_refused) in results {
+        assert!(
+            refused,
+            "{backend:?}: fork with SIGCHLD ignored must be refused, got {result}"
+        );
+        assert!(
+            always_refused,
+            "{backend:?}: new(LibraryAlways) with SIGCHLD ignored must be refused"
+        );
+    }
+}
+
+/// With pidfds evchild needs no handler, but `SIG_IGN` (or `SA_NOCLDWAIT`)
+/// still makes the kernel reap its children by itself, so nothing can be
+/// waited for: a `Library` fork or spawn with the pidfd backend must be
+/// refused with `HandlerConflict` too (the crate docs, *Coexistence*:
+/// "evchild refuses it ... rather than report every child lost"), starting
+/// nothing.
+#[test]
+fn pidfd_backend_refuses_when_children_are_reaped_by_the_kernel() {
+    let check = util::Check::start();
+    if !util::pidfd_available() {
+        eprintln!("no pidfds on this system: nothing to test");
+        return check.finish();
+    }
+    let mut outcomes = Vec::new();
+    {
+        let _restore = RestoreDefault;
+        for (what, handler, flags) in [
+            ("SIG_IGN", libc::SIG_IGN, 0),
+            (
+                "SIG_DFL with SA_NOCLDWAIT",
+                libc::SIG_DFL,
+                libc::SA_NOCLDWAIT,
+            ),
+            (
+                "a handler with SA_NOCLDWAIT",
+                handler_addr(),
+                libc::SA_NOCLDWAIT | libc::SA_RESTART,
+            ),
+        ] {
+            set_disposition(handler, flags);
+            let before = disposition();
+            let mut reactor = util::library_with::<Vec<Exit>>(Backend::Pidfd);
+            let mut deaths = Vec::new();
+            // SAFETY: should a child be started, it only calls _exit(2),
+            // which is async-signal-safe.
+            let forked = match unsafe { reactor.fork(record) } {
+                Ok(Forked::Child) => util::exit_child(0),
+                other => other.map(|_| ()),
+            };
+            let spawned = reactor
+                .spawn(
+                    std::process::Command::new("/bin/true").stdin(std::process::Stdio::null()),
+                    record,
+                )
+                .map(|_| ());
+            assert_eq!(disposition(), before, "{what}: the disposition changed");
+            // Settle whatever was started: the kernel reaps it, evchild can
+            // only report it lost (if at all: a child whose pidfd could not
+            // be opened, because the kernel had reaped it already, is
+            // watched through the handler, which cannot be installed).
+            let started = usize::from(forked.is_ok()) + usize::from(spawned.is_ok());
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while deaths.len() < started && Instant::now() < deadline {
+                reactor.dispatch(&mut deaths).expect("dispatch");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let refused = |r: &evchild::Result<()>| matches!(r, Err(Error::HandlerConflict { .. }));
+            if !refused(&forked) || !refused(&spawned) {
+                outcomes.push(format!(
+                    "{what}: fork {forked:?}, spawn {spawned:?}; {started} started, reports {:?}",
+                    deaths.iter().map(|d| d.outcome).collect::<Vec<_>>()
+                ));
+            }
+        }
     }
     check.finish();
     assert!(
-        matches!(result, Err(Error::HandlerConflict { .. })),
-        "fork with SIGCHLD ignored must be refused, got {result:?}"
-    );
-    assert!(
-        always_refused,
-        "new(LibraryAlways) with SIGCHLD ignored must be refused"
+        outcomes.is_empty(),
+        "with SIGCHLD reaped by the kernel, the pidfd backend started children \
+         it can only report lost:\n{outcomes:#?}"
     );
 }

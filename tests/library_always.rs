@@ -124,7 +124,7 @@ fn only_one_reap_all_owner_per_process() {
         let first = Reactor::new(always()).expect("first LibraryAlways");
         assert!(matches!(Reactor::new(always()), Err(Error::ReapAllTaken)));
 
-        let mut other = Reactor::new(Hooks::new(SigchldOwner::Library)).expect("Library");
+        let mut other = Reactor::new(util::hooks(SigchldOwner::Library)).expect("Library");
         assert!(matches!(other.set_mode(always()), Err(Error::ReapAllTaken)));
         assert_eq!(
             other.mode(),
@@ -143,7 +143,7 @@ fn only_one_reap_all_owner_per_process() {
         other.set_mode(always()).expect("LibraryAlways again");
 
         other
-            .set_mode(Hooks::new(SigchldOwner::Library))
+            .set_mode(util::hooks(SigchldOwner::Library))
             .expect("give it up");
         assert_eq!(sigchld_handler(), libc::SIG_DFL);
         let again = Reactor::new(always()).expect("free after set_mode(Library)");
@@ -294,7 +294,7 @@ fn set_mode_library_to_library_always_and_back() {
         // LibraryAlways -> Library: the right to reap all is given back, and
         // a child of someone else is left to its owner.
         reactor
-            .set_mode(Hooks::new(SigchldOwner::Library))
+            .set_mode(util::hooks(SigchldOwner::Library))
             .expect("back to Library");
         assert_eq!(reactor.mode(), SigchldOwner::Library);
         assert_eq!(sigchld_handler(), libc::SIG_DFL);

@@ -1,6 +1,10 @@
-//! `Library` mode with real processes and real signals: evchild installs its
-//! `SIGCHLD` handler while it has live children and reaps only its own
-//! children, one pid at a time.
+//! `Library` mode with real processes and real signals: evchild reaps only
+//! its own children. With a `SIGCHLD` backend (peek, scan) it installs its
+//! handler while it has live children; with pidfds it installs none.
+//!
+//! The tests run with the backend of `EVCHILD_TEST_BACKEND` (see
+//! [`util::test_backend`]), except the ones about the handler itself, which
+//! ask for each `SIGCHLD` backend in turn.
 //!
 //! Every test holds [`util::Check`], so the tests of this binary run one at a
 //! time and each must leave no child, no zombie and no descriptor behind.
@@ -15,7 +19,7 @@
 mod util;
 
 use std::cell::Cell;
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
@@ -24,7 +28,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use evchild::{ChildId, Error, Exit, Forked, Hooks, Outcome, Pid, Reactor, SigchldOwner};
+use evchild::{Backend, ChildId, Error, Exit, Forked, Hooks, Outcome, Pid, Reactor, SigchldOwner};
 use util::{
     fork_exit, fork_waiting, forward_fork, has_exited, readable, record, shell, sigchld_action,
     wait_zombie, Deaths, Gate, ReapOnPanic,
@@ -66,6 +70,18 @@ fn assert_sigchld_default() {
         libc::SIG_DFL,
         "SIGCHLD should be SIG_DFL when no reactor has live children"
     );
+}
+
+/// Asserts what `SIGCHLD` is while `reactor` has a live child: evchild's
+/// handler with a `SIGCHLD` backend, untouched (`SIG_DFL`) with pidfds.
+/// (Unless another reactor with a `SIGCHLD` backend has live children.)
+#[track_caller]
+fn assert_sigchld_as_backend_needs<C>(reactor: &Reactor<C>) {
+    if reactor.backend() == Backend::Pidfd {
+        assert_sigchld_default();
+    } else {
+        assert_sigchld_handled();
+    }
 }
 
 #[track_caller]
@@ -147,7 +163,7 @@ fn child_dead_before_fork_returns() {
     let check = util::Check::start();
     {
         let _reap = ReapOnPanic;
-        let hooks = Hooks::new(SigchldOwner::Library).fork_replacement(|| {
+        let hooks = util::hooks(SigchldOwner::Library).fork_replacement(|| {
             // SAFETY: only called by `Reactor::fork`, whose caller below
             // upholds fork's contract (the child only `_exit`s).
             let forked = unsafe { forward_fork() };
@@ -173,7 +189,7 @@ fn child_dead_before_fork_returns() {
         assert!(!readable(reactor.as_raw_fd()), "spurious wake-up left");
 
         reactor
-            .set_mode(Hooks::new(SigchldOwner::Library))
+            .set_mode(util::hooks(SigchldOwner::Library))
             .expect("set_mode with no child");
         let burst: Vec<ChildId> = (0..20)
             .map(|i| fork_exit(&mut reactor, i, record))
@@ -372,7 +388,13 @@ fn panicking_callback_leaves_reactor_consistent() {
         for (code, &id) in ids.iter().enumerate() {
             deaths.assert_code(id, code as i32);
         }
-        assert_eq!(deaths.panicked, [ids[0], ids[3]]);
+        // Each panicking callback ran once. In which order depends on the
+        // backend (pidfd reports children in the order they became ready).
+        let mut panicked = deaths.panicked.clone();
+        panicked.sort();
+        let mut expected = [ids[0], ids[3]];
+        expected.sort();
+        assert_eq!(panicked, expected);
         assert_eq!(reactor.stats().reaped, 6);
         assert!(matches!(
             reactor.kill(ids[0], libc::SIGKILL),
@@ -450,7 +472,7 @@ fn set_mode_refused_with_live_children() {
         let gate = Gate::new();
         let forks = Rc::new(Cell::new(0));
         let counter = forks.clone();
-        let hooks = Hooks::new(SigchldOwner::Library).fork_replacement(move || {
+        let hooks = util::hooks(SigchldOwner::Library).fork_replacement(move || {
             counter.set(counter.get() + 1);
             // SAFETY: only called by `Reactor::fork`, whose caller below
             // upholds fork's contract (its children only `_exit` or wait
@@ -480,7 +502,7 @@ fn set_mode_refused_with_live_children() {
             .expect_err("set_mode with an unreported child");
         assert!(matches!(err, Error::ChildrenActive { live: 2 }), "{err:?}");
         assert_eq!(reactor.mode(), SigchldOwner::Library);
-        assert_sigchld_handled();
+        assert_sigchld_as_backend_needs(&reactor);
 
         reactor.kill(alive, libc::SIGKILL).expect("kill");
         lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == 2);
@@ -493,7 +515,7 @@ fn set_mode_refused_with_live_children() {
             .expect("set_mode(Mainloop) with no child");
         assert_eq!(reactor.mode(), SigchldOwner::Mainloop);
         reactor
-            .set_mode(Hooks::new(SigchldOwner::Library))
+            .set_mode(util::hooks(SigchldOwner::Library))
             .expect("set_mode(Library) with no child");
         assert_eq!(reactor.mode(), SigchldOwner::Library);
         // The new hooks have no replacement: a real fork, not counted.
@@ -592,8 +614,9 @@ fn kill_refusals() {
 }
 
 /// 8. Coexistence with `std::process::Command` children in the same process:
-///    one already a zombie before evchild's children die, one that dies
-///    while evchild's loop runs (with its handler installed). evchild never
+///    one already a zombie before evchild's children die (with peek, a
+///    foreign zombie first in line: the fallback scan), one that dies while
+///    evchild's loop runs (with its handler installed, if it has one). evchild never
 ///    reaps them (their own `try_wait` gets exit codes 3 and 4), and all of
 ///    evchild's children are reported, none lost.
 #[test]
@@ -614,14 +637,16 @@ fn command_children_are_left_alone() {
         let ids: Vec<ChildId> = (0..10)
             .map(|code| fork_exit(&mut reactor, code, record))
             .collect();
-        // Its death wakes the loop too (one SIGCHLD for everyone).
-        lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| {
-            d.total() == 10 && has_exited(running_pid)
-        });
+        lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == 10);
         for (code, &id) in ids.iter().enumerate() {
             deaths.assert_code(id, code as i32);
         }
+        // With a SIGCHLD backend its death wakes the loop too (one SIGCHLD
+        // for everyone); pidfds are not woken by it at all, so wait for it
+        // here rather than in the loop, then make the reactor look.
+        wait_zombie(running_pid);
         reactor.dispatch(&mut deaths).expect("dispatch");
+        assert!(has_exited(running_pid), "evchild reaped a std child");
         // Both are still there for their owner.
         let status = zombie.try_wait().expect("try_wait").expect("waitable");
         assert_eq!(status.code(), Some(3));
@@ -639,8 +664,8 @@ fn command_children_are_left_alone() {
 
 /// 9. `fork_replacement`: one that fails with `EAGAIN` makes `fork` return
 ///    `Error::Io` and change nothing (no child registered; the handler it
-///    installed for the call removed again, unless another reactor needs
-///    it); one that counts its calls and forwards to `nix::unistd::fork` is
+///    installed for the call, with a `SIGCHLD` backend, removed again,
+///    unless another reactor needs it); one that counts its calls and forwards to `nix::unistd::fork` is
 ///    called once per `fork`, and its children are reported.
 #[test]
 fn fork_replacement_hook() {
@@ -651,7 +676,7 @@ fn fork_replacement_hook() {
         assert_sigchld_default();
         let calls = Rc::new(Cell::new(0));
         let counter = calls.clone();
-        let failing = Hooks::new(SigchldOwner::Library).fork_replacement(move || {
+        let failing = util::hooks(SigchldOwner::Library).fork_replacement(move || {
             counter.set(counter.get() + 1);
             Err(io::Error::from_raw_os_error(libc::EAGAIN))
         });
@@ -672,8 +697,10 @@ fn fork_replacement_hook() {
         assert_eq!(reactor.len(), 0);
         assert_sigchld_default();
 
-        // With another reactor holding a live child, the handler stays.
-        let mut other = util::library::<Deaths>();
+        // With another reactor holding a live child, the handler stays. That
+        // reactor watches through SIGCHLD (scan), whatever this run's
+        // backend, so that there is a handler to keep.
+        let mut other = util::library_with::<Deaths>(Backend::Scan);
         let mut other_deaths = Deaths::default();
         let other_child = fork_waiting(&mut other, &gate, record);
         assert_sigchld_handled();
@@ -692,12 +719,14 @@ fn fork_replacement_hook() {
         let forwarded = Rc::new(Cell::new(0));
         let counter = forwarded.clone();
         reactor
-            .set_mode(Hooks::new(SigchldOwner::Library).fork_replacement(move || {
-                counter.set(counter.get() + 1);
-                // SAFETY: only called by `Reactor::fork`, whose callers here
-                // uphold fork's contract (the children only `_exit`).
-                unsafe { forward_fork() }
-            }))
+            .set_mode(
+                util::hooks(SigchldOwner::Library).fork_replacement(move || {
+                    counter.set(counter.get() + 1);
+                    // SAFETY: only called by `Reactor::fork`, whose callers here
+                    // uphold fork's contract (the children only `_exit`).
+                    unsafe { forward_fork() }
+                }),
+            )
             .expect("set_mode with no child");
         let ids: Vec<ChildId> = (0..3)
             .map(|i| fork_exit(&mut reactor, 20 + i, record))
@@ -713,33 +742,58 @@ fn fork_replacement_hook() {
     check.finish();
 }
 
-/// 10. The reactor's descriptors (both ends of its wake pipe) are
-///     close-on-exec and non-blocking, and no executed child sees them:
+/// 10. The reactor's descriptors (its epoll set, both ends of its wake pipe
+///     and, with pidfds, each live child's pidfd) are close-on-exec (the
+///     set and the pipe non-blocking too), and no executed child sees them:
 ///     neither a `Command` child nor a child forked by the reactor that
 ///     `exec`s, both listing their descriptors with `ls -l /proc/self/fd/`.
+///     (`fd_inheritance.rs` checks the same for each backend.)
 #[test]
 fn descriptors_are_not_inherited() {
     let check = util::Check::start();
     {
         let _reap = ReapOnPanic;
         let gate = Gate::new();
-        let (mut reactor, mut lp, mut deaths) = util::library_loop::<Deaths>();
+        let before = util::open_fds();
+        let mut reactor = util::library::<Deaths>();
+        // What the new descriptors name (the listing's own directory handle,
+        // closed by now, names nothing).
+        let opened: BTreeSet<String> = util::open_fds()
+            .difference(&before)
+            .map(|&fd| fd_target(fd))
+            .filter(|target| !target.is_empty())
+            .collect();
+        let mut lp = util::Loop::new(&mut reactor);
+        let mut deaths = Deaths::default();
         util::assert_cloexec_nonblock(&reactor);
 
-        // Both ends of the pipe name the same object, such as `pipe:[1234]`.
-        let target = fd_target(reactor.as_raw_fd());
-        assert!(target.starts_with("pipe:"), "reactor fd is {target}");
-        let ours: Vec<RawFd> = util::open_fds()
+        // The reactor's descriptor is its epoll set; the set holds the wake
+        // pipe, whose two ends name the same object, such as `pipe:[1234]`.
+        assert_eq!(fd_target(reactor.as_raw_fd()), EPOLL);
+        let target = opened
+            .iter()
+            .find(|t| t.starts_with("pipe:"))
+            .unwrap_or_else(|| panic!("no wake pipe among {opened:?}"))
+            .clone();
+        assert_eq!(opened.len(), 2, "epoll set and wake pipe: {opened:?}");
+        let pipe: Vec<RawFd> = util::open_fds()
             .into_iter()
             .filter(|&fd| fd_target(fd) == target)
             .collect();
-        assert_eq!(ours.len(), 2, "the wake pipe's two ends: {ours:?}");
-        for fd in &ours {
+        assert_eq!(pipe.len(), 2, "the wake pipe's two ends: {pipe:?}");
+        for fd in &pipe {
             util::assert_cloexec_nonblock(fd);
         }
 
-        // With a live child, so the handler is installed too.
+        // With a live child, so the handler is installed too (or its pidfd
+        // is open).
         let waiting = fork_waiting(&mut reactor, &gate, record);
+        for fd in util::open_fds() {
+            if fd_target(fd) == PIDFD {
+                assert_eq!(reactor.backend(), Backend::Pidfd, "a pidfd in {fd}");
+                assert_cloexec(fd);
+            }
+        }
         let listing = Command::new("sh")
             .args(["-c", "ls -l /proc/self/fd/"])
             .stdin(Stdio::null())
@@ -747,25 +801,44 @@ fn descriptors_are_not_inherited() {
             .expect("run ls");
         assert!(listing.status.success(), "{listing:?}");
         let listing = String::from_utf8_lossy(&listing.stdout);
-        assert!(listing.contains("-> "), "unexpected listing: {listing}");
-        assert!(
-            !listing.contains(&target),
-            "a Command child inherited evchild's wake pipe {target}:\n{listing}"
-        );
+        assert_inherited_none(&listing, &target, "a Command child");
 
         // A child of the reactor's own `fork` that execs.
         let (listing, execed) = fork_exec_listing(&mut reactor);
-        assert!(listing.contains("-> "), "unexpected listing: {listing}");
-        assert!(
-            !listing.contains(&target),
-            "an exec'd child of Reactor::fork inherited {target}:\n{listing}"
-        );
+        assert_inherited_none(&listing, &target, "an exec'd child of Reactor::fork");
         reactor.kill(waiting, libc::SIGKILL).expect("kill");
         lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == 2);
         deaths.assert_code(execed, 0);
         deaths.assert_signal(waiting, libc::SIGKILL);
     }
     check.finish();
+}
+
+/// What `/proc/self/fd/N` links to for an epoll set and for a pidfd.
+const EPOLL: &str = "anon_inode:[eventpoll]";
+const PIDFD: &str = "anon_inode:[pidfd]";
+
+/// `listing`, the output of `ls -l /proc/self/fd/` in `who`, names no epoll
+/// set, no pidfd and not the wake pipe `pipe`.
+#[track_caller]
+fn assert_inherited_none(listing: &str, pipe: &str, who: &str) {
+    assert!(listing.contains("-> "), "unexpected listing: {listing}");
+    for target in [pipe, EPOLL, PIDFD] {
+        assert!(
+            !listing.contains(target),
+            "{who} inherited {target}:\n{listing}"
+        );
+    }
+}
+
+#[track_caller]
+fn assert_cloexec(fd: RawFd) {
+    // SAFETY: fcntl(F_GETFD) only reads the flags of a descriptor number.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    assert!(
+        flags != -1 && flags & libc::FD_CLOEXEC != 0,
+        "{fd} not close-on-exec"
+    );
 }
 
 fn fd_target(fd: RawFd) -> String {
@@ -863,9 +936,11 @@ fn reactors_on_several_threads() {
     check.finish();
 }
 
-/// 12. The handler is installed while a `Library` reactor has a live child
-///     and removed (back to `SIG_DFL`) when the last child of the last such
-///     reactor has been reaped; again on the next round.
+/// 12. The handler is installed while a `Library` reactor with a `SIGCHLD`
+///     backend has a live child, and removed (back to `SIG_DFL`) when the
+///     last child of the last such reactor has been reaped; again on the
+///     next round. For scan, peek and one of each; a pidfd reactor with a
+///     live child all along neither installs the handler nor keeps it.
 #[test]
 fn handler_only_while_children_live() {
     let check = util::Check::start();
@@ -873,42 +948,71 @@ fn handler_only_while_children_live() {
         let _reap = ReapOnPanic;
         let gate = Gate::new();
         assert_sigchld_default();
-        let mut one = util::library::<Deaths>();
-        let mut two = util::library::<Deaths>();
-        let mut one_lp = util::Loop::new(&mut one);
-        let mut two_lp = util::Loop::new(&mut two);
-        let mut one_deaths = Deaths::default();
-        let mut two_deaths = Deaths::default();
-        // Creating reactors installs nothing.
+        // A pidfd reactor (where the kernel has pidfds) with a live child
+        // all along, which must not count as a user of the handler.
+        let mut pidfd = util::pidfd_available().then(|| util::library_with(Backend::Pidfd));
+        let mut pidfd_deaths = Deaths::default();
+        let bystander = pidfd
+            .as_mut()
+            .map(|reactor| fork_waiting(reactor, &gate, record));
         assert_sigchld_default();
-
-        for round in 1..=2 {
-            let a = fork_waiting(&mut one, &gate, record);
-            assert_sigchld_handled();
-            let b = fork_waiting(&mut one, &gate, record);
-            let c = fork_waiting(&mut two, &gate, record);
-
-            one.kill(a, libc::SIGKILL).expect("kill a");
-            one_lp.run_until(&mut one, &mut one_deaths, LIMIT, |d| {
-                d.total() == 2 * round - 1
-            });
-            one_deaths.assert_signal(a, libc::SIGKILL);
-            assert_sigchld_handled();
-
-            one.kill(b, libc::SIGKILL).expect("kill b");
-            one_lp.run_until(&mut one, &mut one_deaths, LIMIT, |d| d.total() == 2 * round);
-            one_deaths.assert_signal(b, libc::SIGKILL);
-            // `one` has none left, but `two` still has a live child.
-            assert!(one.is_empty());
-            assert_sigchld_handled();
-
-            two.kill(c, libc::SIGKILL).expect("kill c");
-            two_lp.run_until(&mut two, &mut two_deaths, LIMIT, |d| d.total() == round);
-            two_deaths.assert_signal(c, libc::SIGKILL);
+        for (first, second) in [
+            (Backend::Scan, Backend::Scan),
+            (Backend::Peek, Backend::Peek),
+            (Backend::Scan, Backend::Peek),
+        ] {
+            handler_rounds(&gate, first, second);
+        }
+        if let (Some(reactor), Some(bystander)) = (pidfd.as_mut(), bystander) {
+            reactor
+                .kill(bystander, libc::SIGKILL)
+                .expect("kill bystander");
+            let mut lp = util::Loop::new(reactor);
+            lp.run_until(reactor, &mut pidfd_deaths, LIMIT, |d| d.total() == 1);
+            pidfd_deaths.assert_signal(bystander, libc::SIGKILL);
             assert_sigchld_default();
         }
     }
     check.finish();
+}
+
+/// Two rounds of [`handler_only_while_children_live`] with two reactors.
+#[track_caller]
+fn handler_rounds(gate: &Gate, first: Backend, second: Backend) {
+    let mut one = util::library_with::<Deaths>(first);
+    let mut two = util::library_with::<Deaths>(second);
+    let mut one_lp = util::Loop::new(&mut one);
+    let mut two_lp = util::Loop::new(&mut two);
+    let mut one_deaths = Deaths::default();
+    let mut two_deaths = Deaths::default();
+    // Creating reactors installs nothing.
+    assert_sigchld_default();
+
+    for round in 1..=2 {
+        let a = fork_waiting(&mut one, gate, record);
+        assert_sigchld_handled();
+        let b = fork_waiting(&mut one, gate, record);
+        let c = fork_waiting(&mut two, gate, record);
+
+        one.kill(a, libc::SIGKILL).expect("kill a");
+        one_lp.run_until(&mut one, &mut one_deaths, LIMIT, |d| {
+            d.total() == 2 * round - 1
+        });
+        one_deaths.assert_signal(a, libc::SIGKILL);
+        assert_sigchld_handled();
+
+        one.kill(b, libc::SIGKILL).expect("kill b");
+        one_lp.run_until(&mut one, &mut one_deaths, LIMIT, |d| d.total() == 2 * round);
+        one_deaths.assert_signal(b, libc::SIGKILL);
+        // `one` has none left, but `two` still has a live child.
+        assert!(one.is_empty());
+        assert_sigchld_handled();
+
+        two.kill(c, libc::SIGKILL).expect("kill c");
+        two_lp.run_until(&mut two, &mut two_deaths, LIMIT, |d| d.total() == round);
+        two_deaths.assert_signal(c, libc::SIGKILL);
+        assert_sigchld_default();
+    }
 }
 
 /// 13. A stale `ChildId` is refused even when its pid names a live child of
@@ -928,7 +1032,7 @@ fn stale_id_refused_when_its_pid_is_registered_again() {
         let gate = Gate::new();
         let forked: Rc<Cell<Option<Pid>>> = Rc::default();
         let last = forked.clone();
-        let hooks = Hooks::new(SigchldOwner::Library).fork_replacement(move || match last.get() {
+        let hooks = util::hooks(SigchldOwner::Library).fork_replacement(move || match last.get() {
             // The "recycled" pid: no new process.
             Some(pid) => Ok(Some(pid)),
             None => {

@@ -289,7 +289,7 @@ fn mode_checks_and_harmless_dispatch() {
     {
         // Library mode: evchild reaps; reports from the application are
         // refused.
-        let mut library = Reactor::new(Hooks::new(SigchldOwner::Library)).expect("new");
+        let mut library = Reactor::new(util::hooks(SigchldOwner::Library)).expect("new");
         let mut app = App::default();
         assert!(matches!(
             library.reaped(&mut app, Pid::from_raw(1), exited(0)),

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use evchild::{Error, Exit, Reactor, Spawned};
+use evchild::{Backend, Error, Exit, Reactor, Spawned};
 use mio::unix::pipe::{Receiver, Sender};
 use mio::{Interest, Registry, Token};
 use util::{
@@ -440,31 +440,44 @@ fn exec_failure_missing_directory() {
 }
 
 /// A failed spawn while another child is live leaves the handler in place
-/// for that child, which is still reported.
+/// for that child, which is still reported; for each backend (with pidfds
+/// there is no handler, before or after).
 #[test]
 fn exec_failure_keeps_handler_for_live_children() {
     let check = Check::start();
     let _kill = KillOnPanic;
-    let (mut reactor, mut lp, mut app) = util::library_loop::<App>();
-    let mut live = reactor
-        .spawn(Command::new("cat").stdin(Stdio::piped()), record)
-        .expect("spawn cat");
-    let result = reactor.spawn(&mut Command::new("/nonexistent/evchild"), record);
-    assert_spawn_error(result, "/nonexistent/evchild", io::ErrorKind::NotFound);
-    assert_eq!(reactor.len(), 1);
-    assert!(reactor.contains(live.id));
-    assert_ne!(
-        sigchld_handler(),
-        libc::SIG_DFL,
-        "handler removed too early"
-    );
+    for backend in util::BACKENDS {
+        if backend == Backend::Pidfd && !util::pidfd_available() {
+            continue;
+        }
+        let (mut reactor, mut lp, mut app) = util::library_loop_with::<App>(backend);
+        let mut live = reactor
+            .spawn(Command::new("cat").stdin(Stdio::piped()), record)
+            .expect("spawn cat");
+        let result = reactor.spawn(&mut Command::new("/nonexistent/evchild"), record);
+        assert_spawn_error(result, "/nonexistent/evchild", io::ErrorKind::NotFound);
+        assert_eq!(reactor.len(), 1);
+        assert!(reactor.contains(live.id));
+        if backend == Backend::Pidfd {
+            assert_eq!(sigchld_handler(), libc::SIG_DFL, "{backend:?}: a handler");
+        } else {
+            assert_ne!(
+                sigchld_handler(),
+                libc::SIG_DFL,
+                "{backend:?}: handler removed too early"
+            );
+        }
 
-    drop(live.stdin.take()); // cat sees EOF and exits 0
-    lp.run_until(&mut reactor, &mut app, LIMIT, |app| !app.deaths.is_empty());
-    assert_eq!(only_death(&app.deaths), (Some(0), None));
-    assert_eq!(app.deaths[0].id, live.id);
-    assert_eq!(sigchld_handler(), libc::SIG_DFL, "handler not released");
-
-    drop((lp, live, reactor));
+        drop(live.stdin.take()); // cat sees EOF and exits 0
+        lp.run_until(&mut reactor, &mut app, LIMIT, |app| !app.deaths.is_empty());
+        assert_eq!(only_death(&app.deaths), (Some(0), None));
+        assert_eq!(app.deaths[0].id, live.id);
+        assert_eq!(
+            sigchld_handler(),
+            libc::SIG_DFL,
+            "{backend:?}: handler not released"
+        );
+        drop((lp, live, reactor));
+    }
     check.finish();
 }
