@@ -83,7 +83,7 @@
 //!
 //! | mode | who has the `SIGCHLD` handler | who reaps | children evchild did not start |
 //! |---|---|---|---|
-//! | `Library` (default) | evchild, only while this reactor has live children | evchild, **its own children only**, one `waitpid(pid)` each | never touched |
+//! | `Library` (default) | nobody with the (default) `Pidfd` backend; otherwise evchild, only while this reactor has live children | evchild, **its own children only**, by pid (see *Backends*) | never touched |
 //! | `Mainloop` | the application | the application, which reports each pid with [`reaped`](Reactor::reaped); or it calls [`sigchld_occurred`](Reactor::sigchld_occurred) and evchild reaps its own | `reaped` answers [`Error::UnknownChild`] |
 //! | `LibraryAlways` | evchild, from `new`/`set_mode` until drop | evchild reaps **every** child of the process (`waitpid(-1)`) | handed to the unknown-child hook ([`Hooks::unknown_child`]); if there is none or it declines, counted in [`Stats::unknown_unclaimed`] (and logged with the `log` feature) |
 //!
@@ -182,6 +182,32 @@
 //!   the fork: the process-wide registry's lock may be held by a thread that
 //!   does not exist in the child.
 //!
+//! # Backends
+//!
+//! How a `Library`-mode reactor learns which of its children died is its
+//! [`Backend`] ([`Hooks::backend`], [`Reactor::backend`]). All of them reap
+//! only the reactor's own children.
+//!
+//! | backend | wake-up | cost per exit with N live children | price |
+//! |---|---|---|---|
+//! | `Pidfd` (the default where available) | each child's pidfd in the reactor's epoll set; no `SIGCHLD` handler | flat: a `wait4(pid)` for exactly the children that died | one descriptor per live child: every later spawn copies the descriptor table, and `RLIMIT_NOFILE` caps the children |
+//! | `Peek` (the fallback) | `SIGCHLD`, then `waitid(P_ALL, WNOWAIT)` | one peek and one `wait4(pid)` per exit in user space, but the kernel walks the whole child list for each peek | none; a zombie of someone else's first in line makes that wake-up a scan |
+//! | `Scan` | `SIGCHLD`, then `wait4(pid)` for every live child | O(N) system calls | none |
+//!
+//! `LibraryAlways` mode reaps with `waitpid(-1)`, which the kernel also
+//! answers by walking the child list.
+//!
+//! Measured on this project's 2-core machine (`BENCHMARKS.md`,
+//! `cargo bench --bench reaping`): with 10,000 idle children, the reaping
+//! cost per exit stays within about 1.2× of that with none for `Pidfd`,
+//! while for `Peek`, `Scan` and `LibraryAlways` it grows a hundredfold or
+//! more, the first two through the kernel's walk; but `Pidfd` doubles the
+//! child's CPU per spawn there (the descriptor table). `Pidfd` gave the
+//! most children per second at every size, so `Backend::Auto` chooses it
+//! where `pidfd_open` works (Linux ≥ 5.3, no seccomp veto) and `Peek`
+//! elsewhere. Choose `Peek` for a process that spawns far more than it
+//! keeps alive and is short of descriptors.
+//!
 //! # Implementation notes
 //!
 //! *The following is **not** guaranteed, just a description of the current
@@ -190,7 +216,8 @@
 //! | | |
 //! |---|---|
 //! | wake-up | one `SIGCHLD` handler per process; one self-pipe per reactor, registered in a fixed table of 256 slots while the reactor needs the handler |
-//! | `Library` reaping | one `waitpid(pid, WNOHANG)` per live child per wake-up: O(N) in the live children |
+//! | descriptor | an epoll set holding the wake pipe and, with `Pidfd`, one pidfd per child |
+//! | `Library` reaping | see *Backends* |
 //! | `LibraryAlways` reaping | `waitpid(-1, WNOHANG)` until nothing is left: k+1 calls for k exits |
 //! | timers | a binary heap of `terminate` deadlines, fired by `dispatch`: O(log n) each |
 //! | per wake-up allocation | none in steady state (the report queue and scratch space are reused) |
