@@ -134,9 +134,10 @@
 //!   consistent; reports not yet delivered are delivered by the next
 //!   `dispatch`, and the reactor makes its descriptor readable so there is
 //!   one.
-//! * A child that dies before `fork` returns is reported (once): in `Library`
-//!   mode the handler is installed before the fork, and the child is
-//!   registered before any `dispatch` can look for it.
+//! * A child that dies before `fork` returns is reported (once): with a
+//!   `SIGCHLD` backend the handler is installed before the fork, with
+//!   `Pidfd` the pidfd of a zombie is readable at once, and either way the
+//!   child is registered before any `dispatch` can look for it.
 //! * A child is signalled only between its registration and the report of
 //!   its death, while the kernel cannot give its pid to another process
 //!   ([`Error::AlreadyReaped`] afterwards, for its [`ChildId`], even if a
