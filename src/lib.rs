@@ -207,7 +207,9 @@
 //! most children per second at every size, so `Backend::Auto` chooses it
 //! where `pidfd_open` works (Linux ≥ 5.3, no seccomp veto) and `Peek`
 //! elsewhere. Choose `Peek` for a process that spawns far more than it
-//! keeps alive and is short of descriptors.
+//! keeps alive and is short of descriptors. A program that expects hundreds
+//! of live children should raise its soft `RLIMIT_NOFILE`; children past
+//! the limit are not lost, but watched through `SIGCHLD` (and scanned).
 //!
 //! # Implementation notes
 //!
