@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 use crate::reactor::{Entry, Pending};
 use crate::reap::{self, Reaped};
 use crate::sys::SysReap;
+use crate::table::ChildTable;
 use crate::{
     Backend, ChildId, ChildState, Claim, Error, Exit, Pid, Reactor, Result, SigchldOwner, Stats,
 };
@@ -153,7 +154,17 @@ impl<C> Reactor<C> {
         }
     }
 
-    fn reap_own(&mut self) -> Result<()> {
+    /// Runs one reaping pass of `reap.rs` over the table with the real
+    /// system calls, queueing each outcome for `deliver`.
+    fn pass(
+        &mut self,
+        call: &'static str,
+        run: impl FnOnce(
+            &mut ChildTable<Entry<C>>,
+            &mut Vec<(Pid, Option<reap::Waited>)>,
+            &mut dyn FnMut(Reaped<Entry<C>>),
+        ) -> std::io::Result<()>,
+    ) -> Result<()> {
         let Reactor {
             children,
             scratch,
@@ -163,10 +174,14 @@ impl<C> Reactor<C> {
             unpolled,
             ..
         } = self;
-        reap::reap_own(&mut SysReap, children, scratch, |r| {
-            queue(pending, stats, *number, unpolled, r)
+        let mut out = |r| queue(pending, stats, *number, unpolled, r);
+        run(children, scratch, &mut out).map_err(|e| Error::io(call, e))
+    }
+
+    fn reap_own(&mut self) -> Result<()> {
+        self.pass("waitpid", |table, scratch, out| {
+            reap::reap_own(&mut SysReap, table, scratch, out)
         })
-        .map_err(|e| Error::io("waitpid", e))
     }
 
     /// Pidfd backend: the children whose pidfds are ready, plus, if some
@@ -178,18 +193,9 @@ impl<C> Reactor<C> {
             .poller
             .ready(&mut ready)
             .map_err(|e| Error::io("epoll_wait", e));
-        let Reactor {
-            children,
-            pending,
-            stats,
-            number,
-            unpolled,
-            ..
-        } = self;
-        let reaped = reap::reap_listed(&mut SysReap, children, &ready, |r| {
-            queue(pending, stats, *number, unpolled, r)
-        })
-        .map_err(|e| Error::io("waitpid", e));
+        let reaped = self.pass("waitpid", |table, _, out| {
+            reap::reap_listed(&mut SysReap, table, &ready, out)
+        });
         self.ready = ready;
         polled?;
         reaped?;
@@ -231,34 +237,15 @@ impl<C> Reactor<C> {
     }
 
     fn reap_peeked(&mut self) -> Result<()> {
-        let Reactor {
-            children,
-            scratch,
-            pending,
-            stats,
-            number,
-            unpolled,
-            ..
-        } = self;
-        reap::reap_peek(&mut SysReap, children, scratch, |r| {
-            queue(pending, stats, *number, unpolled, r)
+        self.pass("waitpid", |table, scratch, out| {
+            reap::reap_peek(&mut SysReap, table, scratch, out)
         })
-        .map_err(|e| Error::io("waitpid", e))
     }
 
     fn reap_everything(&mut self) -> Result<()> {
-        let Reactor {
-            children,
-            pending,
-            stats,
-            number,
-            unpolled,
-            ..
-        } = self;
-        reap::reap_all(&mut SysReap, children, |r| {
-            queue(pending, stats, *number, unpolled, r)
+        self.pass("waitpid(-1)", |table, _, out| {
+            reap::reap_all(&mut SysReap, table, out)
         })
-        .map_err(|e| Error::io("waitpid(-1)", e))
     }
 
     /// Runs queued callbacks until the queue is empty. A panicking callback
