@@ -19,11 +19,11 @@ mod util;
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use evchild::{Backend, ChildId, Forked, Hooks, Reactor, SigchldOwner};
+use evchild::{Backend, ChildId, Hooks, Reactor, SigchldOwner};
 use util::{fork_waiting, record, Deaths, Gate, KillOnPanic, Loop};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -31,7 +31,7 @@ const LIVE: usize = 20;
 
 const EPOLL: &str = "anon_inode:[eventpoll]";
 const PIDFD: &str = "anon_inode:[pidfd]";
-const LIST: &str = "ls -l /proc/self/fd/";
+use util::LIST;
 
 fn fd_target(fd: RawFd) -> String {
     std::fs::read_link(format!("/proc/self/fd/{fd}"))
@@ -121,47 +121,6 @@ fn command_listing() -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// Forks through the reactor a child that execs `sh -c 'ls -l
-/// /proc/self/fd/'` with its output in a pipe; returns the output and the
-/// child's id.
-#[track_caller]
-fn fork_exec_listing(reactor: &mut Reactor<Deaths>) -> (String, ChildId) {
-    use std::ffi::CString;
-    let (read, write) = util::pipe();
-    // Everything the child needs, allocated before the fork.
-    let args: Vec<CString> = ["sh", "-c", LIST]
-        .iter()
-        .map(|s| CString::new(*s).expect("no NUL"))
-        .collect();
-    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    let path = CString::new("/bin/sh").expect("no NUL");
-    let write_fd = write.as_raw_fd();
-
-    // SAFETY: the child only calls `dup2`, `execv` and `_exit`, which are
-    // async-signal-safe, with memory allocated before the fork.
-    match unsafe { reactor.fork(record) } {
-        Ok(Forked::Child) => {
-            // SAFETY: see above. `dup2` onto stdout clears FD_CLOEXEC on the
-            // copy only; `argv` is a null-terminated array of C strings.
-            unsafe {
-                libc::dup2(write_fd, 1);
-                libc::execv(path.as_ptr(), argv.as_ptr());
-            }
-            util::exit_child(127)
-        }
-        Ok(Forked::Parent(id)) => {
-            drop(write);
-            let mut out = String::new();
-            std::fs::File::from(read)
-                .read_to_string(&mut out)
-                .expect("read listing");
-            (out, id)
-        }
-        Err(e) => panic!("fork: {e}"),
-    }
-}
-
 /// With [`LIVE`] live children of a reactor made with `hooks`, the three
 /// listings name none of its descriptors; then every child is reported.
 #[track_caller]
@@ -187,7 +146,7 @@ fn check_listings(hooks: Hooks<Deaths>, what: &str) {
     assert_inherited_none(&listing, &ours, &format!("{what}: a spawned child"));
     let listing = command_listing();
     assert_inherited_none(&listing, &ours, &format!("{what}: a Command child"));
-    let (listing, execed) = fork_exec_listing(&mut reactor);
+    let (listing, execed) = util::fork_exec_listing(&mut reactor);
     assert_inherited_none(
         &listing,
         &ours,

@@ -20,7 +20,7 @@ mod util;
 
 use std::cell::Cell;
 use std::collections::{BTreeSet, HashSet};
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::process::{Command, Stdio};
@@ -804,7 +804,7 @@ fn descriptors_are_not_inherited() {
         assert_inherited_none(&listing, &target, "a Command child");
 
         // A child of the reactor's own `fork` that execs.
-        let (listing, execed) = fork_exec_listing(&mut reactor);
+        let (listing, execed) = util::fork_exec_listing(&mut reactor);
         assert_inherited_none(&listing, &target, "an exec'd child of Reactor::fork");
         reactor.kill(waiting, libc::SIGKILL).expect("kill");
         lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == 2);
@@ -845,45 +845,6 @@ fn fd_target(fd: RawFd) -> String {
     std::fs::read_link(format!("/proc/self/fd/{fd}"))
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default()
-}
-
-/// Forks through the reactor a child that runs `sh -c 'ls -l /proc/self/fd/'`
-/// with its output in a pipe; returns the output and the child's id.
-fn fork_exec_listing(reactor: &mut Reactor<Deaths>) -> (String, ChildId) {
-    use std::ffi::CString;
-    let (read, write) = util::pipe();
-    // Everything the child needs, allocated before the fork.
-    let args: Vec<CString> = ["sh", "-c", "ls -l /proc/self/fd/"]
-        .iter()
-        .map(|s| CString::new(*s).unwrap())
-        .collect();
-    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    let path = CString::new("/bin/sh").unwrap();
-    let write_fd = write.as_raw_fd();
-
-    // SAFETY: the child only calls `dup2`, `execv` and `_exit`, which are
-    // async-signal-safe, with memory allocated before the fork.
-    match unsafe { reactor.fork(record) } {
-        Ok(Forked::Child) => {
-            // SAFETY: see above. `dup2` onto stdout clears FD_CLOEXEC on the
-            // copy only; `argv` is a null-terminated array of C strings.
-            unsafe {
-                libc::dup2(write_fd, 1);
-                libc::execv(path.as_ptr(), argv.as_ptr());
-            }
-            util::exit_child(127)
-        }
-        Ok(Forked::Parent(id)) => {
-            drop(write);
-            let mut out = String::new();
-            std::fs::File::from(read)
-                .read_to_string(&mut out)
-                .expect("read listing");
-            (out, id)
-        }
-        Err(e) => panic!("fork: {e}"),
-    }
 }
 
 /// 11. Four reactors on four threads, each with its own `mio` loop, each

@@ -852,3 +852,47 @@ pub fn library_loop<C: Default>() -> (Reactor<C>, Loop, C) {
     let lp = Loop::new(&mut reactor);
     (reactor, lp, C::default())
 }
+
+/// The command that lists a process's open descriptors.
+pub const LIST: &str = "ls -l /proc/self/fd/";
+
+/// Forks through the reactor a child that execs `sh -c 'ls -l
+/// /proc/self/fd/'` with its output in a pipe; returns the output and the
+/// child's id.
+#[track_caller]
+pub fn fork_exec_listing(reactor: &mut Reactor<Deaths>) -> (String, ChildId) {
+    use std::ffi::CString;
+    let (read, write) = pipe();
+    // Everything the child needs, allocated before the fork.
+    let args: Vec<CString> = ["sh", "-c", LIST]
+        .iter()
+        .map(|s| CString::new(*s).expect("no NUL"))
+        .collect();
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let path = CString::new("/bin/sh").expect("no NUL");
+    let write_fd = write.as_raw_fd();
+
+    // SAFETY: the child only calls `dup2`, `execv` and `_exit`, which are
+    // async-signal-safe, with memory allocated before the fork.
+    match unsafe { reactor.fork(record) } {
+        Ok(Forked::Child) => {
+            // SAFETY: see above. `dup2` onto stdout clears FD_CLOEXEC on the
+            // copy only; `argv` is a null-terminated array of C strings.
+            unsafe {
+                libc::dup2(write_fd, 1);
+                libc::execv(path.as_ptr(), argv.as_ptr());
+            }
+            exit_child(127)
+        }
+        Ok(Forked::Parent(id)) => {
+            drop(write);
+            let mut out = String::new();
+            std::fs::File::from(read)
+                .read_to_string(&mut out)
+                .expect("read listing");
+            (out, id)
+        }
+        Err(e) => panic!("fork: {e}"),
+    }
+}
