@@ -584,7 +584,7 @@ fn evchild_cell(
     }
     let reactor = Reactor::new(variant.hooks())?;
     if let Some(backend) = variant.expected_backend() {
-        if reactor.backend() != backend {
+        if reactor.backend() != Some(backend) {
             return Ok(Err(format!("n/a: got {:?}", reactor.backend())));
         }
     }

@@ -8,7 +8,6 @@
 
 use std::time::{Duration, Instant};
 
-use crate::sigchld;
 use crate::timer::Target;
 use crate::{ChildId, ChildState, Error, Reactor, Result, SigchldOwner};
 
@@ -47,11 +46,8 @@ impl<C> Reactor<C> {
     /// * [`Error::ForkedChild`] in a forked child.
     pub fn kill(&mut self, id: ChildId, signal: libc::c_int) -> Result<()> {
         self.check_live(id)?;
-        match self.children.get(id.pid).and_then(|e| e.pidfd.as_ref()) {
-            Some(pidfd) => crate::pidfd::send_signal(pidfd.fd(), signal)
-                .map_err(|e| Error::io("pidfd_send_signal", e)),
-            None => crate::sys::kill(id.pid, signal).map_err(|e| Error::io("kill", e)),
-        }
+        let entry = self.entry(id).ok_or(Error::AlreadyReaped { pid: id.pid })?;
+        self.watcher.signal(id.pid, &entry.watch, signal)
     }
 
     /// Asks for reports of the child's stops and continues
@@ -91,31 +87,24 @@ impl<C> Reactor<C> {
     pub fn on_state_change(
         &mut self,
         id: ChildId,
-        on_state: impl FnMut(&mut C, &mut Reactor<C>, ChildId, ChildState) + 'static,
+        on_state: impl FnMut(&mut C, &mut Reactor<C>, ChildId, ChildState) + Send + 'static,
     ) -> Result<()> {
         self.check_live(id)?;
-        if self.mode == SigchldOwner::Mainloop {
+        if self.mode() == SigchldOwner::Mainloop {
             return Err(Error::WrongMode {
                 call: "on_state_change",
-                mode: self.mode,
+                mode: self.mode(),
                 hint: "the application reaps in this mode; wait with WUNTRACED | WCONTINUED \
                        to see stops yourself",
             });
         }
-        if self.registration.is_none() {
-            self.registration = Some(sigchld::register(self.pipe.write_raw())?);
+        let Reactor {
+            watcher, children, ..
+        } = self;
+        if let Some(entry) = children.get_mut(id.pid) {
+            watcher.want_stops(id.pid, &mut entry.watch)?;
+            entry.on_state = Some(Box::new(on_state));
         }
-        if let Some(registration) = self.registration.as_mut() {
-            registration.want_stops();
-        }
-        if let Some(entry) = self.children.get_mut(id.pid) {
-            if entry.on_state.replace(Box::new(on_state)).is_none() {
-                self.stateful.push(id.pid);
-            }
-        }
-        // A stop before now sent no signal (SA_NOCLDSTOP) but is still
-        // waitable: look at once.
-        self.pipe.wake();
         Ok(())
     }
 
@@ -205,17 +194,18 @@ impl<C> Reactor<C> {
     pub(crate) fn fire_deadlines(&mut self) {
         let now = Instant::now();
         while let Some((id, target)) = self.deadlines.pop_due(now) {
-            if self.contains(id) {
-                // ESRCH cannot happen (the child is unreaped, so its pid and
-                // group exist); anything else is not the caller's to handle
-                // in dispatch.
-                if target == Target::Group {
-                    // ESRCH if the leader has left its group since: the
-                    // leader itself still gets the SIGKILL below.
-                    let _ = crate::sys::kill_group(id.pid, libc::SIGKILL);
-                }
-                let _ = crate::sys::kill(id.pid, libc::SIGKILL);
+            if !self.contains(id) {
+                continue;
             }
+            // Errors are not the caller's to handle in dispatch. ESRCH from
+            // the pidfd means other code reaped the child: it is reported
+            // lost by the next pass, and nothing is sent to its pid.
+            if target == Target::Group {
+                // ESRCH if the leader has left its group since: the
+                // leader itself still gets the SIGKILL below.
+                let _ = self.kill_group(id, libc::SIGKILL);
+            }
+            let _ = self.kill(id, libc::SIGKILL);
         }
         let Reactor {
             deadlines,
@@ -246,7 +236,9 @@ impl<C> Reactor<C> {
     /// * [`Error::NotAGroupLeader`] if the child does not lead a process
     ///   group (`getpgid(pid) != pid`).
     pub fn kill_group(&mut self, id: ChildId, signal: libc::c_int) -> Result<()> {
-        self.check_live(id)?;
+        // Through the pidfd where there is one: the leader is still ours
+        // and unreaped, so its pid still names the group.
+        self.kill(id, 0)?;
         if crate::sys::getpgid(id.pid).map_err(|e| Error::io("getpgid", e))? != id.pid {
             return Err(Error::NotAGroupLeader { pid: id.pid });
         }

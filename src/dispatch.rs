@@ -17,6 +17,7 @@ use crate::reactor::{Entry, Pending};
 use crate::reap::{self, Reaped};
 use crate::sys::SysReap;
 use crate::table::ChildTable;
+use crate::watcher::Watcher;
 use crate::{
     Backend, ChildId, ChildState, Claim, Error, Exit, Pid, Reactor, Result, SigchldOwner, Stats,
 };
@@ -52,32 +53,59 @@ impl<C> Reactor<C> {
     ///   delivered first.
     pub fn dispatch(&mut self, ctx: &mut C) -> Result<()> {
         self.check_process()?;
-        // 1. Drain first (see above).
-        let drained = self
-            .pipe
-            .drain()
-            .map_err(|e| Error::io("read(wake pipe)", e));
         self.stats.dispatches += 1;
-        // 2-3. Reap; outcomes leave the table and join the queue.
-        let reaped = match self.mode {
-            SigchldOwner::Library if !self.children.is_empty() => match self.backend {
-                Backend::Pidfd => self.reap_ready(),
-                Backend::Peek => self.reap_peeked(),
-                _ => self.reap_own(),
-            },
-            SigchldOwner::LibraryAlways => self.reap_everything(),
-            _ => Ok(()),
+        // 1. What woke us, without a wait call: the wake pipe (drained
+        //    first, see above) and the ready pidfds.
+        let woken = self
+            .watcher
+            .collect()
+            .map_err(|e| Error::io("epoll_wait/read(wake pipe)", e));
+        // 2. Reap; outcomes leave the table and join the queue. Nothing
+        //    woke us: no wait call at all.
+        let reaped = match woken {
+            Ok(woken) => self.reap_woken(woken.pipe),
+            Err(e) => Err(e),
         };
-        // Stop/continue reports, for the children that asked.
-        let reaped = reaped.and_then(|()| self.reap_states());
-        // 4. Grace periods that ran out: SIGKILL, now that the reap has
+        if reaped.is_err() {
+            // Work may be left that no new event will announce.
+            self.watcher.wake();
+        }
+        // 3. Grace periods that ran out: SIGKILL, now that the reap has
         // removed every child that already died.
         self.fire_deadlines();
-        // 5. Callbacks, after all bookkeeping.
+        // 4. Callbacks, after all bookkeeping.
         self.deliver(ctx);
         self.release_idle_handler();
-        drained?;
         reaped
+    }
+
+    /// The reaping passes a wake-up calls for.
+    fn reap_woken(&mut self, pipe: bool) -> Result<()> {
+        if !self.watcher.ready.is_empty() {
+            let ready = std::mem::take(&mut self.watcher.ready);
+            let reaped = self.pass("waitid(P_PIDFD)", |sys, table, _, out| {
+                reap::reap_listed(sys, table, &ready, out)
+            });
+            self.watcher.ready = ready;
+            reaped?;
+        }
+        if !pipe {
+            return Ok(());
+        }
+        match self.watcher.backend() {
+            _ if self.children.is_empty() && self.mode() != SigchldOwner::LibraryAlways => {}
+            Some(Backend::Peek) => self.pass("waitid", |sys, table, scratch, out| {
+                reap::reap_peek(sys, table, scratch, out)
+            })?,
+            Some(_) if self.watcher.scans() => self.reap_own()?,
+            Some(_) => {}
+            None if self.mode() == SigchldOwner::LibraryAlways => self
+                .pass("wait4(-1)", |sys, table, _, out| {
+                    reap::reap_all(sys, table, out)
+                })?,
+            None => {}
+        }
+        self.reap_states()
     }
 
     /// `Mainloop` mode: the application reaped `pid` itself and reports its
@@ -113,6 +141,7 @@ impl<C> Reactor<C> {
             .ok_or(Error::UnknownChild { pid })?;
         self.stats.reaped += 1;
         let id = self.id(pid, entry.serial);
+        self.watcher.unwatch(entry.watch);
         self.pending.push_back(Pending::Death(
             entry.on_death,
             Exit::reaped(id, status.into_raw(), None),
@@ -123,7 +152,8 @@ impl<C> Reactor<C> {
 
     /// `Mainloop` mode: the application saw `SIGCHLD` and asks evchild to
     /// reap its own children (libxl's `libxl_childproc_sigchld_occurred`).
-    /// One `waitpid(pid, WNOHANG)` per registered child; never another pid.
+    /// One `waitid(P_PID, WNOHANG | WNOWAIT)` probe per registered child,
+    /// and a reaping `waitid` for each that died; never another pid.
     /// Callbacks run now, with `ctx`.
     ///
     /// # Errors
@@ -142,12 +172,12 @@ impl<C> Reactor<C> {
 
     fn check_mainloop(&self, call: &'static str) -> Result<()> {
         self.check_process()?;
-        if self.mode == SigchldOwner::Mainloop {
+        if self.mode() == SigchldOwner::Mainloop {
             Ok(())
         } else {
             Err(Error::WrongMode {
                 call,
-                mode: self.mode,
+                mode: self.mode(),
                 hint: "evchild reaps its own children in this mode: do not wait for them, \
                        call dispatch when the reactor is readable",
             })
@@ -155,11 +185,13 @@ impl<C> Reactor<C> {
     }
 
     /// Runs one reaping pass of `reap.rs` over the table with the real
-    /// system calls, queueing each outcome for `deliver`.
+    /// system calls (counted in `Stats::wait_calls`), queueing each outcome
+    /// for `deliver`.
     fn pass(
         &mut self,
         call: &'static str,
         run: impl FnOnce(
+            &mut SysReap,
             &mut ChildTable<Entry<C>>,
             &mut Vec<(Pid, Option<reap::Waited>)>,
             &mut dyn FnMut(Reaped<Entry<C>>),
@@ -171,81 +203,42 @@ impl<C> Reactor<C> {
             pending,
             stats,
             number,
-            unpolled,
+            watcher,
             ..
         } = self;
-        let mut out = |r| queue(pending, stats, *number, unpolled, r);
-        run(children, scratch, &mut out).map_err(|e| Error::io(call, e))
-    }
-
-    fn reap_own(&mut self) -> Result<()> {
-        self.pass("waitpid", |table, scratch, out| {
-            reap::reap_own(&mut SysReap, table, scratch, out)
-        })
-    }
-
-    /// Pidfd backend: the children whose pidfds are ready, plus, if some
-    /// child has no pidfd (and so the handler is installed), a scan.
-    fn reap_ready(&mut self) -> Result<()> {
-        let mut ready = std::mem::take(&mut self.ready);
-        ready.clear();
-        let polled = self
-            .poller
-            .ready(&mut ready)
-            .map_err(|e| Error::io("epoll_wait", e));
-        let reaped = self.pass("waitpid", |table, _, out| {
-            reap::reap_listed(&mut SysReap, table, &ready, out)
-        });
-        self.ready = ready;
-        polled?;
-        reaped?;
-        if self.unpolled > 0 {
-            self.reap_own()?;
-        }
-        Ok(())
-    }
-
-    /// Stop/continue reports and deaths of the children that asked for
-    /// state reports, found by one `waitpid(WUNTRACED | WCONTINUED)` each.
-    fn reap_states(&mut self) -> Result<()> {
-        if self.stateful.is_empty() || self.mode == SigchldOwner::Mainloop {
-            return Ok(());
-        }
+        let mut sys = SysReap::default();
         let mut changes = Vec::new();
-        let Reactor {
-            children,
-            pending,
-            stats,
-            number,
-            stateful,
-            unpolled,
-            ..
-        } = self;
-        let reaped = reap::reap_states(&mut SysReap, children, stateful, |r| match r {
-            Reaped::Stopped(pid, signal) => changes.push((pid, ChildState::Stopped(signal))),
-            Reaped::Continued(pid) => changes.push((pid, ChildState::Continued)),
-            other => queue(pending, stats, *number, unpolled, other),
-        })
-        .map_err(|e| Error::io("waitpid", e));
+        let mut out = |r| queue(pending, stats, *number, watcher, &mut changes, r);
+        let result = run(&mut sys, children, scratch, &mut out).map_err(|e| Error::io(call, e));
+        stats.wait_calls += sys.calls;
         for (pid, state) in changes {
             if let Some(entry) = self.children.get(pid) {
                 let id = self.id(pid, entry.serial);
                 self.pending.push_back(Pending::State(id, state));
             }
         }
+        result
+    }
+
+    fn reap_own(&mut self) -> Result<()> {
+        self.pass("waitid", |sys, table, scratch, out| {
+            reap::reap_scan(sys, table, scratch, out)
+        })
+    }
+
+    /// Stop/continue reports and deaths of the children that asked for
+    /// state reports, found by one `waitid(WEXITED | WSTOPPED | WCONTINUED)`
+    /// each.
+    fn reap_states(&mut self) -> Result<()> {
+        if self.watcher.stateful.is_empty() || self.mode() == SigchldOwner::Mainloop {
+            return Ok(());
+        }
+        let mut stateful = std::mem::take(&mut self.watcher.stateful);
+        let reaped = self.pass("waitid", |sys, table, _, out| {
+            reap::reap_states(sys, table, &mut stateful, out)
+        });
+        self.watcher.stateful = stateful;
         reaped
-    }
-
-    fn reap_peeked(&mut self) -> Result<()> {
-        self.pass("waitpid", |table, scratch, out| {
-            reap::reap_peek(&mut SysReap, table, scratch, out)
-        })
-    }
-
-    fn reap_everything(&mut self) -> Result<()> {
-        self.pass("waitpid(-1)", |table, _, out| {
-            reap::reap_all(&mut SysReap, table, out)
-        })
     }
 
     /// Runs queued callbacks until the queue is empty. A panicking callback
@@ -259,7 +252,7 @@ impl<C> Reactor<C> {
             }));
             if let Err(panic) = result {
                 if !self.pending.is_empty() {
-                    self.pipe.wake();
+                    self.watcher.wake();
                 }
                 panic::resume_unwind(panic);
             }
@@ -302,25 +295,13 @@ impl<C> Reactor<C> {
         }
     }
 
-    /// In `Library` mode the handler is needed only while children live,
-    /// and with the pidfd backend only while some child has no pidfd.
+    /// In `Library` mode the handler is needed only while some child is
+    /// watched through it.
     fn release_idle_handler(&mut self) {
-        if self.mode != SigchldOwner::Library || self.registration.is_none() {
-            return;
-        }
-        let needed = match self.backend {
-            Backend::Pidfd => {
-                self.unpolled > 0
-                    || self
-                        .stateful
-                        .iter()
-                        .any(|&p| self.children.get(p).is_some())
-            }
-            _ => !self.children.is_empty(),
-        };
-        if !needed {
-            self.registration = None;
-        }
+        let Reactor {
+            watcher, children, ..
+        } = self;
+        watcher.release_idle(children.len(), |pid| children.get(pid).is_some());
     }
 }
 
@@ -328,29 +309,32 @@ fn queue<C>(
     pending: &mut VecDeque<Pending<C>>,
     stats: &mut Stats,
     reactor: u32,
-    unpolled: &mut usize,
+    watcher: &mut Watcher,
+    changes: &mut Vec<(Pid, ChildState)>,
     reaped: Reaped<Entry<C>>,
 ) {
-    let id = |pid, entry: &Entry<C>| ChildId {
+    let id = |pid, serial| ChildId {
         pid,
         reactor,
-        serial: entry.serial,
+        serial,
     };
     match reaped {
         Reaped::Died(pid, status, entry) => {
             stats.reaped += 1;
-            *unpolled -= usize::from(entry.fallback);
-            let exit = Exit::reaped(id(pid, &entry), status.raw, status.usage);
+            let exit = Exit::reaped(id(pid, entry.serial), status.raw, status.usage);
+            watcher.unwatch(entry.watch);
             pending.push_back(Pending::Death(entry.on_death, exit));
         }
         Reaped::Lost(pid, entry) => {
             stats.lost += 1;
-            *unpolled -= usize::from(entry.fallback);
-            let exit = Exit::lost(id(pid, &entry));
+            let exit = Exit::lost(id(pid, entry.serial));
+            watcher.unwatch(entry.watch);
             pending.push_back(Pending::Death(entry.on_death, exit));
         }
         Reaped::Stranger(pid, status) => pending.push_back(Pending::Stranger(pid, status.raw)),
-        // Only `reap_states` reports these, and it does not come through here.
-        Reaped::Stopped(..) | Reaped::Continued(..) => {}
+        // Queued after the pass, with the child's id (it is still
+        // registered).
+        Reaped::Stopped(pid, signal) => changes.push((pid, ChildState::Stopped(signal))),
+        Reaped::Continued(pid) => changes.push((pid, ChildState::Continued)),
     }
 }

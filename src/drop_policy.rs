@@ -1,6 +1,9 @@
 //! What dropping a reactor does: to its live children (the application's
 //! [`DropPolicy`]), and to its share of the process-wide handler.
 
+#![allow(unsafe_code)]
+
+use std::mem::ManuallyDrop;
 use std::time::{Duration, Instant};
 
 use crate::Reactor;
@@ -46,23 +49,27 @@ impl<C> Reactor<C> {
         self.drop_policy
     }
 
-    /// Carries out the drop policy (in the creating process only).
+    /// Carries out the drop policy (in the creating process only). Each
+    /// child is signalled through its pidfd where it has one, so a child
+    /// that other code reaped (and whose pid may now be another process's)
+    /// is never signalled by pid.
     fn drop_children(&mut self) {
         let within = match self.drop_policy {
             DropPolicy::Leave => return,
             DropPolicy::Kill => None,
             DropPolicy::KillAndReap(within) => Some(within),
         };
-        for pid in self.children.pids() {
-            // ESRCH cannot happen (unreaped); nothing else can be done here.
-            let _ = crate::sys::kill(pid, libc::SIGKILL);
+        for (pid, entry) in self.children.iter() {
+            // ESRCH: already reaped by someone else; nothing else can be
+            // done here.
+            let _ = self.watcher.signal(pid, &entry.watch, libc::SIGKILL);
         }
         let Some(within) = within else { return };
         let deadline = Instant::now().checked_add(within);
         loop {
             // Reaped children's entries (and callbacks) are simply dropped.
-            let _ = crate::reap::reap_own(
-                &mut crate::sys::SysReap,
+            let _ = crate::reap::reap_scan_all(
+                &mut crate::sys::SysReap::default(),
                 &mut self.children,
                 &mut self.scratch,
                 drop,
@@ -78,28 +85,36 @@ impl<C> Reactor<C> {
 impl<C> Drop for Reactor<C> {
     fn drop(&mut self) {
         if self.check_process().is_err() {
-            // A forked child: the registry's lock may be held by a thread
-            // that does not exist here, and freeing memory is not
-            // async-signal-safe. Leak everything; the descriptors (the
-            // child's own copies) are closed below, and close(2) is
-            // async-signal-safe.
-            std::mem::forget(std::mem::take(&mut self.children));
-            std::mem::forget(std::mem::take(&mut self.pending));
-            std::mem::forget(std::mem::take(&mut self.scratch));
-            std::mem::forget(std::mem::take(&mut self.deadlines));
-            std::mem::forget(self.fork_replacement.take());
-            std::mem::forget(self.unknown_child.take());
-            if let Some(registration) = self.registration.take() {
-                registration.forget();
+            // A forked child: freeing memory is not async-signal-safe (the
+            // allocator's lock may be held by a thread that does not exist
+            // here), and neither is the registry's bookkeeping. Close this
+            // process's copies of the descriptors (close(2) is
+            // async-signal-safe) and leak everything else: the fields are
+            // `ManuallyDrop` and are not dropped. A pidfd is closed without
+            // `EPOLL_CTL_DEL`: the epoll set is shared with the parent.
+            for (_, entry) in self.children.iter() {
+                if let Some(fd) = entry.watch.pidfd() {
+                    // SAFETY: this process's copy of the child's pidfd,
+                    // closed once: its owner is never dropped here.
+                    unsafe { libc::close(fd) };
+                }
             }
-            if let Some(token) = self.reap_all.take() {
-                token.forget();
-            }
+            self.watcher.close_in_forked_child();
             return;
         }
         self.drop_children();
-        // Unregister (waiting out any handler still using the write end)
-        // before the pipe is closed by the field drops.
-        self.registration = None;
+        // SAFETY: each field is dropped exactly once, here, and never used
+        // again. Children first: their pidfds leave the watcher's epoll set
+        // before it is closed; the watcher unregisters from the handler
+        // before closing its wake pipe.
+        unsafe {
+            ManuallyDrop::drop(&mut self.children);
+            ManuallyDrop::drop(&mut self.pending);
+            ManuallyDrop::drop(&mut self.scratch);
+            ManuallyDrop::drop(&mut self.deadlines);
+            ManuallyDrop::drop(&mut self.fork_replacement);
+            ManuallyDrop::drop(&mut self.unknown_child);
+            ManuallyDrop::drop(&mut self.watcher);
+        }
     }
 }

@@ -96,6 +96,19 @@ pub enum Error {
         pid: Pid,
     },
 
+    /// A fork replacement or [`watch`](crate::Reactor::watch) named a pid
+    /// that cannot be a child of this process: zero or negative (which the
+    /// wait and kill calls would read as a process group or "every
+    /// process"), or this process's own pid. Nothing was registered.
+    #[error(
+        "pid {pid} cannot name a child of this process (it must be positive and not our own pid); \
+         nothing was registered"
+    )]
+    InvalidPid {
+        /// The pid that was given.
+        pid: Pid,
+    },
+
     /// The call is not allowed in the reactor's current SIGCHLD mode.
     #[error("{call} is not available in {mode:?} mode: {hint}")]
     WrongMode {

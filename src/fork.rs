@@ -10,8 +10,7 @@
 #![allow(unsafe_code)]
 
 use crate::reactor::OnDeath;
-use crate::sigchld;
-use crate::{Error, Exit, Forked, Reactor, Result, SigchldOwner};
+use crate::{Error, Exit, Forked, Reactor, Result};
 
 impl<C> Reactor<C> {
     /// `fork(2)` as an event source (libxl's `libxl__ev_child_fork`): starts a
@@ -51,8 +50,12 @@ impl<C> Reactor<C> {
     /// is removed again).
     /// * [`Error::Io`] if `fork` (or the replacement) fails: `EAGAIN` at the
     ///   process limit, `ENOMEM`.
-    /// * [`Error::HandlerConflict`] / [`Error::TooManyReactors`] (`Library`
-    ///   mode) if the handler cannot be installed.
+    /// * [`Error::HandlerConflict`] if `SIGCHLD` is ignored or has
+    ///   `SA_NOCLDWAIT` (checked before every start, in every mode: the
+    ///   kernel would reap the child itself), or [`Error::TooManyReactors`]
+    ///   if the handler cannot be installed.
+    /// * [`Error::InvalidPid`] if the fork replacement returned a pid ≤ 0 or
+    ///   this process's own; nothing is registered.
     /// * [`Error::ForkedChild`] in a forked child.
     ///
     /// # Example
@@ -74,20 +77,26 @@ impl<C> Reactor<C> {
     /// ```
     pub unsafe fn fork(
         &mut self,
-        on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + 'static,
+        on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + Send + 'static,
     ) -> Result<Forked> {
         self.check_process()?;
         // Allocate everything the parent needs before the fork.
         let on_death: OnDeath<C> = Box::new(on_death);
         self.children.reserve_one();
-        let acquired = self.need_handler()?;
+        let acquired = self.watcher.before_start()?;
         let forked = match self.fork_replacement.as_mut() {
             Some(replacement) => replacement(),
             // SAFETY: forwarded to our caller, who upholds `fork`'s contract.
             None => unsafe { crate::sys::fork() },
         };
         match forked {
-            Ok(Some(pid)) => Ok(Forked::Parent(self.register(pid, on_death))),
+            Ok(Some(pid)) => match self.register_started(pid, on_death) {
+                Ok(id) => Ok(Forked::Parent(id)),
+                Err(e) => {
+                    self.watcher.abort_start(acquired);
+                    Err(e)
+                }
+            },
             Ok(None) => {
                 // Dropping the closure could free memory: not
                 // async-signal-safe in the child of a threaded parent.
@@ -95,31 +104,9 @@ impl<C> Reactor<C> {
                 Ok(Forked::Child)
             }
             Err(e) => {
-                if acquired {
-                    self.registration = None;
-                }
+                self.watcher.abort_start(acquired);
                 Err(Error::io("fork", e))
             }
         }
-    }
-
-    /// In `Library` mode with a `SIGCHLD` backend, makes sure the handler is
-    /// installed and our pipe registered (the pidfd backend needs neither).
-    /// Returns whether this call acquired it.
-    pub(crate) fn need_handler(&mut self) -> Result<bool> {
-        if self.uses_pidfds() {
-            // No handler, but the same promise: a disposition that makes the
-            // kernel reap our children is refused, not reported as losses.
-            crate::sigchld::check_reapable()?;
-            return Ok(false);
-        }
-        if self.mode == SigchldOwner::Library
-            && self.backend != crate::Backend::Pidfd
-            && self.registration.is_none()
-        {
-            self.registration = Some(sigchld::register(self.pipe.write_raw())?);
-            return Ok(true);
-        }
-        Ok(false)
     }
 }

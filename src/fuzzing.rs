@@ -30,7 +30,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use nix::errno::Errno;
 
-use crate::reap::{reap_all, reap_own, reap_peek, Reap, Reaped, Waited};
+use std::os::fd::RawFd;
+
+use crate::reap::{
+    reap_all, reap_listed, reap_peek, reap_scan, Reap, Reaped, Target, Waited, Watched,
+};
 use crate::table::ChildTable;
 use crate::Pid;
 
@@ -60,9 +64,14 @@ pub struct Procs {
     answered: BTreeSet<Pid>,
     /// Every reap by the code under test: (pid, serial, status).
     pub reaps: Vec<(Pid, u64, libc::c_int)>,
-    /// Calls of `reap_pid` and `reap_any`, `EINTR` included.
+    /// Calls of every seam method, `EINTR` included.
     pub calls: usize,
+    /// Running children in a ptrace stop not yet waited for.
+    traps: BTreeSet<Pid>,
 }
+
+/// What a wait reports for a ptrace stop (`SIGTRAP`, as `WIFSTOPPED`).
+pub const TRAP_STATUS: libc::c_int = (libc::SIGTRAP << 8) | 0x7f;
 
 impl Procs {
     /// Starts a child under `pid` (which must be free) and returns its serial.
@@ -79,8 +88,17 @@ impl Procs {
         self.serials
     }
 
+    /// The running child `pid` enters a ptrace stop (this process being
+    /// its tracer): every wait reports it, until one consumes it.
+    pub fn trap(&mut self, pid: Pid) {
+        if matches!(self.children.get(&pid), Some((_, None))) {
+            self.traps.insert(pid);
+        }
+    }
+
     /// The running child `pid` exits with `status`; false if none is running.
     pub fn exit(&mut self, pid: Pid, status: libc::c_int) -> bool {
+        self.traps.remove(&pid);
         match self.children.get_mut(&pid) {
             Some((_, state @ None)) => {
                 *state = Some(status);
@@ -112,6 +130,12 @@ impl Procs {
         self.error = Some((after, errno));
     }
 
+    /// What a `WNOWAIT` probe of `pid` would say, outside any pass.
+    pub fn probe_for_test(&mut self, pid: Pid) -> Option<libc::c_int> {
+        let target = Target { pid, pidfd: None };
+        self.answer(target, false).ok().flatten().map(|w| w.raw)
+    }
+
     /// Whether `pid` is an unreaped child, and its serial and status.
     pub fn child(&self, pid: Pid) -> Option<(u64, Option<libc::c_int>)> {
         self.children.get(&pid).copied()
@@ -141,22 +165,53 @@ impl Procs {
     }
 }
 
-impl Reap for Procs {
-    fn reap_pid(&mut self, pid: Pid) -> Result<Option<Waited>, Errno> {
+impl Procs {
+    /// Answers a per-child wait, checked against the pass and the identity
+    /// it names: with a pidfd (the model's pidfd is the child's serial), a
+    /// child that has the pid but another serial is not the one named:
+    /// `ECHILD`. `consume` reaps a death or takes a ptrace stop.
+    fn answer(&mut self, target: Target, consume: bool) -> Result<Option<Waited>, Errno> {
+        let pid = target.pid;
         match &self.pass {
-            Pass::All => panic!("reap-all mode called waitpid({pid})"),
-            Pass::Selective(pids) => assert!(pids.contains(&pid), "waitpid({pid}): not ours"),
+            Pass::All => panic!("reap-all mode called waitid({pid})"),
+            Pass::Selective(pids) => assert!(pids.contains(&pid), "waitid({pid}): not ours"),
             Pass::Any => {}
         }
         self.fault()?;
-        if !matches!(self.pass, Pass::Any) {
-            assert!(self.answered.insert(pid), "waitpid({pid}) twice in a pass");
+        if !consume && !matches!(self.pass, Pass::Any) {
+            assert!(self.answered.insert(pid), "probed {pid} twice in a pass");
         }
-        match self.children.get(&pid) {
-            None => Err(Errno::ECHILD),
-            Some((_, None)) => Ok(None),
-            Some((_, Some(_))) => Ok(Some(self.take(pid).into())),
+        match (self.children.get(&pid), target.pidfd) {
+            (None, _) => Err(Errno::ECHILD),
+            (Some(&(serial, _)), Some(fd)) if i64::from(fd) != serial as i64 => Err(Errno::ECHILD),
+            (Some(&(_, Some(status))), _) => {
+                if consume {
+                    self.take(pid);
+                }
+                Ok(Some(status.into()))
+            }
+            (Some((_, None)), _) if self.traps.contains(&pid) => {
+                if consume {
+                    self.traps.remove(&pid);
+                }
+                Ok(Some(TRAP_STATUS.into()))
+            }
+            (Some((_, None)), _) => Ok(None),
         }
+    }
+}
+
+impl Reap for Procs {
+    fn probe(&mut self, target: Target) -> Result<Option<Waited>, Errno> {
+        self.answer(target, false)
+    }
+
+    fn reap(&mut self, target: Target) -> Result<Option<Waited>, Errno> {
+        self.answer(target, true)
+    }
+
+    fn reap_state(&mut self, target: Target) -> Result<Option<Waited>, Errno> {
+        self.answer(target, true)
     }
 
     fn reap_any(&mut self) -> Result<Option<(Pid, Waited)>, Errno> {
@@ -171,11 +226,11 @@ impl Reap for Procs {
         let exited = self.children.iter().find(|(_, c)| c.1.is_some());
         match exited.map(|(pid, _)| *pid) {
             Some(pid) => Ok(Some((pid, self.take(pid).into()))),
-            None => Ok(None),
+            None => Ok(self.traps.pop_first().map(|pid| (pid, TRAP_STATUS.into()))),
         }
     }
 
-    fn peek(&mut self) -> Result<Option<Pid>, Errno> {
+    fn peek(&mut self) -> Result<Option<(Pid, Waited)>, Errno> {
         assert!(
             !matches!(self.pass, Pass::All),
             "reap-all mode has no use for a peek"
@@ -184,11 +239,26 @@ impl Reap for Procs {
         if self.children.is_empty() {
             return Err(Errno::ECHILD);
         }
-        Ok(self
-            .children
-            .iter()
-            .find(|(_, c)| c.1.is_some())
-            .map(|(pid, _)| *pid))
+        Ok(self.children.iter().find_map(|(pid, c)| match c.1 {
+            Some(status) => Some((*pid, status.into())),
+            None if self.traps.contains(pid) => Some((*pid, TRAP_STATUS.into())),
+            None => None,
+        }))
+    }
+}
+
+/// A registration in the model: the serial of the process it was made
+/// for, and whether it is watched (and named) through a pidfd, whose
+/// model value is that serial.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Token {
+    serial: u64,
+    pidfd: bool,
+}
+
+impl Watched for Token {
+    fn pidfd(&self) -> Option<RawFd> {
+        self.pidfd.then_some(self.serial as RawFd)
     }
 }
 
@@ -196,55 +266,73 @@ impl Reap for Procs {
 #[derive(Debug, Default)]
 struct Model {
     procs: Procs,
-    table: ChildTable<u64>,
+    table: ChildTable<Token>,
     scratch: Vec<(Pid, Option<Waited>)>,
-    /// What the table should hold: pid → token (the serial registered).
-    registered: BTreeMap<Pid, u64>,
-    /// Tokens whose process is gone without our reaping it.
+    /// What the table should hold: pid → token.
+    registered: BTreeMap<Pid, Token>,
+    /// Serials whose process is gone without our reaping it.
     lostable: BTreeSet<u64>,
-    /// Tokens that got their one outcome.
+    /// Serials that got their one outcome.
     settled: BTreeSet<u64>,
     tokens: usize,
 }
 
 impl Model {
     /// Registers `token` under `pid`, as `Reactor::register` does.
-    fn register(&mut self, pid: Pid, token: u64) {
+    fn register(&mut self, pid: Pid, token: Token) {
         self.tokens += 1;
         if let Some(stale) = self.table.insert(pid, token) {
-            assert!(self.lostable.contains(&stale), "displaced a live child");
+            assert!(
+                self.lostable.contains(&stale.serial),
+                "displaced a live child"
+            );
             self.settle(pid, stale);
         }
         self.registered.insert(pid, token);
     }
 
-    fn settle(&mut self, pid: Pid, token: u64) {
+    fn settle(&mut self, pid: Pid, token: Token) {
         assert_eq!(self.registered.remove(&pid), Some(token), "wrong child");
-        assert!(self.settled.insert(token), "pid {pid} reported twice");
+        assert!(
+            self.settled.insert(token.serial),
+            "pid {pid} reported twice"
+        );
+    }
+
+    /// Whether the registration's process is running (not exited, not
+    /// gone, not replaced under the same pid).
+    fn alive(&self, pid: Pid, token: Token) -> bool {
+        self.procs.child(pid) == Some((token.serial, None))
     }
 
     /// One pass, with every report checked against the model.
     fn pass(&mut self, mode: Mode) {
         let all = mode == Mode::All;
         let start = self.registered.clone();
+        let scanned = start.values().filter(|t| !t.pidfd).count();
+        // What the pidfd backend's epoll set would report: pidfds of
+        // processes that exited or are gone.
+        let ready: Vec<Pid> = start
+            .iter()
+            .filter(|&(&pid, t)| t.pidfd && !self.alive(pid, *t))
+            .map(|(&pid, _)| pid)
+            .collect();
         let (mut out, mut errors) = (Vec::new(), self.procs.error.is_some());
         let (calls, eintr) = (self.procs.calls, self.procs.eintr);
+        let traps = self.procs.traps.len();
         self.procs.answered.clear();
         self.procs.reaps.clear();
         let scratch = &mut self.scratch;
+        self.procs.pass = match mode {
+            Mode::All => Pass::All,
+            _ => Pass::Selective(start.keys().copied().collect()),
+        };
+        let table = &mut self.table;
         let result = match mode {
-            Mode::All => {
-                self.procs.pass = Pass::All;
-                reap_all(&mut self.procs, &mut self.table, |r| out.push(r))
-            }
-            Mode::Scan => {
-                self.procs.pass = Pass::Selective(start.keys().copied().collect());
-                reap_own(&mut self.procs, &mut self.table, scratch, |r| out.push(r))
-            }
-            Mode::Peek => {
-                self.procs.pass = Pass::Selective(start.keys().copied().collect());
-                reap_peek(&mut self.procs, &mut self.table, scratch, |r| out.push(r))
-            }
+            Mode::All => reap_all(&mut self.procs, table, |r| out.push(r)),
+            Mode::Scan => reap_scan(&mut self.procs, table, scratch, |r| out.push(r)),
+            Mode::Peek => reap_peek(&mut self.procs, table, scratch, |r| out.push(r)),
+            Mode::Pidfd => reap_listed(&mut self.procs, table, &ready, |r| out.push(r)),
         };
         self.procs.pass = Pass::Any;
         errors &= self.procs.error.is_none();
@@ -254,14 +342,19 @@ impl Model {
         for &(pid, serial, status) in &self.procs.reaps {
             assert!(reaps.insert(pid, (serial, status)).is_none());
         }
+        let outcomes = out.len();
         for report in out {
             match report {
                 Reaped::Died(pid, status, token) => {
-                    assert_eq!(reaps.remove(&pid), Some((token, status.raw)), "bad death");
+                    let reaped = reaps.remove(&pid);
+                    assert_eq!(reaped, Some((token.serial, status.raw)), "bad death");
                     self.settle(pid, token);
                 }
                 Reaped::Lost(pid, token) => {
-                    assert!(self.lostable.contains(&token), "{pid} lost but alive");
+                    assert!(
+                        self.lostable.contains(&token.serial),
+                        "{pid} lost but alive"
+                    );
                     self.settle(pid, token);
                 }
                 Reaped::Stopped(..) | Reaped::Continued(..) => {
@@ -271,7 +364,11 @@ impl Model {
                     assert!(all, "selective mode reported stranger {pid}");
                     let (serial, st) = reaps.remove(&pid).expect("stranger not reaped");
                     assert_eq!(st, status.raw, "stranger {pid}'s status");
-                    assert_ne!(start.get(&pid), Some(&serial), "ours as a stranger");
+                    assert_ne!(
+                        start.get(&pid).map(|t| t.serial),
+                        Some(serial),
+                        "ours as a stranger"
+                    );
                 }
             }
         }
@@ -281,36 +378,56 @@ impl Model {
         if result.is_err() {
             return;
         }
-        // One conclusive waitpid per registered child, or k+1 for k exits.
-        // (A peek pass makes a peek and a waitpid per exit, and falls back
-        // to the scan when a stranger's zombie is first in line.)
+        // A scan probes each child without a pidfd once and reaps each
+        // death; the pidfd pass reaps each ready child; reap-all makes k+1
+        // calls for k exits; a peek pass a peek and a reap per exit, plus a
+        // scan when it found nothing of ours or a stranger was in line.
         let conclusive = self.procs.calls - calls - (eintr - self.procs.eintr) as usize;
+        let reaped = self.procs.reaps.len();
         match mode {
-            Mode::All => assert_eq!(conclusive, self.procs.reaps.len() + 1),
-            Mode::Scan => assert_eq!(conclusive, start.len(), "waitpid calls"),
-            Mode::Peek => assert!(conclusive <= 2 * self.procs.reaps.len() + 1 + start.len()),
+            // (Reap-all consumes ptrace stops too, one call each.)
+            Mode::All => assert_eq!(conclusive, reaped + 1 + traps - self.procs.traps.len()),
+            Mode::Scan => assert_eq!(conclusive, scanned + reaped, "waitid calls"),
+            Mode::Pidfd => assert_eq!(conclusive, ready.len(), "waitid calls"),
+            Mode::Peek => assert!(conclusive <= 2 * reaped + 1 + scanned + start.len()),
         }
         if all {
             assert!(self.procs.children.values().all(|c| c.1.is_none()));
             assert!(!self.procs.children.is_empty() || self.registered.is_empty());
-        } else {
-            for (&pid, &token) in &self.registered {
-                let state = self.procs.child(pid);
-                if mode == Mode::Peek {
-                    // A peek sees only zombies: a child some other reaper
-                    // took leaves none, and is reported by a later scan.
-                    let exited = matches!(state, Some((t, Some(_))) if t == token);
-                    assert!(!exited, "{pid} exited but not reported");
-                } else {
-                    let alive = state == Some((token, None));
-                    assert!(alive, "{pid} exited or gone but not reported");
+            return;
+        }
+        for (&pid, &token) in &self.registered {
+            let alive = self.alive(pid, token);
+            match mode {
+                Mode::Pidfd if token.pidfd => assert!(alive, "{pid}: ready pidfd not reported"),
+                Mode::Scan if !token.pidfd => assert!(alive, "{pid} exited or gone, unreported"),
+                // A peek that found nothing of ours scanned; one that found
+                // something leaves no zombie of ours behind.
+                Mode::Peek if outcomes == 0 && !token.pidfd => {
+                    assert!(alive, "{pid} exited or gone, unreported by a peek pass")
                 }
+                // (Pidfd children are the pidfd pass's: a peek backend has
+                // none, and its fallback scan skips them.)
+                Mode::Peek if !token.pidfd => {
+                    let exited =
+                        matches!(self.procs.child(pid), Some((s, Some(_))) if s == token.serial);
+                    assert!(!exited, "{pid} exited but not reported");
+                }
+                _ => {}
             }
         }
     }
 
+    /// Whether no process has `pid`.
     fn free(&self, pid: Pid) -> bool {
         self.procs.child(pid).is_none()
+    }
+
+    /// Whether a new process may take `pid`: no registration names it by
+    /// pid alone (per-pid waits would reap the newcomer as ours, a race only
+    /// pidfds close).
+    fn reusable(&self, pid: Pid) -> bool {
+        self.free(pid) && !matches!(self.registered.get(&pid), Some(t) if !t.pidfd)
     }
 }
 
@@ -319,6 +436,7 @@ impl Model {
 enum Mode {
     Scan,
     Peek,
+    Pidfd,
     All,
 }
 
@@ -338,38 +456,49 @@ pub fn run(data: &[u8]) {
         let Some(op) = next() else { break };
         let arg = next().unwrap_or(0);
         let pid = Pid::from_raw(libc::pid_t::from(arg % MAX_PIDS) + 1);
+        let pidfd = arg & 0x40 != 0;
         match op % 8 {
             // Spawn and register (a reused pid displaces a stale entry).
-            0 if model.free(pid) => {
+            0 if model.reusable(pid) => {
                 let serial = model.procs.spawn(pid);
-                model.register(pid, serial);
+                model.register(pid, Token { serial, pidfd });
             }
-            // Spawn a stranger, under a pid the table does not hold.
-            1 if model.free(pid) && !model.registered.contains_key(&pid) => {
+            // Spawn a stranger, under a pid no registration names by pid.
+            1 if model.reusable(pid) => {
                 model.procs.spawn(pid);
             }
             // Adopt a pid that is not a child of ours (`watch` by mistake).
-            2 if model.free(pid) => {
-                let token = model.procs.serial();
-                model.lostable.insert(token);
-                model.register(pid, token);
+            2 if model.reusable(pid) => {
+                let serial = model.procs.serial();
+                model.lostable.insert(serial);
+                model.register(pid, Token { serial, pidfd });
             }
             3 => {
-                let status = [next().unwrap_or(0), next().unwrap_or(0)];
-                model.procs.exit(pid, i32::from(u16::from_le_bytes(status)));
+                // A death status as the kernel makes them: an exit code, or
+                // a signal, with or without a core dump.
+                let (how, value) = (next().unwrap_or(0), i32::from(next().unwrap_or(0)));
+                let status = match how % 3 {
+                    0 => value << 8,
+                    1 => value % 31 + 1,
+                    _ => (value % 31 + 1) | 0x80,
+                };
+                model.procs.exit(pid, status);
             }
             4 => {
                 if let Some(serial) = model.procs.foreign_reap(pid) {
                     model.lostable.insert(serial);
                 }
             }
+            5 if arg & 0x80 != 0 => model.procs.trap(pid),
             5 => model.procs.inject_eintr(u32::from(arg % 4) + 1),
             6 if arg % 4 == 0 => model
                 .procs
                 .inject_error(usize::from(arg / 4 % 4), Errno::EINVAL),
             6 if arg % 4 == 1 => model.pass(Mode::Peek),
+            6 if arg % 4 == 2 => model.pass(Mode::Pidfd),
             6 => model.pass(Mode::Scan),
-            7 => model.pass(Mode::All),
+            // Reap-all reactors have no pidfds: it names children by pid.
+            7 if !model.registered.values().any(|t| t.pidfd) => model.pass(Mode::All),
             _ => {}
         }
     }
@@ -379,8 +508,9 @@ pub fn run(data: &[u8]) {
     }
     model.procs.eintr = 0;
     model.procs.error = None;
+    model.pass(Mode::Pidfd);
     model.pass(Mode::Scan);
-    assert!(model.table.is_empty(), "children left after a clean pass");
+    assert!(model.table.is_empty(), "children left after clean passes");
     assert_eq!(
         model.settled.len(),
         model.tokens,

@@ -258,6 +258,7 @@ mod spawn;
 mod sys;
 mod table;
 mod timer;
+mod watcher;
 
 pub use drop_policy::DropPolicy;
 pub use error::{Error, Result};

@@ -73,8 +73,8 @@ pub enum Forked {
     Child,
 }
 
-pub(crate) type ForkFn = Box<dyn FnMut() -> io::Result<Option<Pid>>>;
-pub(crate) type UnknownFn<C> = Box<dyn FnMut(&mut C, Pid, ExitStatus) -> Claim>;
+pub(crate) type ForkFn = Box<dyn FnMut() -> io::Result<Option<Pid>> + Send>;
+pub(crate) type UnknownFn<C> = Box<dyn FnMut(&mut C, Pid, ExitStatus) -> Claim + Send>;
 
 /// The mode and hooks a [`Reactor`](crate::Reactor) is created with
 /// (libxl's `libxl_childproc_hooks`).
@@ -129,11 +129,13 @@ impl<C> Hooks<C> {
     /// real child of this process, `Ok(None)` only in the new process,
     /// or an error having started nothing. Use it to learn pids, to wrap
     /// `fork` with bookkeeping of your own, or to inject failures in tests. A
-    /// replacement that lies breaks no memory safety: a pid that is not our
-    /// child is reported as [`Outcome::Lost`](crate::Outcome::Lost).
+    /// replacement that lies breaks no memory safety: a pid ≤ 0 or this
+    /// process's own is refused with [`Error::InvalidPid`](crate::Error::InvalidPid)
+    /// (nothing registered), and any other pid that is not our child is
+    /// reported as [`Outcome::Lost`](crate::Outcome::Lost).
     pub fn fork_replacement(
         mut self,
-        f: impl FnMut() -> io::Result<Option<Pid>> + 'static,
+        f: impl FnMut() -> io::Result<Option<Pid>> + Send + 'static,
     ) -> Self {
         self.fork_replacement = Some(Box::new(f));
         self
@@ -146,7 +148,7 @@ impl<C> Hooks<C> {
     /// application's loop, with the application's context.
     pub fn unknown_child(
         mut self,
-        f: impl FnMut(&mut C, Pid, ExitStatus) -> Claim + 'static,
+        f: impl FnMut(&mut C, Pid, ExitStatus) -> Claim + Send + 'static,
     ) -> Self {
         self.unknown_child = Some(Box::new(f));
         self

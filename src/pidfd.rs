@@ -8,11 +8,13 @@
 //! table into the new process (and closes the close-on-exec entries at
 //! exec), and `RLIMIT_NOFILE` caps the number of children.
 //!
-//! The pidfd is used for readiness and signals only; reaping stays
-//! `wait4(pid, WNOHANG)`, which also works before Linux 5.10, where a pidfd
-//! ignores `O_NONBLOCK`.
+//! The pidfd is the child's identity: readiness, reaping
+//! (`waitid(P_PIDFD)`, Linux >= 5.4) and every signal
+//! (`pidfd_send_signal`) go through it, so a pid that other code reaped and
+//! the kernel gave to another process is never waited for or signalled in
+//! the child's place.
 //!
-//! `pidfd_open` is probed once per process. `ENOSYS` (kernel too old),
+//! `pidfd_open` and `waitid(P_PIDFD)` are probed once per process. `ENOSYS` (kernel too old),
 //! `EINVAL` and `EPERM` (seccomp filters answer either) mean "not here": the
 //! reactor then falls back to the peek backend. A failure for one child
 //! later (`EMFILE`) makes that child alone fall back to `SIGCHLD`.
@@ -52,8 +54,10 @@ pub(crate) fn supported() -> bool {
         YES => true,
         NO => false,
         _ => {
+            // Reaping goes through `waitid(P_PIDFD)` (Linux >= 5.4): a
+            // kernel with pidfds but without that is treated as without.
             let ok = match open(Pid::this()) {
-                Ok(_) => true,
+                Ok(fd) => crate::sys::waitid_pidfd_works(fd.as_raw_fd()),
                 Err(e) => !matches!(
                     e.raw_os_error(),
                     Some(libc::ENOSYS | libc::EINVAL | libc::EPERM)
@@ -108,6 +112,10 @@ impl Polled {
 
     pub(crate) fn fd(&self) -> &OwnedFd {
         &self.fd
+    }
+
+    pub(crate) fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
     }
 }
 

@@ -54,9 +54,9 @@ impl Poller {
     }
 
     /// The pids whose pidfds are ready now (`epoll_wait` with no timeout),
-    /// into `out`. Reads until the kernel has nothing more, so nothing stays
-    /// ready unseen.
-    pub(crate) fn ready(&mut self, out: &mut Vec<Pid>) -> io::Result<()> {
+    /// into `out`, and whether the wake pipe is readable. Reads until the
+    /// kernel has nothing more, so nothing stays ready unseen.
+    pub(crate) fn ready(&mut self, out: &mut Vec<Pid>) -> io::Result<bool> {
         if self.events.is_empty() {
             self.events.resize(64, EpollEvent::empty());
         }
@@ -66,6 +66,7 @@ impl Poller {
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(e.into()),
             };
+            let pipe = self.events[..n].iter().any(|e| e.data() == PIPE);
             out.extend(
                 self.events[..n]
                     .iter()
@@ -78,7 +79,7 @@ impl Poller {
             // but the caller reaps only after we return: ask once with a
             // bigger buffer instead.
             if n < self.events.len() {
-                return Ok(());
+                return Ok(pipe);
             }
             let bigger = self.events.len() * 2;
             self.events.resize(bigger, EpollEvent::empty());

@@ -1,12 +1,15 @@
 //! The event source: one wake descriptor for the loop, a table of children,
-//! and the SIGCHLD mode's resources (handler registration, reap-all token).
+//! and the [`Watcher`] that decides how each child is watched, reaped and
+//! signalled.
 //!
 //! Reaping and callbacks live in `dispatch.rs`, `fork` in `fork.rs`; this
-//! file holds creation, mode changes, `kill` and the `mio` integration.
+//! file holds creation, mode changes, registration and the `mio`
+//! integration.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -15,11 +18,10 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
 use crate::mode::{ForkFn, UnknownFn};
-use crate::poller::Poller;
-use crate::selfpipe::SelfPipe;
-use crate::sigchld::{self, ReapAllToken, Registration};
+use crate::reap::Watched;
 use crate::table::ChildTable;
 use crate::timer::Deadlines;
+use crate::watcher::{Watch, Watcher};
 use crate::{
     Backend, ChildId, ChildState, DropPolicy, Error, Exit, Hooks, Pid, Result, SigchldOwner,
 };
@@ -28,10 +30,10 @@ use crate::{
 /// `sigchld_occurred`), after the child has left the reactor's tables. It
 /// gets the application's context, the reactor itself (to start, signal or
 /// adopt other children), and the report.
-pub(crate) type OnDeath<C> = Box<dyn FnOnce(&mut C, &mut Reactor<C>, Exit)>;
+pub(crate) type OnDeath<C> = Box<dyn FnOnce(&mut C, &mut Reactor<C>, Exit) + Send>;
 
 /// A stop/continue callback (see `Reactor::on_state_change`).
-pub(crate) type OnState<C> = Box<dyn FnMut(&mut C, &mut Reactor<C>, ChildId, ChildState)>;
+pub(crate) type OnState<C> = Box<dyn FnMut(&mut C, &mut Reactor<C>, ChildId, ChildState) + Send>;
 
 /// Work waiting to be handed to the application.
 pub(crate) enum Pending<C> {
@@ -58,22 +60,25 @@ pub struct Stats {
     /// Calls of `dispatch` in the process that created the reactor, spurious
     /// ones included.
     pub dispatches: u64,
+    /// Wait-family system calls (`waitid`, `wait4`) the reactor made, for
+    /// reaping and for probing. A `dispatch` that nothing woke makes none.
+    pub wait_calls: u64,
 }
 
-/// A registered child: its serial (the rest of its [`ChildId`]) and what to
-/// do when it dies.
+/// A registered child: its serial (the rest of its [`ChildId`]), how it is
+/// watched, and what to do when it dies.
 pub(crate) struct Entry<C> {
     pub(crate) serial: u64,
     pub(crate) on_death: OnDeath<C>,
-    /// With the pidfd backend, the child's pidfd (in the poller's set). None
-    /// in other backends, and for a child whose pidfd could not be opened,
-    /// which is then watched through `SIGCHLD`.
-    pub(crate) pidfd: Option<crate::pidfd::Polled>,
-    /// With the pidfd backend, a child whose pidfd could not be opened and
-    /// which is watched through `SIGCHLD` instead.
-    pub(crate) fallback: bool,
+    pub(crate) watch: Watch,
     /// Stop/continue callback, for children that asked for one.
     pub(crate) on_state: Option<OnState<C>>,
+}
+
+impl<C> Watched for Entry<C> {
+    fn pidfd(&self) -> Option<RawFd> {
+        self.watch.pidfd()
+    }
 }
 
 /// Numbers reactors, so a [`ChildId`] says which reactor issued it.
@@ -84,7 +89,9 @@ static REACTORS: AtomicU32 = AtomicU32::new(0);
 ///
 /// `C` is the application's context: [`dispatch`](Reactor::dispatch) takes a
 /// `&mut C` and hands it to every callback, so callbacks need no `Rc` or
-/// globals.
+/// globals. The reactor is `Send` whatever `C` is (callbacks are `Send`), so
+/// it can move into another thread or a task of a multi-threaded runtime;
+/// it is not `Sync`: one thread drives it at a time.
 ///
 /// The reactor shows the loop one descriptor however many children it has.
 /// Register it with `mio` like a socket ([`Source`]), or watch
@@ -96,52 +103,35 @@ static REACTORS: AtomicU32 = AtomicU32::new(0);
 ///
 /// Dropping the reactor first applies its [`DropPolicy`] to the children it
 /// still has (by default it leaves them running), then releases its
-/// `SIGCHLD` registration (removing the handler if it was the last user,
-/// and restoring the previous disposition if ours is still installed),
-/// gives up `LibraryAlways`, closes its
-/// descriptors and drops the callbacks of children still alive without
-/// calling them. Children left alone remain children of the process, and
-/// whoever reaps them next gets their status: keep the reactor until its
-/// children are gone, or choose [`DropPolicy::KillAndReap`], to avoid
-/// zombies.
+/// `SIGCHLD` registration, gives up `LibraryAlways`, closes its descriptors
+/// and drops the callbacks of children still alive without calling them.
+/// Children left alone remain children of the process, and whoever reaps
+/// them next gets their status: keep the reactor until its children are
+/// gone, or choose [`DropPolicy::KillAndReap`], to avoid zombies.
 ///
-/// Dropped in a forked child, it only closes that child's copies of its
-/// descriptors and frees nothing (freeing memory is not async-signal-safe).
+/// Dropped in a forked child, it only closes that process's copies of its
+/// descriptors (`close(2)`, async-signal-safe) and neither allocates nor
+/// frees memory (the allocator's lock may be held by a thread that does not
+/// exist in the child).
 pub struct Reactor<C> {
     /// The process that created the reactor; any other process is a forked
     /// child and gets `Error::ForkedChild`.
     pub(crate) owner: Pid,
-    pub(crate) mode: SigchldOwner,
-    /// The `Library`-mode backend in use (never `Auto`).
-    pub(crate) backend: Backend,
-    pub(crate) fork_replacement: Option<ForkFn>,
-    pub(crate) unknown_child: Option<UnknownFn<C>>,
+    pub(crate) fork_replacement: ManuallyDrop<Option<ForkFn>>,
+    pub(crate) unknown_child: ManuallyDrop<Option<UnknownFn<C>>>,
     /// This reactor's number, part of every [`ChildId`] it issues.
     pub(crate) number: u32,
     /// The serial of the next child registered.
     pub(crate) next_serial: u64,
-    pub(crate) children: ChildTable<Entry<C>>,
-    pub(crate) pending: VecDeque<Pending<C>>,
-    pub(crate) scratch: Vec<(Pid, Option<crate::reap::Waited>)>,
-    /// Pids whose pidfds are ready (pidfd backend), reused.
-    pub(crate) ready: Vec<Pid>,
-    /// Children of the pidfd backend without a pidfd (`Entry::fallback`).
-    pub(crate) unpolled: usize,
-    /// Children with a stop/continue callback (possibly stale: pruned by
-    /// each pass).
-    pub(crate) stateful: Vec<Pid>,
+    pub(crate) children: ManuallyDrop<ChildTable<Entry<C>>>,
+    pub(crate) pending: ManuallyDrop<VecDeque<Pending<C>>>,
+    pub(crate) scratch: ManuallyDrop<Vec<(Pid, Option<crate::reap::Waited>)>>,
     /// SIGKILL deadlines of `terminate`.
-    pub(crate) deadlines: Deadlines,
+    pub(crate) deadlines: ManuallyDrop<Deadlines>,
     pub(crate) drop_policy: DropPolicy,
     pub(crate) stats: Stats,
-    /// Held in `Library` mode while children are registered, and in
-    /// `LibraryAlways` mode always. Dropped before `pipe` is closed.
-    pub(crate) registration: Option<Registration>,
-    pub(crate) reap_all: Option<ReapAllToken>,
-    /// The descriptor the loop watches: an epoll set holding `pipe` (and
-    /// pidfds).
-    pub(crate) poller: Poller,
-    pub(crate) pipe: SelfPipe,
+    /// Dropped after `children` (whose pidfds sit in its epoll set).
+    pub(crate) watcher: ManuallyDrop<Watcher>,
 }
 
 impl<C> Reactor<C> {
@@ -163,29 +153,20 @@ impl<C> Reactor<C> {
     ///   the process is in that mode; [`Error::HandlerConflict`] if `SIGCHLD`
     ///   is ignored or has `SA_NOCLDWAIT`; [`Error::TooManyReactors`].
     pub fn new(hooks: Hooks<C>) -> Result<Self> {
-        let pipe = SelfPipe::new().map_err(|e| Error::io("pipe2", e))?;
-        let poller = Poller::new(pipe.read_fd()).map_err(|e| Error::io("epoll_create1", e))?;
+        crate::sigchld::init();
         let mut reactor = Reactor {
             owner: Pid::this(),
-            mode: SigchldOwner::Library,
-            backend: Backend::Scan,
-            fork_replacement: None,
-            unknown_child: None,
+            fork_replacement: ManuallyDrop::new(None),
+            unknown_child: ManuallyDrop::new(None),
             number: REACTORS.fetch_add(1, Ordering::Relaxed),
             next_serial: 0,
-            children: ChildTable::default(),
-            pending: VecDeque::new(),
-            scratch: Vec::new(),
-            ready: Vec::new(),
-            unpolled: 0,
-            stateful: Vec::new(),
-            deadlines: Deadlines::default(),
+            children: ManuallyDrop::default(),
+            pending: ManuallyDrop::default(),
+            scratch: ManuallyDrop::default(),
+            deadlines: ManuallyDrop::default(),
             drop_policy: DropPolicy::Leave,
             stats: Stats::default(),
-            registration: None,
-            reap_all: None,
-            poller,
-            pipe,
+            watcher: ManuallyDrop::new(Watcher::new()?),
         };
         reactor.apply(hooks)?;
         Ok(reactor)
@@ -212,94 +193,57 @@ impl<C> Reactor<C> {
         self.apply(hooks)
     }
 
-    /// Acquires what the new mode needs, then commits; on error the reactor
-    /// is as it was (a newly taken token or registration is dropped again).
     fn apply(&mut self, hooks: Hooks<C>) -> Result<()> {
-        let always = hooks.owner == SigchldOwner::LibraryAlways;
-        let token = match (always, self.reap_all.is_some()) {
-            (true, false) => Some(ReapAllToken::take()?),
-            _ => None,
-        };
-        let registration = match (always, self.registration.is_some()) {
-            (true, false) => Some(sigchld::register(self.pipe.write_raw())?),
-            _ => None,
-        };
-        if always {
-            self.reap_all = self.reap_all.take().or(token);
-            self.registration = self.registration.take().or(registration);
-            // Children that died before we took over are already waiting:
-            // make the first dispatch look for them.
-            self.pipe.wake();
-        } else {
-            // No child is registered, so neither Library nor Mainloop needs
-            // the handler now.
-            self.reap_all = None;
-            self.registration = None;
-        }
-        self.mode = hooks.owner;
-        self.backend = match hooks.backend {
-            Backend::Auto | Backend::Pidfd if crate::pidfd::supported() => Backend::Pidfd,
-            Backend::Auto | Backend::Pidfd => Backend::Peek,
-            other => other,
-        };
-        self.fork_replacement = hooks.fork_replacement;
-        self.unknown_child = hooks.unknown_child;
+        self.watcher.apply(hooks.owner, hooks.backend)?;
+        *self.fork_replacement = hooks.fork_replacement;
+        *self.unknown_child = hooks.unknown_child;
         Ok(())
     }
 
-    /// Adds a started child to the table and returns its id. With the pidfd
-    /// backend, opens the child's pidfd and puts it in the poller's set; if
-    /// that fails (`EMFILE`), the child is watched through `SIGCHLD`.
-    pub(crate) fn register(&mut self, pid: Pid, on_death: OnDeath<C>) -> ChildId {
+    /// Adds a child that has just been started (or is being adopted) to
+    /// the table and returns its id.
+    ///
+    /// A pid that cannot name a child (≤ 0, or this process) is refused
+    /// with [`Error::InvalidPid`]. If the child cannot be watched (no pidfd
+    /// and no handler either), the error is returned and nothing is
+    /// registered: the caller decides what becomes of the child.
+    pub(crate) fn register(&mut self, pid: Pid, on_death: OnDeath<C>) -> Result<ChildId> {
+        if pid.as_raw() <= 0 || pid == self.owner {
+            return Err(Error::InvalidPid { pid });
+        }
+        let watch = self.watcher.watch(pid)?;
         let serial = self.next_serial;
         self.next_serial += 1;
-        let pidfd = if self.uses_pidfds() {
-            self.open_pidfd(pid)
-        } else {
-            None
-        };
-        let fallback = self.uses_pidfds() && pidfd.is_none();
-        self.unpolled += usize::from(fallback);
         let entry = Entry {
             serial,
             on_death,
-            pidfd,
-            fallback,
+            watch,
             on_state: None,
         };
         if let Some(stale) = self.children.insert(pid, entry) {
             // The kernel gave out this pid again, so the child we had under
             // it was reaped by someone else.
             self.stats.lost += 1;
-            self.unpolled -= usize::from(stale.fallback);
             let stale_id = self.id(pid, stale.serial);
+            self.watcher.unwatch(stale.watch);
             self.pending
                 .push_back(Pending::Death(stale.on_death, Exit::lost(stale_id)));
-            self.pipe.wake();
+            self.watcher.wake();
         }
-        self.id(pid, serial)
+        Ok(self.id(pid, serial))
     }
 
-    /// Whether this reactor watches its children through pidfds.
-    pub(crate) fn uses_pidfds(&self) -> bool {
-        self.mode == SigchldOwner::Library && self.backend == Backend::Pidfd
-    }
-
-    fn open_pidfd(&mut self, pid: Pid) -> Option<crate::pidfd::Polled> {
-        let opened = crate::pidfd::open(pid).and_then(|fd| self.poller.add(pid, fd));
-        match opened {
-            Ok(fd) => Some(fd),
-            Err(_e) => {
-                #[cfg(feature = "log")]
-                log::warn!("evchild: no pidfd for child {pid} ({_e}); watching it through SIGCHLD");
-                if self.registration.is_none() {
-                    // If even this fails, the child is still scanned by every
-                    // dispatch (`unpolled`), which something else may wake.
-                    self.registration = sigchld::register(self.pipe.write_raw()).ok();
-                }
-                // It may have died before the handler was there: look now.
-                self.pipe.wake();
-                None
+    /// [`register`](Self::register) for a child this reactor started: if it
+    /// cannot be registered, it is killed and reaped at once (the caller
+    /// gets no id, so nothing could ever stop or report it), and the error
+    /// is returned.
+    pub(crate) fn register_started(&mut self, pid: Pid, on_death: OnDeath<C>) -> Result<ChildId> {
+        match self.register(pid, on_death) {
+            Ok(id) => Ok(id),
+            Err(e @ Error::InvalidPid { .. }) => Err(e),
+            Err(e) => {
+                crate::sys::kill_and_reap(pid);
+                Err(e)
             }
         }
     }
@@ -314,14 +258,16 @@ impl<C> Reactor<C> {
 
     /// The SIGCHLD mode.
     pub fn mode(&self) -> SigchldOwner {
-        self.mode
+        self.watcher.mode()
     }
 
     /// The backend `Library` mode uses to find dead children: the one asked
     /// for in [`Hooks::backend`], or what `Auto` chose, or `Peek` where
-    /// pidfds are not available. Never [`Backend::Auto`].
-    pub fn backend(&self) -> Backend {
-        self.backend
+    /// pidfds are not available. Never [`Backend::Auto`]. `None` in
+    /// `Mainloop` mode (the application reaps) and `LibraryAlways` mode
+    /// (which reaps every child with `wait4(-1)`).
+    pub fn backend(&self) -> Option<Backend> {
+        self.watcher.backend()
     }
 
     /// How many children are registered (started and not yet reported dead).
@@ -337,11 +283,16 @@ impl<C> Reactor<C> {
     /// Whether `id` is a registered, live child of this reactor (its death
     /// not yet reported).
     pub fn contains(&self, id: ChildId) -> bool {
-        id.reactor == self.number
-            && self
-                .children
-                .get(id.pid)
-                .is_some_and(|entry| entry.serial == id.serial)
+        self.entry(id).is_some()
+    }
+
+    pub(crate) fn entry(&self, id: ChildId) -> Option<&Entry<C>> {
+        if id.reactor != self.number {
+            return None;
+        }
+        self.children
+            .get(id.pid)
+            .filter(|entry| entry.serial == id.serial)
     }
 
     /// The ids of the registered children, in no particular order.
@@ -399,21 +350,21 @@ impl<C> AsFd for Reactor<C> {
     /// The descriptor that becomes readable when `dispatch` has work. Watch
     /// it for readability only; never read from it yourself.
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.poller.fd()
+        self.watcher.fd()
     }
 }
 
 impl<C> AsRawFd for Reactor<C> {
     fn as_raw_fd(&self) -> RawFd {
-        self.poller.fd().as_raw_fd()
+        self.watcher.fd().as_raw_fd()
     }
 }
 
 impl<C> fmt::Debug for Reactor<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Reactor")
-            .field("mode", &self.mode)
-            .field("backend", &self.backend)
+            .field("mode", &self.mode())
+            .field("backend", &self.backend())
             .field("children", &self.children.len())
             .field("pending", &self.pending.len())
             .field("fd", &self.as_raw_fd())

@@ -183,14 +183,6 @@ impl Registration {
             refresh_flags(&st);
         }
     }
-
-    /// Leaves the registration in place without touching the registry. Used
-    /// in a forked child, where the registry lock may be held forever by a
-    /// thread that no longer exists, and where the handler ignores the slot
-    /// anyway (its pid is the parent's).
-    pub(crate) fn forget(self) {
-        std::mem::forget(self);
-    }
 }
 
 impl Drop for Registration {
@@ -334,10 +326,22 @@ fn current() -> Result<libc::sigaction, Error> {
     Ok(old)
 }
 
-/// `Err(HandlerConflict)` if the current disposition makes the kernel reap
-/// children by itself (`SIG_IGN`, `SA_NOCLDWAIT`); installs nothing.
-pub(crate) fn check_reapable() -> Result<(), Error> {
-    check_usable(&current()?)
+/// Prepares the process-wide state; called by every `Reactor::new`.
+pub(crate) fn init() {}
+
+/// Called before every child start: refuses a disposition that makes the
+/// kernel reap children by itself, and, if `needs_handler`, puts our handler
+/// back when someone reset `SIGCHLD` to `SIG_DFL` after we installed it
+/// (libuv and libev do that when they stop).
+pub(crate) fn before_start(needs_handler: bool) -> Result<(), Error> {
+    let cur = current()?;
+    check_usable(&cur)?;
+    if needs_handler && cur.sa_sigaction == libc::SIG_DFL {
+        let mut st = state();
+        install(st.stops > 0)?;
+        st.installed = true;
+    }
+    Ok(())
 }
 
 fn check_usable(old: &libc::sigaction) -> Result<(), Error> {
@@ -486,11 +490,6 @@ impl ReapAllToken {
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .map(|_| ReapAllToken(()))
             .map_err(|_| Error::ReapAllTaken)
-    }
-
-    /// Like [`Registration::forget`], for a forked child.
-    pub(crate) fn forget(self) {
-        std::mem::forget(self);
     }
 }
 

@@ -90,8 +90,10 @@ impl<C> Reactor<C> {
     ///   working directory does not exist (`NotFound`), or `fork`/`clone`
     ///   failed. Nothing is registered, no zombie is left (std reaps a child
     ///   whose exec failed), and the handler's users are as they were.
-    /// * [`Error::HandlerConflict`] / [`Error::TooManyReactors`] (`Library`
-    ///   mode) if the handler cannot be installed; nothing was started.
+    /// * [`Error::HandlerConflict`] if `SIGCHLD` is ignored or has
+    ///   `SA_NOCLDWAIT` (checked before every start, in every mode: the
+    ///   kernel would reap the child itself), or [`Error::TooManyReactors`]
+    ///   if the handler cannot be installed; nothing was started.
     /// * [`Error::ForkedChild`] in a forked child; nothing was started.
     /// * [`Error::Io`] (`fcntl`) if a pipe could not be made non-blocking (it
     ///   cannot happen to a valid pipe on Linux): the child had started, and
@@ -100,25 +102,29 @@ impl<C> Reactor<C> {
     pub fn spawn(
         &mut self,
         command: &mut Command,
-        on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + 'static,
+        on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + Send + 'static,
     ) -> Result<Spawned> {
         self.check_process()?;
         let on_death: OnDeath<C> = Box::new(on_death);
         self.children.reserve_one();
-        let acquired = self.need_handler()?;
+        let acquired = self.watcher.before_start()?;
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(source) => {
-                if acquired {
-                    self.registration = None;
-                }
+                self.watcher.abort_start(acquired);
                 return Err(Error::Spawn {
                     program: command.get_program().to_string_lossy().into_owned(),
                     source,
                 });
             }
         };
-        let id = self.register(Pid::from(child.id()), on_death);
+        let id = match self.register_started(Pid::from(child.id()), on_death) {
+            Ok(id) => id,
+            Err(e) => {
+                self.watcher.abort_start(acquired);
+                return Err(e);
+            }
+        };
         // std's `Child` neither waits nor kills on drop: from here on the
         // reactor alone owns the child's death.
         match nonblocking_stdio(&mut child) {
@@ -148,6 +154,7 @@ impl<C> Reactor<C> {
     /// # Errors
     ///
     /// Nothing is registered on error.
+    /// * [`Error::InvalidPid`] if `pid` is ≤ 0 or this process's own.
     /// * [`Error::NotAChild`] if `pid` is not a child of this process, or was
     ///   already reaped (probed with `waitid(WNOWAIT)`, which reaps nothing).
     /// * [`Error::AlreadyWatched`] if `pid` is registered with this reactor.
@@ -156,29 +163,36 @@ impl<C> Reactor<C> {
     pub fn watch(
         &mut self,
         pid: Pid,
-        on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + 'static,
+        on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + Send + 'static,
     ) -> Result<ChildId> {
         self.check_process()?;
+        if pid.as_raw() <= 0 || pid == self.owner {
+            return Err(Error::InvalidPid { pid });
+        }
         if self.children.get(pid).is_some() {
             return Err(Error::AlreadyWatched { pid });
         }
         let on_death: OnDeath<C> = Box::new(on_death);
         self.children.reserve_one();
         // Handler first: a child that dies after the probe must wake us.
-        let acquired = self.need_handler()?;
-        if let Err(e) = crate::sys::probe_child(pid) {
-            if acquired {
-                self.registration = None;
+        let acquired = self.watcher.before_start()?;
+        let registered = match crate::sys::probe_child(pid) {
+            Ok(()) => self.register(pid, on_death),
+            Err(nix::errno::Errno::ECHILD) => Err(Error::NotAChild { pid }),
+            Err(e) => Err(Error::io("waitid", e)),
+        };
+        match registered {
+            Ok(id) => {
+                // Its SIGCHLD may have come before our handler was there:
+                // look now.
+                self.watcher.wake();
+                Ok(id)
             }
-            return Err(match e {
-                nix::errno::Errno::ECHILD => Error::NotAChild { pid },
-                e => Error::io("waitid", e),
-            });
+            Err(e) => {
+                self.watcher.abort_start(acquired);
+                Err(e)
+            }
         }
-        let id = self.register(pid, on_death);
-        // Its SIGCHLD may have come before our handler was there: look now.
-        self.pipe.wake();
-        Ok(id)
     }
 }
 

@@ -70,10 +70,6 @@ impl<T> ChildTable<T> {
         self.slab.get_mut(key).map(|(_, value)| value)
     }
 
-    pub(crate) fn pids(&self) -> impl Iterator<Item = Pid> + '_ {
-        self.slab.iter().map(|(_, (pid, _))| *pid)
-    }
-
     pub(crate) fn iter(&self) -> impl Iterator<Item = (Pid, &T)> + '_ {
         self.slab.iter().map(|(_, (pid, value))| (*pid, value))
     }

@@ -7,7 +7,7 @@
 mod util;
 
 use std::process::{Child, Command};
-use std::rc::Rc;
+use std::sync::Arc as Rc;
 use std::time::{Duration, Instant};
 
 use evchild::{ChildId, DropPolicy, Exit, Pid, Reactor};

@@ -134,12 +134,12 @@ fn check_listings(hooks: Hooks<Deaths>, what: &str) {
         .map(|_| fork_waiting(&mut reactor, &gate, record))
         .collect();
     let pidfds = count(PIDFD) - pidfds_before;
-    let expected = if reactor.mode() == SigchldOwner::Library && reactor.backend() == Backend::Pidfd
-    {
-        LIVE
-    } else {
-        0
-    };
+    let expected =
+        if reactor.mode() == SigchldOwner::Library && reactor.backend() == Some(Backend::Pidfd) {
+            LIVE
+        } else {
+            0
+        };
     assert_eq!(pidfds, expected, "{what}: pidfds of the live children");
 
     let (listing, spawned) = spawn_listing(&mut reactor);

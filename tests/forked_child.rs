@@ -372,7 +372,7 @@ fn callback_not_dropped_in_child() {
             parent: Pid::this(),
             fd: probe_write.as_raw_fd(),
         };
-        let ran = std::rc::Rc::new(std::cell::Cell::new(false));
+        let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let ran_in_callback = ran.clone();
         // SAFETY: the child only calls `_exit`; whatever evchild does with the
         // callback in the child before returning (it must leak it) is
@@ -380,7 +380,7 @@ fn callback_not_dropped_in_child() {
         let child = match unsafe {
             reactor.fork(move |d: &mut Deaths, r: &mut Reactor<Deaths>, exit| {
                 let _probe = probe;
-                ran_in_callback.set(true);
+                ran_in_callback.store(true, std::sync::atomic::Ordering::Relaxed);
                 record(d, r, exit);
             })
         } {
@@ -390,7 +390,7 @@ fn callback_not_dropped_in_child() {
         };
         lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == 1);
         assert_eq!(deaths.status(child).code(), Some(0));
-        assert!(ran.get());
+        assert!(ran.load(std::sync::atomic::Ordering::Relaxed));
         // Every write end is closed now (ours here, the child's at its exit):
         // read to end of file.
         drop(probe_write);

@@ -18,13 +18,11 @@
 
 mod util;
 
-use std::cell::Cell;
 use std::collections::{BTreeSet, HashSet};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::process::{Command, Stdio};
-use std::rc::Rc;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -43,7 +41,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 fn fork_raise<C>(
     reactor: &mut Reactor<C>,
     signal: libc::c_int,
-    on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + 'static,
+    on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + Send + 'static,
 ) -> ChildId {
     // SAFETY: the child only calls `signal`, `raise` and `_exit`, which are
     // all async-signal-safe.
@@ -77,7 +75,7 @@ fn assert_sigchld_default() {
 /// (Unless another reactor with a `SIGCHLD` backend has live children.)
 #[track_caller]
 fn assert_sigchld_as_backend_needs<C>(reactor: &Reactor<C>) {
-    if reactor.backend() == Backend::Pidfd {
+    if reactor.backend() == Some(Backend::Pidfd) {
         assert_sigchld_default();
     } else {
         assert_sigchld_handled();
@@ -470,7 +468,7 @@ fn set_mode_refused_with_live_children() {
     {
         let _reap = ReapOnPanic;
         let gate = Gate::new();
-        let forks = Rc::new(Cell::new(0));
+        let forks = util::Shared::new(0);
         let counter = forks.clone();
         let hooks = util::hooks(SigchldOwner::Library).fork_replacement(move || {
             counter.set(counter.get() + 1);
@@ -674,7 +672,7 @@ fn fork_replacement_hook() {
         let _reap = ReapOnPanic;
         let gate = Gate::new();
         assert_sigchld_default();
-        let calls = Rc::new(Cell::new(0));
+        let calls = util::Shared::new(0);
         let counter = calls.clone();
         let failing = util::hooks(SigchldOwner::Library).fork_replacement(move || {
             counter.set(counter.get() + 1);
@@ -716,7 +714,7 @@ fn fork_replacement_hook() {
         assert_sigchld_default();
 
         // Now one that forwards to fork(2) and counts.
-        let forwarded = Rc::new(Cell::new(0));
+        let forwarded = util::Shared::new(0);
         let counter = forwarded.clone();
         reactor
             .set_mode(
@@ -790,7 +788,7 @@ fn descriptors_are_not_inherited() {
         let waiting = fork_waiting(&mut reactor, &gate, record);
         for fd in util::open_fds() {
             if fd_target(fd) == PIDFD {
-                assert_eq!(reactor.backend(), Backend::Pidfd, "a pidfd in {fd}");
+                assert_eq!(reactor.backend(), Some(Backend::Pidfd), "a pidfd in {fd}");
                 assert_cloexec(fd);
             }
         }
@@ -991,7 +989,7 @@ fn stale_id_refused_when_its_pid_is_registered_again() {
     {
         let _reap = ReapOnPanic;
         let gate = Gate::new();
-        let forked: Rc<Cell<Option<Pid>>> = Rc::default();
+        let forked: util::Shared<Option<Pid>> = util::Shared::default();
         let last = forked.clone();
         let hooks = util::hooks(SigchldOwner::Library).fork_replacement(move || match last.get() {
             // The "recycled" pid: no new process.

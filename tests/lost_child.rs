@@ -54,7 +54,7 @@ fn library_child_reaped_by_someone_else_is_lost() {
     {
         let _reap = util::ReapOnPanic;
         let (mut reactor, mut lp, mut deaths) = util::library_loop::<Vec<Exit>>();
-        let peek = reactor.backend() == Backend::Peek;
+        let peek = reactor.backend() == Some(Backend::Peek);
 
         let (mut gl, mut gk) = (Gate::new(), Gate::new());
         let lost = fork_gated(&mut reactor, &gl, 9, record);

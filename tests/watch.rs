@@ -81,17 +81,18 @@ fn watch_refuses_what_is_not_our_child() {
     let reaped_pid = pid_of(&reaped);
     assert!(reaped.wait().expect("std wait").success());
 
-    for raw in [
-        1,
-        std::process::id() as libc::pid_t,
-        0,
-        -1,
-        reaped_pid.as_raw(),
-    ] {
+    let own = std::process::id() as libc::pid_t;
+    for raw in [1, own, 0, -1, reaped_pid.as_raw()] {
         let pid = Pid::from_raw(raw);
         match reactor.watch(pid, record) {
-            Err(Error::NotAChild { pid: refused }) => assert_eq!(refused, pid),
-            other => panic!("watch({raw}): expected NotAChild, got {other:?}"),
+            // No pid <= 0 or our own is ever probed or stored.
+            Err(Error::InvalidPid { pid: refused }) if raw <= 0 || raw == own => {
+                assert_eq!(refused, pid)
+            }
+            Err(Error::NotAChild { pid: refused }) if raw > 0 && raw != own => {
+                assert_eq!(refused, pid)
+            }
+            other => panic!("watch({raw}): expected InvalidPid or NotAChild, got {other:?}"),
         }
         assert_eq!(reactor.len(), 0);
         assert_eq!(sigchld_handler(), libc::SIG_DFL, "handler left installed");

@@ -453,7 +453,7 @@ impl Gate {
 pub fn fork_exit<C>(
     reactor: &mut Reactor<C>,
     code: i32,
-    on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + 'static,
+    on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + Send + 'static,
 ) -> ChildId {
     // SAFETY: the child only calls `_exit` (`exit_child`), which is
     // async-signal-safe.
@@ -470,7 +470,7 @@ pub fn fork_gated<C>(
     reactor: &mut Reactor<C>,
     gate: &Gate,
     code: i32,
-    on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + 'static,
+    on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + Send + 'static,
 ) -> ChildId {
     // SAFETY: the child only runs `Gate::wait_in_child`, which is
     // async-signal-safe (see there).
@@ -487,7 +487,7 @@ pub fn fork_gated<C>(
 pub fn fork_waiting<C>(
     reactor: &mut Reactor<C>,
     gate: &Gate,
-    on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + 'static,
+    on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + Send + 'static,
 ) -> ChildId {
     fork_gated(reactor, gate, NOT_KILLED, on_death)
 }
@@ -801,7 +801,7 @@ pub fn pidfd_available() -> bool {
     Reactor::<()>::new(Hooks::new(SigchldOwner::Library).backend(Backend::Pidfd))
         .expect("Reactor::new(Library)")
         .backend()
-        == Backend::Pidfd
+        == Some(Backend::Pidfd)
 }
 
 /// The backends that work through the `SIGCHLD` handler, for tests about
@@ -831,7 +831,7 @@ pub fn library<C>() -> Reactor<C> {
 pub fn library_with<C>(backend: Backend) -> Reactor<C> {
     let reactor = Reactor::new(Hooks::new(SigchldOwner::Library).backend(backend))
         .expect("Reactor::new(Library)");
-    assert_eq!(reactor.backend(), backend, "the backend asked for");
+    assert_eq!(reactor.backend(), Some(backend), "the backend asked for");
     reactor
 }
 
@@ -894,5 +894,33 @@ pub fn fork_exec_listing(reactor: &mut Reactor<Deaths>) -> (String, ChildId) {
             (out, id)
         }
         Err(e) => panic!("fork: {e}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Shared values for callbacks, which must be `Send`
+// ---------------------------------------------------------------------------
+
+/// `Rc<Cell<T>>` for `Send` callbacks: a shared `Copy` value behind a lock.
+#[derive(Debug, Default)]
+pub struct Shared<T>(std::sync::Arc<Mutex<T>>);
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Shared(std::sync::Arc::clone(&self.0))
+    }
+}
+
+impl<T: Copy> Shared<T> {
+    pub fn new(value: T) -> Self {
+        Shared(std::sync::Arc::new(Mutex::new(value)))
+    }
+
+    pub fn get(&self) -> T {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn set(&self, value: T) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = value;
     }
 }

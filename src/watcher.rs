@@ -1,0 +1,304 @@
+//! How a reactor learns of its children's deaths and acts on them: the one
+//! place that decides, per child, how it is watched (a pidfd in the
+//! reactor's epoll set, or `SIGCHLD` through the wake pipe, and stop
+//! reports), how it is named to the wait calls and to signals (by pidfd
+//! where it has one), and when the reactor needs the process-wide handler.
+//!
+//! The reactor, `spawn`, `fork`, `watch`, the control calls, `dispatch` and
+//! the drop code ask the [`Watcher`]; none of them touches the handler
+//! registration, the reap-all token or the epoll set.
+
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+
+use crate::pidfd::Polled;
+use crate::poller::Poller;
+use crate::reap::Watched;
+use crate::selfpipe::SelfPipe;
+use crate::sigchld::{self, ReapAllToken, Registration};
+use crate::{Backend, Error, Pid, Result, SigchldOwner};
+
+/// How one registered child is watched.
+#[derive(Debug, Default)]
+pub(crate) struct Watch {
+    /// The child's pidfd, in the reactor's epoll set: the child's identity
+    /// for waits and signals. `None` for a child watched through `SIGCHLD`.
+    pidfd: Option<Polled>,
+    /// A `Pidfd`-backend child without a pidfd (`pidfd_open` failed), which
+    /// needs the handler.
+    fallback: bool,
+    /// The child asked for stop/continue reports, which need the handler.
+    stops: bool,
+}
+
+impl Watch {
+    pub(crate) fn pidfd(&self) -> Option<RawFd> {
+        self.pidfd.as_ref().map(Polled::raw)
+    }
+}
+
+impl Watched for Watch {
+    fn pidfd(&self) -> Option<RawFd> {
+        Watch::pidfd(self)
+    }
+}
+
+/// What [`Watcher::collect`] found.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Woken {
+    /// The wake pipe had bytes: a `SIGCHLD` or a self-wake, so the
+    /// `SIGCHLD`-driven passes are due.
+    pub(crate) pipe: bool,
+}
+
+/// A reactor's watching machinery; see the module docs.
+#[derive(Debug)]
+pub(crate) struct Watcher {
+    mode: SigchldOwner,
+    /// The `Library`-mode backend (never `Auto`).
+    backend: Backend,
+    /// Held while some child is watched through `SIGCHLD`, and in
+    /// `LibraryAlways` mode always. Dropped before `pipe` is closed.
+    registration: Option<Registration>,
+    reap_all: Option<ReapAllToken>,
+    /// Live children watched through `SIGCHLD` in the `Pidfd` backend.
+    fallbacks: usize,
+    /// Children with stop reports (possibly stale: pruned by each pass).
+    pub(crate) stateful: Vec<Pid>,
+    /// Pids whose pidfds are ready, reused between dispatches.
+    pub(crate) ready: Vec<Pid>,
+    /// The descriptor the loop watches: an epoll set holding `pipe` (and
+    /// pidfds).
+    poller: Poller,
+    pipe: SelfPipe,
+}
+
+impl Watcher {
+    pub(crate) fn new() -> Result<Self> {
+        let pipe = SelfPipe::new().map_err(|e| Error::io("pipe2", e))?;
+        let poller = Poller::new(pipe.read_fd()).map_err(|e| Error::io("epoll_create1", e))?;
+        Ok(Watcher {
+            mode: SigchldOwner::Library,
+            backend: Backend::Scan,
+            registration: None,
+            reap_all: None,
+            fallbacks: 0,
+            stateful: Vec::new(),
+            ready: Vec::new(),
+            poller,
+            pipe,
+        })
+    }
+
+    /// Switches to `mode`, with no child registered. Acquires what the new
+    /// mode needs first; on error nothing changed.
+    pub(crate) fn apply(&mut self, mode: SigchldOwner, backend: Backend) -> Result<()> {
+        let always = mode == SigchldOwner::LibraryAlways;
+        let token = match (always, self.reap_all.is_some()) {
+            (true, false) => Some(ReapAllToken::take()?),
+            _ => None,
+        };
+        let registration = match (always, self.registration.is_some()) {
+            (true, false) => Some(sigchld::register(self.pipe.write_raw())?),
+            _ => None,
+        };
+        if always {
+            self.reap_all = self.reap_all.take().or(token);
+            self.registration = self.registration.take().or(registration);
+            // Children that died before we took over are already waiting:
+            // make the first dispatch look for them.
+            self.pipe.wake();
+        } else {
+            // No child is registered, so neither Library nor Mainloop needs
+            // the handler now.
+            self.reap_all = None;
+            self.registration = None;
+        }
+        self.mode = mode;
+        self.backend = match backend {
+            Backend::Auto | Backend::Pidfd if crate::pidfd::supported() => Backend::Pidfd,
+            Backend::Auto | Backend::Pidfd => Backend::Peek,
+            other => other,
+        };
+        self.fallbacks = 0;
+        self.stateful.clear();
+        Ok(())
+    }
+
+    pub(crate) fn mode(&self) -> SigchldOwner {
+        self.mode
+    }
+
+    /// The backend `Library` mode uses; `None` in the other modes.
+    pub(crate) fn backend(&self) -> Option<Backend> {
+        (self.mode == SigchldOwner::Library).then_some(self.backend)
+    }
+
+    fn uses_pidfds(&self) -> bool {
+        self.backend() == Some(Backend::Pidfd)
+    }
+
+    /// Before starting or adopting a child, in every mode: refuses a
+    /// `SIGCHLD` disposition that makes the kernel reap children by itself
+    /// (and wakes the reactor, since children it already has may have been
+    /// reaped that way and are then reported lost by the next dispatch),
+    /// and makes sure the handler is there if this child will be watched
+    /// through it. Returns whether this call acquired the registration, so
+    /// a failed start can give it back.
+    pub(crate) fn before_start(&mut self) -> Result<bool> {
+        let needs_handler = self.mode == SigchldOwner::LibraryAlways
+            || self.backend() == Some(Backend::Peek)
+            || self.backend() == Some(Backend::Scan);
+        if let Err(e) = sigchld::before_start(needs_handler && self.registration.is_some()) {
+            self.pipe.wake();
+            return Err(e);
+        }
+        if needs_handler && self.registration.is_none() {
+            self.registration = Some(sigchld::register(self.pipe.write_raw())?);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Undoes [`before_start`](Self::before_start) after a start failed.
+    pub(crate) fn abort_start(&mut self, acquired: bool) {
+        if acquired {
+            self.registration = None;
+        }
+    }
+
+    /// Watches a child that has just started (or been adopted). With the
+    /// `Pidfd` backend that opens its pidfd; if that fails (`EMFILE`), the
+    /// child is watched through `SIGCHLD` instead, and if even the handler
+    /// cannot be had, the error is returned: the caller must not keep a
+    /// child nothing would report.
+    pub(crate) fn watch(&mut self, pid: Pid) -> Result<Watch> {
+        if !self.uses_pidfds() {
+            return Ok(Watch::default());
+        }
+        let opened = crate::pidfd::open(pid).and_then(|fd| self.poller.add(pid, fd));
+        match opened {
+            Ok(fd) => Ok(Watch {
+                pidfd: Some(fd),
+                ..Watch::default()
+            }),
+            Err(_e) => {
+                #[cfg(feature = "log")]
+                log::warn!("evchild: no pidfd for child {pid} ({_e}); watching it through SIGCHLD");
+                if self.registration.is_none() {
+                    self.registration = Some(sigchld::register(self.pipe.write_raw())?);
+                }
+                self.fallbacks += 1;
+                // It may have died before the handler was there: look now.
+                self.pipe.wake();
+                Ok(Watch {
+                    fallback: true,
+                    ..Watch::default()
+                })
+            }
+        }
+    }
+
+    /// A child has left the table: forget how it was watched (closing its
+    /// pidfd, after taking it out of the epoll set).
+    pub(crate) fn unwatch(&mut self, watch: Watch) {
+        self.fallbacks -= usize::from(watch.fallback);
+    }
+
+    /// Stop/continue reports for `pid`: they come through `SIGCHLD`
+    /// whatever the backend, so this takes the handler (without
+    /// `SA_NOCLDSTOP`).
+    pub(crate) fn want_stops(&mut self, pid: Pid, watch: &mut Watch) -> Result<()> {
+        if self.registration.is_none() {
+            self.registration = Some(sigchld::register(self.pipe.write_raw())?);
+        }
+        if let Some(registration) = self.registration.as_mut() {
+            registration.want_stops();
+        }
+        if !watch.stops {
+            watch.stops = true;
+            self.stateful.push(pid);
+        }
+        // A stop before now sent no signal (SA_NOCLDSTOP) but is still
+        // waitable: look at once.
+        self.pipe.wake();
+        Ok(())
+    }
+
+    /// Sends `signal` to the child: through its pidfd where it has one
+    /// (`ESRCH` then means it has been reaped, by someone else: never
+    /// another process), otherwise with `kill(pid)`.
+    pub(crate) fn signal(&self, pid: Pid, watch: &Watch, signal: libc::c_int) -> Result<()> {
+        match &watch.pidfd {
+            Some(pidfd) => crate::pidfd::send_signal(pidfd.fd(), signal)
+                .map_err(|e| Error::io("pidfd_send_signal", e)),
+            None => crate::sys::kill(pid, signal).map_err(|e| Error::io("kill", e)),
+        }
+    }
+
+    /// What needs doing, found without any wait call: one `epoll_wait`
+    /// with no timeout on the inner set. Drains the wake pipe if it had
+    /// bytes (before any reaping: a `SIGCHLD` that lands during the reap
+    /// writes a new byte, so the loop wakes again), and leaves the pids of
+    /// ready pidfds in `self.ready`.
+    pub(crate) fn collect(&mut self) -> io::Result<Woken> {
+        self.ready.clear();
+        let pipe = self.poller.ready(&mut self.ready)?;
+        if pipe {
+            self.pipe.drain()?;
+        }
+        Ok(Woken { pipe })
+    }
+
+    /// Whether a pipe wake-up calls for a `SIGCHLD`-driven pass over the
+    /// children without a pidfd.
+    pub(crate) fn scans(&self) -> bool {
+        !self.uses_pidfds() || self.fallbacks > 0
+    }
+
+    /// Makes the reactor readable, so the loop calls `dispatch` again.
+    pub(crate) fn wake(&self) {
+        self.pipe.wake();
+    }
+
+    /// Gives up the handler when no live child needs it any more (`Library`
+    /// mode only; `LibraryAlways` keeps it until drop).
+    pub(crate) fn release_idle(&mut self, live: usize, mut is_live: impl FnMut(Pid) -> bool) {
+        if self.mode != SigchldOwner::Library || self.registration.is_none() {
+            return;
+        }
+        self.stateful.retain(|&pid| is_live(pid));
+        let needed = match self.backend {
+            Backend::Pidfd => self.fallbacks > 0 || !self.stateful.is_empty(),
+            _ => live > 0,
+        };
+        if !needed {
+            self.registration = None;
+        }
+    }
+
+    /// The reactor's descriptor.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.poller.fd()
+    }
+
+    /// In a forked child: closes this process's copies of the watcher's own
+    /// descriptors (not the pidfds: see `Reactor`'s drop) with `close(2)`,
+    /// which is async-signal-safe, and nothing else. The caller must then
+    /// never drop `self` (its owned descriptors would be closed twice, and
+    /// its registration and vectors would be freed).
+    pub(crate) fn close_in_forked_child(&self) {
+        for fd in [
+            self.poller.fd().as_raw_fd(),
+            self.pipe.read_fd().as_raw_fd(),
+            self.pipe.write_raw(),
+        ] {
+            // SAFETY: close(2) on descriptors this process holds copies of;
+            // the caller guarantees the owners are never dropped, so nothing
+            // closes them again.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
