@@ -11,7 +11,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use evchild::{Backend, Error, Exit, Hooks, Outcome, Pid, Reactor, SigchldOwner};
+use evchild::{Error, Exit, Hooks, Outcome, Pid, Reactor, SigchldOwner};
 use nix::errno::Errno;
 use util::{exited, fork_gated, outcome_of, record, Gate};
 
@@ -44,17 +44,15 @@ fn dispatch_once(lp: &mut util::Loop, reactor: &mut Reactor<Vec<Exit>>, deaths: 
     );
 }
 
-/// Scan and pidfd report the stolen child at the next wake-up. Peek cannot:
-/// a stolen child leaves no zombie to peek at, so it is reported only by a
-/// later fallback scan, here when the other child has been reaped and the
-/// process has no child left.
+/// Every backend reports the stolen child within the wake-up its exit
+/// caused. (Peek too: a stolen child leaves no zombie to peek at, so a
+/// wake-up whose peek finds nothing of ours runs the scan.)
 #[test]
 fn library_child_reaped_by_someone_else_is_lost() {
     let check = util::Check::start();
     {
         let _reap = util::ReapOnPanic;
         let (mut reactor, mut lp, mut deaths) = util::library_loop::<Vec<Exit>>();
-        let peek = reactor.backend() == Some(Backend::Peek);
 
         let (mut gl, mut gk) = (Gate::new(), Gate::new());
         let lost = fork_gated(&mut reactor, &gl, 9, record);
@@ -63,13 +61,7 @@ fn library_child_reaped_by_someone_else_is_lost() {
         // Other code waits for our child before evchild's dispatch.
         assert_eq!(steal(lost.pid()), exited(9));
 
-        if peek {
-            // Its SIGCHLD wakes the loop, but the peek finds nothing.
-            dispatch_once(&mut lp, &mut reactor, &mut deaths);
-            assert!(deaths.is_empty(), "{deaths:?}");
-            assert_eq!(reactor.len(), 2);
-            assert!(reactor.contains(lost), "still registered, unknowingly");
-        } else {
+        {
             lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| !d.is_empty());
             assert_eq!(deaths.len(), 1);
             assert_eq!(deaths[0].id, lost);
@@ -88,8 +80,6 @@ fn library_child_reaped_by_someone_else_is_lost() {
             ));
         }
 
-        // With peek, the stolen child is reported now, by the fallback scan
-        // that the peek's ECHILD (no child left) leads to.
         gk.open();
         lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.len() == 2);
         assert_eq!(outcome_of(&deaths, kept), Outcome::Reaped(exited(2)));
@@ -129,8 +119,6 @@ fn library_always_child_is_lost_once_no_child_is_left() {
 
         // Once the last child is reaped, the process has none left, so the
         // stolen one is known to be lost.
-        // With peek, the stolen child is reported now, by the fallback scan
-        // that the peek's ECHILD (no child left) leads to.
         gk.open();
         lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.len() == 2);
         assert_eq!(outcome_of(&deaths, kept), Outcome::Reaped(exited(2)));
