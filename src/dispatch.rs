@@ -99,10 +99,7 @@ impl<C> Reactor<C> {
             })?,
             Some(_) if self.watcher.scans() => self.reap_own()?,
             Some(_) => {}
-            None if self.mode() == SigchldOwner::LibraryAlways => self
-                .pass("wait4(-1)", |sys, table, _, out| {
-                    reap::reap_all(sys, table, out)
-                })?,
+            None if self.mode() == SigchldOwner::LibraryAlways => self.reap_everything()?,
             None => {}
         }
         self.reap_states()
@@ -142,6 +139,7 @@ impl<C> Reactor<C> {
         self.stats.reaped += 1;
         let id = self.id(pid, entry.serial);
         self.watcher.unwatch(entry.watch);
+        crate::routes::release(pid, self.number);
         self.pending.push_back(Pending::Death(
             entry.on_death,
             Exit::reaped(id, status.into_raw(), None),
@@ -220,6 +218,39 @@ impl<C> Reactor<C> {
         result
     }
 
+    /// `LibraryAlways`: reaps every dead child of the process; the children
+    /// other reactors registered get their status routed to them, and only
+    /// the rest go to the unknown-child hook (see `routes.rs`).
+    fn reap_everything(&mut self) -> Result<()> {
+        let routing = crate::routes::Pass::begin();
+        let before = self.pending.len();
+        let reaped = self.pass("wait4(-1)", |sys, table, _, out| {
+            reap::reap_all(sys, table, out)
+        });
+        // Whatever happened, route what was reaped: a claimant may be
+        // waiting for it.
+        let mut strangers = std::mem::take(&mut self.watcher.strangers);
+        let mut kept = self.pending.len();
+        let mut i = before;
+        while i < kept {
+            if let Some(Pending::Stranger(pid, status)) = self.pending.get(i) {
+                strangers.push((*pid, *status));
+                self.pending.remove(i);
+                kept -= 1;
+            } else {
+                i += 1;
+            }
+        }
+        routing.route(&mut strangers);
+        self.pending.extend(
+            strangers
+                .drain(..)
+                .map(|(pid, status)| Pending::Stranger(pid, status)),
+        );
+        self.watcher.strangers = strangers;
+        reaped
+    }
+
     fn reap_own(&mut self) -> Result<()> {
         self.pass("waitid", |sys, table, scratch, out| {
             reap::reap_scan(sys, table, scratch, out)
@@ -279,8 +310,8 @@ impl<C> Reactor<C> {
     }
 
     /// Hands a child we did not start to the unknown-child hook.
-    fn stranger(&mut self, ctx: &mut C, pid: Pid, status: libc::c_int) {
-        let status = ExitStatus::from_raw(status);
+    fn stranger(&mut self, ctx: &mut C, pid: Pid, status: reap::Waited) {
+        let status = ExitStatus::from_raw(status.raw);
         let claim = match self.unknown_child.as_mut() {
             Some(hook) => hook(ctx, pid, status),
             None => Claim::Declined,
@@ -323,15 +354,34 @@ fn queue<C>(
             stats.reaped += 1;
             let exit = Exit::reaped(id(pid, entry.serial), status.raw, status.usage);
             watcher.unwatch(entry.watch);
+            crate::routes::release(pid, reactor);
             pending.push_back(Pending::Death(entry.on_death, exit));
         }
         Reaped::Lost(pid, entry) => {
-            stats.lost += 1;
-            let exit = Exit::lost(id(pid, entry.serial));
+            // Another reaper took it. If that was a reap-all reactor of
+            // this process, it routed the status here. (The reap-all
+            // reactor itself has nobody to route to it.)
+            let routed = match watcher.mode() {
+                SigchldOwner::LibraryAlways => {
+                    crate::routes::release(pid, reactor);
+                    None
+                }
+                _ => crate::routes::collect(pid, reactor),
+            };
+            let exit = match routed {
+                Some(status) => {
+                    stats.reaped += 1;
+                    Exit::reaped(id(pid, entry.serial), status.raw, status.usage)
+                }
+                None => {
+                    stats.lost += 1;
+                    Exit::lost(id(pid, entry.serial))
+                }
+            };
             watcher.unwatch(entry.watch);
             pending.push_back(Pending::Death(entry.on_death, exit));
         }
-        Reaped::Stranger(pid, status) => pending.push_back(Pending::Stranger(pid, status.raw)),
+        Reaped::Stranger(pid, status) => pending.push_back(Pending::Stranger(pid, status)),
         // Queued after the pass, with the child's id (it is still
         // registered).
         Reaped::Stopped(pid, signal) => changes.push((pid, ChildState::Stopped(signal))),

@@ -103,6 +103,7 @@ impl<C> Drop for Reactor<C> {
             return;
         }
         self.drop_children();
+        self.watcher.leave_routes(self.number);
         // SAFETY: each field is dropped exactly once, here, and never used
         // again. Children first: their pidfds leave the watcher's epoll set
         // before it is closed; the watcher unregisters from the handler

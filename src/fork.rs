@@ -84,13 +84,14 @@ impl<C> Reactor<C> {
         let on_death: OnDeath<C> = Box::new(on_death);
         self.children.reserve_one();
         let acquired = self.watcher.before_start()?;
+        let start = crate::routes::Start::begin();
         let forked = match self.fork_replacement.as_mut() {
             Some(replacement) => replacement(),
             // SAFETY: forwarded to our caller, who upholds `fork`'s contract.
             None => unsafe { crate::sys::fork() },
         };
         match forked {
-            Ok(Some(pid)) => match self.register_started(pid, on_death) {
+            Ok(Some(pid)) => match self.register_started(start, pid, on_death) {
                 Ok(id) => Ok(Forked::Parent(id)),
                 Err(e) => {
                     self.watcher.abort_start(acquired);
@@ -101,6 +102,7 @@ impl<C> Reactor<C> {
                 // Dropping the closure could free memory: not
                 // async-signal-safe in the child of a threaded parent.
                 std::mem::forget(on_death);
+                start.forget();
                 Ok(Forked::Child)
             }
             Err(e) => {

@@ -252,6 +252,7 @@ mod pidfd;
 mod poller;
 mod reactor;
 mod reap;
+mod routes;
 mod selfpipe;
 mod sigchld;
 mod spawn;

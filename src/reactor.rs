@@ -39,7 +39,7 @@ pub(crate) type OnState<C> = Box<dyn FnMut(&mut C, &mut Reactor<C>, ChildId, Chi
 pub(crate) enum Pending<C> {
     Death(OnDeath<C>, Exit),
     State(ChildId, ChildState),
-    Stranger(Pid, libc::c_int),
+    Stranger(Pid, crate::reap::Waited),
 }
 
 /// Counters of what a reactor has seen, from [`Reactor::stats`].
@@ -194,7 +194,8 @@ impl<C> Reactor<C> {
     }
 
     fn apply(&mut self, hooks: Hooks<C>) -> Result<()> {
-        self.watcher.apply(hooks.owner, hooks.backend)?;
+        self.watcher
+            .apply(self.number, hooks.owner, hooks.backend)?;
         *self.fork_replacement = hooks.fork_replacement;
         *self.unknown_child = hooks.unknown_child;
         Ok(())
@@ -222,12 +223,21 @@ impl<C> Reactor<C> {
         };
         if let Some(stale) = self.children.insert(pid, entry) {
             // The kernel gave out this pid again, so the child we had under
-            // it was reaped by someone else.
-            self.stats.lost += 1;
+            // it was reaped by someone else: a reap-all reactor (which
+            // routed its status here) or code that broke the contract.
             let stale_id = self.id(pid, stale.serial);
             self.watcher.unwatch(stale.watch);
-            self.pending
-                .push_back(Pending::Death(stale.on_death, Exit::lost(stale_id)));
+            let exit = match crate::routes::collect(pid, self.number) {
+                Some(status) => {
+                    self.stats.reaped += 1;
+                    Exit::reaped(stale_id, status.raw, status.usage)
+                }
+                None => {
+                    self.stats.lost += 1;
+                    Exit::lost(stale_id)
+                }
+            };
+            self.pending.push_back(Pending::Death(stale.on_death, exit));
             self.watcher.wake();
         }
         Ok(self.id(pid, serial))
@@ -237,9 +247,17 @@ impl<C> Reactor<C> {
     /// cannot be registered, it is killed and reaped at once (the caller
     /// gets no id, so nothing could ever stop or report it), and the error
     /// is returned.
-    pub(crate) fn register_started(&mut self, pid: Pid, on_death: OnDeath<C>) -> Result<ChildId> {
+    pub(crate) fn register_started(
+        &mut self,
+        start: crate::routes::Start,
+        pid: Pid,
+        on_death: OnDeath<C>,
+    ) -> Result<ChildId> {
         match self.register(pid, on_death) {
-            Ok(id) => Ok(id),
+            Ok(id) => {
+                start.finish(pid, self.number, self.watcher.wake_fd());
+                Ok(id)
+            }
             Err(e @ Error::InvalidPid { .. }) => Err(e),
             Err(e) => {
                 crate::sys::kill_and_reap(pid);

@@ -329,6 +329,11 @@ fn current() -> Result<libc::sigaction, Error> {
 /// Prepares the process-wide state; called by every `Reactor::new`.
 pub(crate) fn init() {}
 
+/// The fork generation (placeholder until fork generations land).
+pub(crate) fn fork_generation() -> u64 {
+    0
+}
+
 /// Called before every child start: refuses a disposition that makes the
 /// kernel reap children by itself, and, if `needs_handler`, puts our handler
 /// back when someone reset `SIGCHLD` to `SIG_DFL` after we installed it

@@ -108,6 +108,7 @@ impl<C> Reactor<C> {
         let on_death: OnDeath<C> = Box::new(on_death);
         self.children.reserve_one();
         let acquired = self.watcher.before_start()?;
+        let start = crate::routes::Start::begin();
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(source) => {
@@ -118,7 +119,7 @@ impl<C> Reactor<C> {
                 });
             }
         };
-        let id = match self.register_started(Pid::from(child.id()), on_death) {
+        let id = match self.register_started(start, Pid::from(child.id()), on_death) {
             Ok(id) => id,
             Err(e) => {
                 self.watcher.abort_start(acquired);
@@ -176,8 +177,11 @@ impl<C> Reactor<C> {
         self.children.reserve_one();
         // Handler first: a child that dies after the probe must wake us.
         let acquired = self.watcher.before_start()?;
+        let start = crate::routes::Start::begin();
         let registered = match crate::sys::probe_child(pid) {
-            Ok(()) => self.register(pid, on_death),
+            Ok(()) => self.register(pid, on_death).inspect(|_| {
+                start.finish(pid, self.number, self.watcher.wake_fd());
+            }),
             Err(nix::errno::Errno::ECHILD) => Err(Error::NotAChild { pid }),
             Err(e) => Err(Error::io("waitid", e)),
         };

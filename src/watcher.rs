@@ -69,6 +69,8 @@ pub(crate) struct Watcher {
     pub(crate) stateful: Vec<Pid>,
     /// Pids whose pidfds are ready, reused between dispatches.
     pub(crate) ready: Vec<Pid>,
+    /// Strangers of a reap-all pass being routed, reused.
+    pub(crate) strangers: Vec<(Pid, crate::reap::Waited)>,
     /// The descriptor the loop watches: an epoll set holding `pipe` (and
     /// pidfds).
     poller: Poller,
@@ -87,6 +89,7 @@ impl Watcher {
             fallbacks: 0,
             stateful: Vec::new(),
             ready: Vec::new(),
+            strangers: Vec::new(),
             poller,
             pipe,
         })
@@ -94,7 +97,12 @@ impl Watcher {
 
     /// Switches to `mode`, with no child registered. Acquires what the new
     /// mode needs first; on error nothing changed.
-    pub(crate) fn apply(&mut self, mode: SigchldOwner, backend: Backend) -> Result<()> {
+    pub(crate) fn apply(
+        &mut self,
+        reactor: u32,
+        mode: SigchldOwner,
+        backend: Backend,
+    ) -> Result<()> {
         let always = mode == SigchldOwner::LibraryAlways;
         let token = match (always, self.reap_all.is_some()) {
             (true, false) => Some(ReapAllToken::take()?),
@@ -107,12 +115,16 @@ impl Watcher {
         if always {
             self.reap_all = self.reap_all.take().or(token);
             self.registration = self.registration.take().or(registration);
+            crate::routes::set_reap_all_wake(Some(self.pipe.write_raw()));
             // Children that died before we took over are already waiting:
             // make the first dispatch look for them.
             self.pipe.wake();
         } else {
             // No child is registered, so neither Library nor Mainloop needs
             // the handler now.
+            if self.reap_all.is_some() {
+                crate::routes::forget_reactor(reactor, Some(self.pipe.write_raw()));
+            }
             self.reap_all = None;
             self.registration = None;
         }
@@ -258,6 +270,12 @@ impl Watcher {
         !self.uses_pidfds() || self.fallbacks > 0
     }
 
+    /// The wake pipe's write end, for other reactors to wake this one
+    /// (`routes`).
+    pub(crate) fn wake_fd(&self) -> RawFd {
+        self.pipe.write_raw()
+    }
+
     /// Makes the reactor readable, so the loop calls `dispatch` again.
     pub(crate) fn wake(&self) {
         self.pipe.wake();
@@ -277,6 +295,13 @@ impl Watcher {
         if !needed {
             self.registration = None;
         }
+    }
+
+    /// The reactor is going away: withdraw its claims (and its reap-all
+    /// wake-up) from the routes while its pipe is still open.
+    pub(crate) fn leave_routes(&self, reactor: u32) {
+        let reap_all = self.reap_all.as_ref().map(|_| self.pipe.write_raw());
+        crate::routes::forget_reactor(reactor, reap_all);
     }
 
     /// The reactor's descriptor.
