@@ -46,9 +46,9 @@ impl<C> Reactor<C> {
     ///
     /// # Errors
     ///
-    /// The call changed nothing on error: nothing is registered, and the
-    /// handler's users are as they were (so a handler installed for this call
-    /// is removed again).
+    /// Nothing is registered on error, and the handler's users are as they
+    /// were (a handler installed for this call stays installed, as it does
+    /// once evchild has taken `SIGCHLD`).
     /// * [`Error::Io`] if `fork` (or the replacement) fails: `EAGAIN` at the
     ///   process limit, `ENOMEM`.
     /// * [`Error::HandlerConflict`] / [`Error::TooManyReactors`] (`Library`
@@ -81,6 +81,7 @@ impl<C> Reactor<C> {
         let on_death: OnDeath<C> = Box::new(on_death);
         self.children.reserve_one();
         let acquired = self.need_handler()?;
+        let generation = sigchld::fork_generation();
         let forked = match self.fork_replacement.as_mut() {
             Some(replacement) => replacement(),
             // SAFETY: forwarded to our caller, who upholds `fork`'s contract.
@@ -89,6 +90,11 @@ impl<C> Reactor<C> {
         match forked {
             Ok(Some(pid)) => Ok(Forked::Parent(self.register(pid, on_death))),
             Ok(None) => {
+                // A `fork_replacement` may bypass the atfork handler: empty
+                // the inherited registry here then (async-signal-safe).
+                if sigchld::fork_generation() == generation {
+                    sigchld::advance_after_fork();
+                }
                 // Dropping the closure could free memory: not
                 // async-signal-safe in the child of a threaded parent.
                 std::mem::forget(on_death);
@@ -103,23 +109,23 @@ impl<C> Reactor<C> {
         }
     }
 
-    /// In `Library` mode with a `SIGCHLD` backend, makes sure the handler is
-    /// installed and our pipe registered (the pidfd backend needs neither).
-    /// Returns whether this call acquired it.
+    /// Before every child start (`fork`, `spawn`, `watch`), in every mode:
+    /// refuses a disposition that would make the kernel reap the child, and
+    /// where the reactor needs the handler (`Library` with a `SIGCHLD`
+    /// backend, `LibraryAlways`) makes sure it is installed and our pipe
+    /// registered. Returns whether this call acquired the registration.
     pub(crate) fn need_handler(&mut self) -> Result<bool> {
-        if self.uses_pidfds() {
-            // No handler, but the same promise: a disposition that makes the
-            // kernel reap our children is refused, not reported as losses.
-            crate::sigchld::check_reapable()?;
-            return Ok(false);
-        }
-        if self.mode == SigchldOwner::Library
-            && self.backend != crate::Backend::Pidfd
-            && self.registration.is_none()
-        {
+        let needs_handler = match self.mode {
+            SigchldOwner::Library => !self.uses_pidfds(),
+            SigchldOwner::LibraryAlways => true,
+            SigchldOwner::Mainloop => false,
+        };
+        if needs_handler && self.registration.is_none() {
+            // Registering checks (and installs) the disposition too.
             self.registration = Some(sigchld::register(self.pipe.write_raw())?);
             return Ok(true);
         }
+        sigchld::before_start(needs_handler)?;
         Ok(false)
     }
 }

@@ -163,6 +163,7 @@ impl<C> Reactor<C> {
     ///   the process is in that mode; [`Error::HandlerConflict`] if `SIGCHLD`
     ///   is ignored or has `SA_NOCLDWAIT`; [`Error::TooManyReactors`].
     pub fn new(hooks: Hooks<C>) -> Result<Self> {
+        sigchld::init();
         let pipe = SelfPipe::new().map_err(|e| Error::io("pipe2", e))?;
         let poller = Poller::new(pipe.read_fd()).map_err(|e| Error::io("epoll_create1", e))?;
         let mut reactor = Reactor {
