@@ -96,9 +96,8 @@ static REACTORS: AtomicU32 = AtomicU32::new(0);
 ///
 /// Dropping the reactor first applies its [`DropPolicy`] to the children it
 /// still has (by default it leaves them running), then releases its
-/// `SIGCHLD` registration (removing the handler if it was the last user,
-/// and restoring the previous disposition if ours is still installed),
-/// gives up `LibraryAlways`, closes its
+/// `SIGCHLD` registration (the handler itself stays installed for the life
+/// of the process), gives up `LibraryAlways`, closes its
 /// descriptors and drops the callbacks of children still alive without
 /// calling them. Children left alone remain children of the process, and
 /// whoever reaps them next gets their status: keep the reactor until its
