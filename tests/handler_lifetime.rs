@@ -414,7 +414,16 @@ fn forked_child_starts_with_an_empty_registry() {
 unsafe fn raw_clone() -> std::io::Result<Option<evchild::Pid>> {
     // SAFETY: clone(SIGCHLD) with no stack is fork(2) without libc's
     // bookkeeping; the caller upholds the rest.
-    let rc = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::c_long::from(libc::SIGCHLD),
+            0 as libc::c_long,
+            0 as libc::c_long,
+            0 as libc::c_long,
+            0 as libc::c_long,
+        )
+    };
     match rc {
         -1 => Err(std::io::Error::last_os_error()),
         0 => Ok(None),
