@@ -51,8 +51,9 @@ impl<C> Reactor<C> {
     /// once evchild has taken `SIGCHLD`).
     /// * [`Error::Io`] if `fork` (or the replacement) fails: `EAGAIN` at the
     ///   process limit, `ENOMEM`.
-    /// * [`Error::HandlerConflict`] / [`Error::TooManyReactors`] (`Library`
-    ///   mode) if the handler cannot be installed.
+    /// * [`Error::HandlerConflict`] (every mode) if `SIGCHLD` is ignored or
+    ///   has `SA_NOCLDWAIT`, or the handler cannot be installed;
+    ///   [`Error::TooManyReactors`] (`Library` mode).
     /// * [`Error::ForkedChild`] in a forked child.
     ///
     /// # Example

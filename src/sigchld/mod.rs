@@ -7,9 +7,9 @@
 //! backend and live children, `LibraryAlways` from creation to drop) holds a
 //! [`Registration`]: a slot in a fixed table of `registry::CAPACITY` (256) wake-pipe write
 //! ends ([`registry`]). Cost: the handler writes one byte per used slot per
-//! signal; registering and unregistering take a process-wide spin lock and
-//! one `sigaction(SIGCHLD, NULL, &cur)` query, and install nothing in steady
-//! state.
+//! signal; registering takes a process-wide spin lock and one
+//! `sigaction(SIGCHLD, NULL, &cur)` query, unregistering the lock and a wait
+//! for running handlers, and neither installs anything in steady state.
 //!
 //! * `registry.rs`: the slot table, the handler itself, and the reader
 //!   protocol that lets a slot be emptied before its descriptor is closed.
