@@ -146,6 +146,13 @@ pub enum Error {
 
     /// The process's `SIGCHLD` disposition makes reaping impossible, or the
     /// handler cannot be installed.
+    ///
+    /// Checked at every child start (`spawn`, `fork`, `watch`) in every mode,
+    /// and when a `LibraryAlways` reactor is created: `SIGCHLD` set to
+    /// `SIG_IGN`, or a disposition with `SA_NOCLDWAIT`, makes the kernel reap
+    /// children itself, so no exit status could ever be reported. Nothing was
+    /// started and nothing changed; put `SIGCHLD` back to `SIG_DFL` (or a
+    /// handler without `SA_NOCLDWAIT`) and try again.
     #[error("cannot own SIGCHLD: {reason}")]
     HandlerConflict {
         /// Why, and what to do about it.

@@ -45,9 +45,9 @@ impl<C> Reactor<C> {
     ///
     /// # Errors
     ///
-    /// The call changed nothing on error: nothing is registered, and the
-    /// handler's users are as they were (so a handler installed for this call
-    /// is removed again).
+    /// Nothing is registered on error, and the handler's users are as they
+    /// were (a handler installed for this call stays installed, as it does
+    /// once evchild has taken `SIGCHLD`).
     /// * [`Error::Io`] if `fork` (or the replacement) fails: `EAGAIN` at the
     ///   process limit, `ENOMEM`.
     /// * [`Error::HandlerConflict`] if `SIGCHLD` is ignored or has
@@ -85,6 +85,7 @@ impl<C> Reactor<C> {
         self.children.reserve_one();
         let acquired = self.watcher.before_start()?;
         let start = crate::routes::Start::begin();
+        let generation = crate::sigchld::fork_generation();
         let forked = match self.fork_replacement.as_mut() {
             Some(replacement) => replacement(),
             // SAFETY: forwarded to our caller, who upholds `fork`'s contract.
@@ -99,6 +100,11 @@ impl<C> Reactor<C> {
                 }
             },
             Ok(None) => {
+                // A `fork_replacement` may bypass the atfork handler: empty
+                // the inherited registry here then (async-signal-safe).
+                if crate::sigchld::fork_generation() == generation {
+                    crate::sigchld::advance_after_fork();
+                }
                 // Dropping the closure could free memory: not
                 // async-signal-safe in the child of a threaded parent.
                 std::mem::forget(on_death);

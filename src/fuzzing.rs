@@ -517,3 +517,18 @@ pub fn run(data: &[u8]) {
         "a child without an outcome"
     );
 }
+
+/// Counters of the process-wide `SIGCHLD` machinery, for the handler tests.
+pub mod sigchld {
+    /// How many times evchild has called `sigaction(SIGCHLD, &new, ..)` to
+    /// install or refresh its handler in this process.
+    pub fn installs() -> u64 {
+        crate::sigchld::debug::installs()
+    }
+
+    /// How many `SIGCHLD` registrations (reactors whose wake pipe the
+    /// handler writes to) are live in this process.
+    pub fn registrations() -> usize {
+        crate::sigchld::debug::registrations()
+    }
+}

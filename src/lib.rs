@@ -83,9 +83,9 @@
 //!
 //! | mode | who has the `SIGCHLD` handler | who reaps | children evchild did not start |
 //! |---|---|---|---|
-//! | `Library` (default) | nobody with the (default) `Pidfd` backend; otherwise evchild, only while this reactor has live children | evchild, **its own children only**, by pid (see *Backends*) | never touched |
+//! | `Library` (default) | nobody with the (default) `Pidfd` backend; otherwise evchild, from its first child on (the reactor is registered with the handler only while it has live children) | evchild, **its own children only**, by pid (see *Backends*) | never touched |
 //! | `Mainloop` | the application | the application, which reports each pid with [`reaped`](Reactor::reaped); or it calls [`sigchld_occurred`](Reactor::sigchld_occurred) and evchild reaps its own | `reaped` answers [`Error::UnknownChild`] |
-//! | `LibraryAlways` | evchild, from `new`/`set_mode` until drop | evchild reaps **every** child of the process (`waitpid(-1)`) | handed to the unknown-child hook ([`Hooks::unknown_child`]); if there is none or it declines, counted in [`Stats::unknown_unclaimed`] (and logged with the `log` feature) |
+//! | `LibraryAlways` | evchild, from `new`/`set_mode` on (registered until drop) | evchild reaps **every** child of the process (`waitpid(-1)`) | handed to the unknown-child hook ([`Hooks::unknown_child`]); if there is none or it declines, counted in [`Stats::unknown_unclaimed`] (and logged with the `log` feature) |
 //!
 //! What the application may and may not do:
 //!
@@ -149,17 +149,27 @@
 //!
 //! # Coexistence
 //!
-//! evchild's handler saves the disposition it replaces. A previous real
-//! handler is called from evchild's (chained), so code that installed its own
-//! handler earlier keeps working; if it asked for stop/continue
-//! notifications, evchild's asks too. A previous `SIG_IGN` or `SA_NOCLDWAIT`
-//! makes the kernel reap children by itself, so nothing can be waited for:
-//! evchild refuses it with [`Error::HandlerConflict`] rather than report
-//! every child lost. When the last user is gone, evchild restores the
-//! previous disposition *only if its own handler is still the installed
-//! one*: a handler installed after evchild's is never clobbered (and if that
-//! handler chains, evchild keeps working through it; if it does not, use
-//! `Mainloop` mode).
+//! evchild installs its handler the first time a reactor needs it, and
+//! then keeps it installed for the life of the process (until `exec`): a
+//! reactor that goes idle or is dropped only leaves the handler's table, so
+//! a loop with one child in flight at a time makes no `sigaction` change per
+//! child. A real handler that was installed before evchild's is called from
+//! evchild's (chained), for good, so code that installed its own handler
+//! earlier keeps working; if it asked for stop/continue notifications,
+//! evchild's asks too. A handler installed after evchild's is never
+//! clobbered (if it chains, evchild keeps working through it; if it does
+//! not, use `Mainloop` mode).
+//!
+//! Every child start (`spawn`, `fork`, `watch`, in every mode) first reads
+//! the disposition (one `sigaction(SIGCHLD, NULL, ..)` query):
+//! * `SIG_IGN` or `SA_NOCLDWAIT` makes the kernel reap children by itself,
+//!   so nothing can be waited for: evchild refuses it with
+//!   [`Error::HandlerConflict`], starting nothing, rather than report every
+//!   child lost (or, in `Mainloop` mode, leave its callback pending for
+//!   ever);
+//! * `SIG_DFL` where evchild needs its handler (other code reset `SIGCHLD`,
+//!   as libuv and libev do when they stop, or restored the default after
+//!   ignoring it): evchild installs its handler again, chaining to nothing.
 //!
 //! The handler is async-signal-safe: it saves and restores `errno`, writes
 //! one byte to the non-blocking, close-on-exec wake pipe of each reactor that
@@ -175,14 +185,19 @@
 //!   [`Error::ForkedChild`] from every method instead of reading the parent's
 //!   wake pipe, and dropping it there only closes that process's copies of
 //!   its descriptors.
-//! * The handler, inherited by a forked child, wakes only reactors registered
-//!   by the process it runs in (it compares `getpid()`), so a forked child
-//!   never steals its parent's wake-ups.
-//! * In the child of a multi-threaded process, create a new reactor only
-//!   after `exec`, or if no other thread could have been inside evchild at
-//!   the fork: the process-wide registry's lock may be held by a thread that
-//!   does not exist in the child.
-//!
+//! * A forked child starts with an empty handler table: a `pthread_atfork`
+//!   child handler (registered by the first [`Reactor::new`]), or
+//!   [`Reactor::fork`] itself, advances a process-wide fork generation and
+//!   empties the table, so the handler the child inherits never writes
+//!   through its parent's descriptor numbers and never steals its wake-ups.
+//!   The child may then create any reactor of its own, `LibraryAlways`
+//!   included (in the child of a multi-threaded process, only once it may
+//!   allocate).
+//! * Not covered: a child made by raw `clone(2)` or `syscall(SYS_fork)`
+//!   outside [`Reactor::fork`], which bypasses `pthread_atfork` handlers,
+//!   keeps its parent's table until it execs (spurious wake-ups for the
+//!   parent; stray bytes in a descriptor number it reuses).
+
 //! # Backends
 //!
 //! How a `Library`-mode reactor learns which of its children died is its
@@ -218,7 +233,7 @@
 //!
 //! | | |
 //! |---|---|
-//! | wake-up | one `SIGCHLD` handler per process; one self-pipe per reactor, registered in a fixed table of 256 slots while the reactor needs the handler |
+//! | wake-up | one `SIGCHLD` handler per process, installed once; one self-pipe per reactor, registered in a fixed table of 256 slots while the reactor needs the handler |
 //! | descriptor | an epoll set holding the wake pipe and, with `Pidfd`, one pidfd per child |
 //! | `Library` reaping | see *Backends* |
 //! | `LibraryAlways` reaping | `waitpid(-1, WNOHANG)` until nothing is left: k+1 calls for k exits |

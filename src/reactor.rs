@@ -103,20 +103,25 @@ static REACTORS: AtomicU32 = AtomicU32::new(0);
 ///
 /// Dropping the reactor first applies its [`DropPolicy`] to the children it
 /// still has (by default it leaves them running), then releases its
-/// `SIGCHLD` registration, gives up `LibraryAlways`, closes its descriptors
-/// and drops the callbacks of children still alive without calling them.
-/// Children left alone remain children of the process, and whoever reaps
-/// them next gets their status: keep the reactor until its children are
-/// gone, or choose [`DropPolicy::KillAndReap`], to avoid zombies.
+/// `SIGCHLD` registration (the handler itself stays installed for the life
+/// of the process), gives up `LibraryAlways`, closes its
+/// descriptors and drops the callbacks of children still alive without
+/// calling them. Children left alone remain children of the process, and
+/// whoever reaps them next gets their status: keep the reactor until its
+/// children are gone, or choose [`DropPolicy::KillAndReap`], to avoid
+/// zombies.
 ///
 /// Dropped in a forked child, it only closes that process's copies of its
 /// descriptors (`close(2)`, async-signal-safe) and neither allocates nor
 /// frees memory (the allocator's lock may be held by a thread that does not
 /// exist in the child).
 pub struct Reactor<C> {
-    /// The process that created the reactor; any other process is a forked
-    /// child and gets `Error::ForkedChild`.
+    /// The process that created the reactor (for error messages and pid
+    /// checks).
     pub(crate) owner: Pid,
+    /// The fork generation the reactor was created in: any other is a
+    /// forked child, which gets `Error::ForkedChild`.
+    pub(crate) generation: u64,
     pub(crate) fork_replacement: ManuallyDrop<Option<ForkFn>>,
     pub(crate) unknown_child: ManuallyDrop<Option<UnknownFn<C>>>,
     /// This reactor's number, part of every [`ChildId`] it issues.
@@ -156,6 +161,7 @@ impl<C> Reactor<C> {
         crate::sigchld::init();
         let mut reactor = Reactor {
             owner: Pid::this(),
+            generation: crate::sigchld::fork_generation(),
             fork_replacement: ManuallyDrop::new(None),
             unknown_child: ManuallyDrop::new(None),
             number: REACTORS.fetch_add(1, Ordering::Relaxed),
@@ -325,16 +331,16 @@ impl<C> Reactor<C> {
         self.stats
     }
 
-    /// `Err(ForkedChild)` unless this is the process that created the reactor.
+    /// `Err(ForkedChild)` unless this is the process that created the
+    /// reactor: one atomic load of the fork generation, no system call.
     /// Allocation-free, so it is fine to call in a forked child.
     pub(crate) fn check_process(&self) -> Result<()> {
-        let current = Pid::this();
-        if current == self.owner {
+        if self.generation == crate::sigchld::fork_generation() {
             Ok(())
         } else {
             Err(Error::ForkedChild {
                 owner: self.owner,
-                current,
+                current: Pid::this(),
             })
         }
     }

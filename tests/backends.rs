@@ -115,7 +115,7 @@ fn backend_is_what_was_asked() {
             .set_mode(Hooks::new(SigchldOwner::Mainloop))
             .expect("set_mode(Mainloop)");
         assert_eq!(reactor.backend(), None, "no backend: the application reaps");
-        assert_eq!(sigchld_handler(), libc::SIG_DFL);
+        util::assert_no_registration("Mainloop");
     }
     check.finish();
 }
@@ -133,6 +133,7 @@ fn exact_statuses_through_a_mio_loop() {
         for backend in backends() {
             let pidfd = backend == Backend::Pidfd;
             let before = pidfds().len();
+            let untouched = util::HandlerWatch::start();
             let gate = Gate::new();
             let (mut reactor, mut lp, mut deaths) = setup::<Deaths>(backend);
 
@@ -154,7 +155,7 @@ fn exact_statuses_through_a_mio_loop() {
                 .expect("spawn")
                 .id;
             if pidfd {
-                assert_eq!(sigchld_handler(), libc::SIG_DFL, "pidfd: a handler");
+                untouched.assert_untouched("pidfd");
                 assert_pidfds(before + 7, "one per registered child");
             } else {
                 assert_ne!(sigchld_handler(), libc::SIG_DFL, "{backend:?}: no handler");
@@ -175,11 +176,7 @@ fn exact_statuses_through_a_mio_loop() {
             assert_eq!((stats.reaped, stats.lost), (7, 0), "{backend:?}");
             assert!(reactor.is_empty());
             assert_pidfds(before, "after every report");
-            assert_eq!(
-                sigchld_handler(),
-                libc::SIG_DFL,
-                "{backend:?}: left installed"
-            );
+            util::assert_no_registration(&format!("{backend:?}"));
             // More wake-ups find nothing.
             reactor.dispatch(&mut deaths).expect("dispatch");
             assert_eq!(deaths.total(), 7);
@@ -188,8 +185,8 @@ fn exact_statuses_through_a_mio_loop() {
     check.finish();
 }
 
-/// With pidfds, `SIGCHLD` stays `SIG_DFL` while children live (no handler is
-/// ever installed), and the descriptors the children cost are exactly one
+/// With pidfds, the `SIGCHLD` disposition is left alone while children live
+/// (no handler is installed, no registration taken), and the descriptors the children cost are exactly one
 /// pidfd per live child: 20 children open 20, each report closes one, and
 /// none is left at the end. A forked child that execs, a spawned one and a
 /// watched one alike.
@@ -205,10 +202,11 @@ fn pidfd_backend_installs_no_handler_and_holds_one_pidfd_per_child() {
         let _kill = KillOnPanic;
         let before = pidfds().len();
         let gate = Gate::new();
+        let untouched = util::HandlerWatch::start();
         let fds_before = util::open_fds().len();
         let (mut reactor, mut lp, mut deaths) = setup::<Deaths>(Backend::Pidfd);
         let reactor_fds = util::open_fds().len() - fds_before;
-        assert_eq!(sigchld_handler(), libc::SIG_DFL);
+        untouched.assert_untouched("new");
 
         let mut ids: Vec<ChildId> = (0..N - 2)
             .map(|_| fork_waiting(&mut reactor, &gate, record))
@@ -223,7 +221,7 @@ fn pidfd_backend_installs_no_handler_and_holds_one_pidfd_per_child() {
             .watch(evchild::Pid::from(adopted.id()), record)
             .expect("watch");
         ids.push(watched);
-        assert_eq!(sigchld_handler(), libc::SIG_DFL, "a handler for pidfds");
+        untouched.assert_untouched("a handler for pidfds");
         assert_pidfds(before + N, "one per live child");
         // And nothing else: the reactor's own descriptors, plus the pidfds.
         assert_eq!(
@@ -235,7 +233,7 @@ fn pidfd_backend_installs_no_handler_and_holds_one_pidfd_per_child() {
         for (i, &id) in ids.iter().enumerate().step_by(2) {
             reactor.kill(id, libc::SIGKILL).expect("kill");
             lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == i / 2 + 1);
-            assert_eq!(sigchld_handler(), libc::SIG_DFL, "a handler for pidfds");
+            untouched.assert_untouched("a handler for pidfds");
         }
         assert_pidfds(before + N / 2, "after half the reports");
         for &id in ids.iter().skip(1).step_by(2) {
@@ -246,7 +244,7 @@ fn pidfd_backend_installs_no_handler_and_holds_one_pidfd_per_child() {
             deaths.assert_signal(id, libc::SIGKILL);
         }
         assert_pidfds(before, "after every report");
-        assert_eq!(sigchld_handler(), libc::SIG_DFL);
+        untouched.assert_untouched("after every report");
         // std's handle of the watched child: evchild reaped it.
         assert!(adopted.try_wait().is_err(), "std could still wait for it");
     }

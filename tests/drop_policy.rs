@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use evchild::{ChildId, DropPolicy, Exit, Pid, Reactor};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
-use util::{has_exited, reap_child, sigchld_handler, signaled, Check, KillOnPanic};
+use util::{has_exited, reap_child, signaled, Check, KillOnPanic};
 
 /// The reactors here have no context: no test dispatches, and dropped
 /// children's callbacks never run.
@@ -62,7 +62,7 @@ fn leave_keeps_the_child_running() {
 
     drop(reactor);
     assert_eq!(Rc::strong_count(&token), 1, "callback not dropped");
-    assert_eq!(sigchld_handler(), libc::SIG_DFL, "handler left installed");
+    util::assert_no_registration("after drop");
     std::thread::sleep(Duration::from_millis(50));
     assert!(!has_exited(id.pid()), "Leave killed or lost the child");
 
@@ -91,7 +91,7 @@ fn kill_sends_sigkill_and_leaves_the_reap() {
 
     drop(reactor);
     assert_eq!(Rc::strong_count(&token), 1, "callbacks not dropped");
-    assert_eq!(sigchld_handler(), libc::SIG_DFL, "handler left installed");
+    util::assert_no_registration("after drop");
     for id in ids {
         // Blocking waitpid succeeds: the drop did not reap.
         assert_eq!(reap_child(id.pid()), signaled(libc::SIGKILL));
@@ -146,7 +146,7 @@ fn kill_and_reap_leaves_no_zombie() {
     eprintln!("KillAndReap of 4 children took {took:?}");
     assert!(took < Duration::from_secs(5), "drop took {took:?}");
     assert_eq!(Rc::strong_count(&token), 1, "callbacks not dropped");
-    assert_eq!(sigchld_handler(), libc::SIG_DFL, "handler left installed");
+    util::assert_no_registration("after drop");
     check.finish();
 }
 

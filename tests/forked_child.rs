@@ -2,15 +2,22 @@
 //! refuses with `Error::ForkedChild` (nothing is read from, or written to,
 //! the parent's wake pipe, and nothing is signalled), and the `SIGCHLD`
 //! handler the child inherits never wakes the parent's reactor, so the
-//! parent gets every callback.
+//! parent gets every callback. The child starts with an empty handler table
+//! (the fork generation), and dropping the parent's reactor there changes
+//! nothing in either process. (`handler_lifetime.rs` checks the same with
+//! a re-executed, single-threaded test process, where the child may
+//! allocate: a descriptor planted under the parent's wake-pipe number, and
+//! a `LibraryAlways` reactor of the child's own.)
 //!
 //! Its own binary, since the forked children here run for a while and the
 //! checks look at the whole process.
 //!
 //! The test binary has other threads, so a forked child may only call
 //! async-signal-safe functions: `_exit`, `fork`, `waitpid`, `read`, `write`,
-//! `close`, `fcntl`, `getpid`, and evchild's refusal paths, which compare
-//! `getpid()` with the owner and build an error without allocating. Each
+//! `close`, `fcntl`, `getpid`, evchild's refusal paths, which compare
+//! `getpid()` with the owner and build an error without allocating, and
+//! evchild's registration count (an atomic load, through the `fuzzing`
+//! feature). Each
 //! `unsafe` block says which it uses.
 
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -400,6 +407,61 @@ fn callback_not_dropped_in_child() {
             out.is_empty(),
             "the callback was dropped in the forked child"
         );
+    }
+    check.finish();
+}
+
+/// The registry a child forked through `Reactor::fork` inherits is empty
+/// (the fork generation advanced), even though the parent's reactor holds a
+/// registration (`Peek`, a `SIGCHLD` backend, with a live child): and
+/// dropping the parent's reactor in the child leaves it empty and the
+/// parent's registration intact. Checked through evchild's registration
+/// count, so only with the `fuzzing` feature.
+#[test]
+fn registry_is_empty_in_forked_child() {
+    let check = util::Check::start();
+    if util::handler_use().is_none() {
+        eprintln!("without the fuzzing feature the registry cannot be read");
+        return check.finish();
+    }
+    {
+        let _reap = ReapOnPanic;
+        let mut gate = Gate::new();
+        let (mut reactor, mut lp, mut deaths) =
+            util::library_loop_with::<Deaths>(evchild::Backend::Peek);
+        let live = fork_waiting(&mut reactor, &gate, record);
+        util::assert_registrations(1, "a live child");
+
+        let registrations = || util::handler_use().map_or(usize::MAX, |(_, r)| r);
+        // SAFETY: the child only loads atomics (`handler_use`), drops the
+        // reactor (which frees nothing and only closes descriptors in a
+        // forked child) and calls `_exit`.
+        let child = match unsafe { reactor.fork(record) } {
+            Ok(Forked::Child) => {
+                let mut failures = 0;
+                if registrations() != 0 {
+                    failures |= 1;
+                }
+                drop(reactor);
+                if registrations() != 0 {
+                    failures |= 2;
+                }
+                util::exit_child(failures)
+            }
+            Ok(Forked::Parent(id)) => id,
+            Err(e) => panic!("fork: {e}"),
+        };
+        lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == 1);
+        assert_eq!(
+            deaths.status(child).code(),
+            Some(0),
+            "1: registrations inherited, 2: after dropping the reactor"
+        );
+        util::assert_registrations(1, "the parent's, after the child");
+        gate.open();
+        lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == 2);
+        assert_eq!(deaths.status(live).code(), Some(util::NOT_KILLED));
+        util::assert_no_registration("idle");
     }
     check.finish();
 }

@@ -1,14 +1,18 @@
 //! Coexistence with `SIGCHLD` handlers of other code in the process.
 //!
-//! evchild chains to a real handler that was installed before its own,
-//! reinstates it when it no longer needs the signal, and never clobbers a
-//! handler installed after its own.
+//! evchild chains to a real handler that was installed before its own, keeps
+//! its own installed for the life of the process once it took `SIGCHLD`
+//! (chaining all along), and never clobbers a handler installed after its
+//! own.
 //!
 //! The tests are about evchild's handler, so they run for each backend that
 //! has one (scan, peek), whatever `EVCHILD_TEST_BACKEND` says; with pidfds
 //! evchild installs no handler and leaves a foreign one alone.
 //!
-//! In its own binary: the tests change the process's `SIGCHLD` disposition.
+//! In its own binary, and each test in its own process ([`util::isolated`]):
+//! the tests change the process's `SIGCHLD` disposition, and whether
+//! evchild chains to a handler depends on whether it ever installed its own
+//! in the process.
 
 mod util;
 
@@ -136,27 +140,43 @@ fn run_children_one_by_one(
     ids
 }
 
+/// Asserts evchild's handler is (still) the installed one: `ours`, with
+/// `SA_SIGINFO`.
+#[track_caller]
+fn assert_ours(ours: libc::sighandler_t, what: &str) {
+    let (handler, flags) = disposition();
+    assert_eq!(handler, ours, "{what}: evchild's handler is gone");
+    assert_ne!(flags & libc::SA_SIGINFO, 0, "{what}");
+}
+
 #[test]
-fn plain_foreign_handler_is_chained_and_reinstated() {
+fn plain_foreign_handler_is_chained_for_good() {
+    if !util::isolated("plain_foreign_handler_is_chained_for_good") {
+        return;
+    }
     let check = util::Check::start();
     {
         let _restore = RestoreDefault;
         set_disposition(plain_addr(), libc::SA_RESTART);
-        // Twice per backend: evchild installs, chains and reinstates again
-        // after it gave the signal back.
+        // Twice per backend, with reactors that go idle in between: evchild
+        // installs once, keeps its handler, and chains all along.
+        let mut ours = None;
         for backend in util::SIGCHLD_BACKENDS.into_iter().flat_map(|b| [b, b]) {
             run_children_one_by_one(backend, plain_addr(), &[1, 2, 3]);
-            let (handler, flags) = disposition();
-            assert_eq!(handler, plain_addr(), "foreign handler reinstated");
-            assert_eq!(flags & libc::SA_SIGINFO, 0);
-            assert_ne!(flags & libc::SA_RESTART, 0);
+            util::assert_no_registration("idle");
+            let handler = *ours.get_or_insert(disposition().0);
+            assert_ne!(handler, plain_addr());
+            assert_ours(handler, "after the last child");
         }
     }
     check.finish();
 }
 
 #[test]
-fn siginfo_foreign_handler_is_chained_with_its_siginfo_and_reinstated() {
+fn siginfo_foreign_handler_is_chained_with_its_siginfo() {
+    if !util::isolated("siginfo_foreign_handler_is_chained_with_its_siginfo") {
+        return;
+    }
     let check = util::Check::start();
     {
         let _restore = RestoreDefault;
@@ -168,9 +188,9 @@ fn siginfo_foreign_handler_is_chained_with_its_siginfo_and_reinstated() {
             // last child: the kernel's siginfo was passed on intact.
             assert_eq!(LAST_SIGNO.load(Ordering::SeqCst), libc::SIGCHLD);
             assert_eq!(LAST_PID.load(Ordering::SeqCst), ids[1].pid().as_raw());
-            let (handler, flags) = disposition();
-            assert_eq!(handler, info_addr(), "foreign handler reinstated");
-            assert_ne!(flags & libc::SA_SIGINFO, 0);
+            // evchild's handler stays, still chaining.
+            assert_ne!(disposition().0, info_addr());
+            assert_ne!(disposition().0, libc::SIG_DFL);
         }
     }
     check.finish();
@@ -178,6 +198,9 @@ fn siginfo_foreign_handler_is_chained_with_its_siginfo_and_reinstated() {
 
 #[test]
 fn handler_installed_after_ours_is_not_clobbered() {
+    if !util::isolated("handler_installed_after_ours_is_not_clobbered") {
+        return;
+    }
     let check = util::Check::start();
     for backend in util::SIGCHLD_BACKENDS {
         let _restore = RestoreDefault;
@@ -206,8 +229,8 @@ fn handler_installed_after_ours_is_not_clobbered() {
         assert_eq!(disposition().0, later_addr(), "later handler clobbered");
 
         // The other code removes its handler the polite way, putting back
-        // what it replaced (evchild's). evchild, used again, still works and
-        // afterwards gives the process its original disposition back.
+        // what it replaced (evchild's). evchild, used again, still works, and
+        // its handler stays installed afterwards.
         restore_action(&replaced);
         SAVED.store(libc::SIG_DFL, Ordering::SeqCst);
         assert_eq!(disposition().0, ours);
@@ -217,54 +240,76 @@ fn handler_installed_after_ours_is_not_clobbered() {
         lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.len() == 2);
         assert_eq!(deaths[1].id, id);
         assert_eq!(deaths[1].outcome, Outcome::Reaped(exited(5)));
-        assert_eq!(disposition().0, libc::SIG_DFL, "original disposition back");
+        assert_ours(ours, "after the last child");
     }
     check.finish();
 }
 
+/// A foreign handler with `SA_NOCLDSTOP`, chained: evchild asks for no stop
+/// reports either, and keeps its handler (with those flags) when idle.
 #[test]
-fn stop_notifications_follow_the_chained_handler() {
+fn nocldstop_of_the_chained_handler_is_kept() {
+    if !util::isolated("nocldstop_of_the_chained_handler_is_kept") {
+        return;
+    }
     let check = util::Check::start();
-    for backend in util::SIGCHLD_BACKENDS {
+    {
         let _restore = RestoreDefault;
-        let (mut reactor, mut lp, mut deaths) = util::library_loop_with::<Vec<Exit>>(backend);
-
-        // A foreign handler with SA_NOCLDSTOP: evchild asks for no stop
-        // reports either.
         set_disposition(plain_addr(), libc::SA_NOCLDSTOP);
-        let mut gate = Gate::new();
-        let id = fork_gated(&mut reactor, &gate, 1, record);
-        let (ours, flags) = disposition();
-        assert_ne!(ours, plain_addr());
-        assert_ne!(flags & libc::SA_NOCLDSTOP, 0);
-        gate.open();
-        lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| !d.is_empty());
-        assert_eq!(deaths[0].id, id);
-        assert_eq!(deaths[0].outcome, Outcome::Reaped(exited(1)));
-        assert_eq!(disposition(), (plain_addr(), libc::SA_NOCLDSTOP));
+        for backend in util::SIGCHLD_BACKENDS {
+            let (mut reactor, mut lp, mut deaths) = util::library_loop_with::<Vec<Exit>>(backend);
+            let mut gate = Gate::new();
+            let id = fork_gated(&mut reactor, &gate, 1, record);
+            let (ours, flags) = disposition();
+            assert_ne!(ours, plain_addr());
+            assert_ne!(flags & libc::SA_NOCLDSTOP, 0);
+            CALLS.store(0, Ordering::SeqCst);
+            gate.open();
+            lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| !d.is_empty());
+            assert_eq!(deaths[0].id, id);
+            assert_eq!(deaths[0].outcome, Outcome::Reaped(exited(1)));
+            wait_calls(1);
+            assert_eq!(disposition(), (ours, flags), "changed when idle");
+        }
+    }
+    check.finish();
+}
 
-        // Without SA_NOCLDSTOP it wants stop reports, so evchild's handler
-        // asks for them and passes them on; evchild itself is not confused
-        // by them (a stop is not a death).
+/// A foreign handler without `SA_NOCLDSTOP` wants stop reports, so
+/// evchild's handler asks for them and passes them on; evchild itself is not
+/// confused by them (a stop is not a death).
+#[test]
+fn stop_reports_reach_a_chained_handler_that_wants_them() {
+    if !util::isolated("stop_reports_reach_a_chained_handler_that_wants_them") {
+        return;
+    }
+    let check = util::Check::start();
+    {
+        let _restore = RestoreDefault;
         set_disposition(plain_addr(), 0);
-        let mut gate = Gate::new();
-        let id = fork_gated(&mut reactor, &gate, 2, record);
-        assert_eq!(disposition().1 & libc::SA_NOCLDSTOP, 0);
-        CALLS.store(0, Ordering::SeqCst);
-        reactor.kill(id, libc::SIGSTOP).expect("SIGSTOP");
-        wait_calls(1);
-        reactor
-            .dispatch(&mut deaths)
-            .expect("dispatch after a stop");
-        assert_eq!(deaths.len(), 1, "a stop is not a death");
-        assert!(reactor.contains(id));
-        reactor.kill(id, libc::SIGCONT).expect("SIGCONT");
-        wait_calls(2);
-        gate.open();
-        lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.len() == 2);
-        assert_eq!(deaths[1].id, id);
-        assert_eq!(deaths[1].outcome, Outcome::Reaped(exited(2)));
-        assert_eq!(disposition(), (plain_addr(), 0));
+        for backend in util::SIGCHLD_BACKENDS {
+            let (mut reactor, mut lp, mut deaths) = util::library_loop_with::<Vec<Exit>>(backend);
+            let mut gate = Gate::new();
+            let id = fork_gated(&mut reactor, &gate, 2, record);
+            let (ours, flags) = disposition();
+            assert_ne!(ours, plain_addr());
+            assert_eq!(flags & libc::SA_NOCLDSTOP, 0);
+            CALLS.store(0, Ordering::SeqCst);
+            reactor.kill(id, libc::SIGSTOP).expect("SIGSTOP");
+            wait_calls(1);
+            reactor
+                .dispatch(&mut deaths)
+                .expect("dispatch after a stop");
+            assert!(deaths.is_empty(), "a stop is not a death");
+            assert!(reactor.contains(id));
+            reactor.kill(id, libc::SIGCONT).expect("SIGCONT");
+            wait_calls(2);
+            gate.open();
+            lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.len() == 1);
+            assert_eq!(deaths[0].id, id);
+            assert_eq!(deaths[0].outcome, Outcome::Reaped(exited(2)));
+            assert_eq!(disposition(), (ours, flags), "changed when idle");
+        }
     }
     check.finish();
 }
@@ -275,6 +320,9 @@ fn stop_notifications_follow_the_chained_handler() {
 /// install its handler again: with `SIG_DFL` nothing would wake the loop.
 #[test]
 fn handler_is_reinstalled_after_later_handler_reset_to_default() {
+    if !util::isolated("handler_is_reinstalled_after_later_handler_reset_to_default") {
+        return;
+    }
     let check = util::Check::start();
     let mut observed = Vec::new();
     for backend in util::SIGCHLD_BACKENDS {
@@ -307,7 +355,7 @@ fn handler_is_reinstalled_after_later_handler_reset_to_default() {
         lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.len() == 2);
         assert_eq!(deaths[1].id, id);
         assert_eq!(deaths[1].outcome, Outcome::Reaped(exited(2)));
-        assert_eq!(disposition().0, libc::SIG_DFL);
+        assert_eq!(disposition().0, ours, "evchild's handler stays");
     }
     check.finish();
     assert!(
@@ -318,12 +366,15 @@ fn handler_is_reinstalled_after_later_handler_reset_to_default() {
 }
 
 /// With pidfds evchild needs no handler: a foreign handler installed before
-/// stays installed all along (never replaced, so nothing to reinstate), and
+/// stays installed all along (evchild installs nothing), and
 /// it still runs once per exit of evchild's children (the kernel sends
 /// `SIGCHLD` whoever watches the child), which evchild reports with their
 /// statuses.
 #[test]
 fn pidfd_leaves_a_foreign_handler_alone() {
+    if !util::isolated("pidfd_leaves_a_foreign_handler_alone") {
+        return;
+    }
     let check = util::Check::start();
     if !util::pidfd_available() {
         eprintln!("no pidfds on this system: nothing to test");

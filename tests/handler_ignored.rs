@@ -1,7 +1,10 @@
 //! A `SIGCHLD` disposition that makes the kernel reap children itself
 //! (`SIG_IGN`, or `SA_NOCLDWAIT`) leaves nothing to wait for: evchild must
 //! refuse to own the signal with `Error::HandlerConflict`, change nothing,
-//! and start no child.
+//! and start no child. This holds for every mode and every child start
+//! (`fork`, `spawn`, `watch`): in `Mainloop` mode too, since the
+//! application could never reap such a child and its callback would never
+//! run.
 //!
 //! The refusals of `Library` forks are about evchild's handler, so they are
 //! checked for each backend that has one (scan, peek), whatever
@@ -16,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use evchild::{Backend, Error, Exit, Forked, Hooks, Outcome, Pid, Reactor, SigchldOwner};
 use util::{
-    disposition, exited, fork_gated, record, restore_action, set_disposition, sigchld_action,
-    wait_zombie, Gate, RestoreDefault,
+    disposition, exited, fork_exit, fork_gated, record, restore_action, set_disposition,
+    sigchld_action, wait_zombie, Gate, RestoreDefault,
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -119,10 +122,10 @@ fn assert_refused_with(backend: Backend, handler: libc::sighandler_t, flags: lib
     assert_eq!(disposition(), before);
 }
 
-/// After a refusal and with `SIG_DFL` back, a fork works and the handler is
-/// removed when its child is reaped (so the refusals left no user behind),
-/// and `LibraryAlways` is available (no reap-all right leaked); for each
-/// `SIGCHLD` backend.
+/// After a refusal and with `SIG_DFL` back, a fork works (evchild installs
+/// its handler again), no registration is left once its child is reaped (so
+/// the refusals left no user behind), and `LibraryAlways` is available (no
+/// reap-all right leaked); for each `SIGCHLD` backend.
 #[track_caller]
 fn assert_works_after_restore() {
     set_disposition(libc::SIG_DFL, 0);
@@ -133,8 +136,8 @@ fn assert_works_after_restore() {
 }
 
 /// One fork-and-reap cycle through a mio loop with exact status, after which
-/// the disposition must be `SIG_DFL` again; then `LibraryAlways` must be
-/// available.
+/// evchild's handler is still installed and no registration is left; then
+/// `LibraryAlways` must be available.
 #[track_caller]
 fn assert_works_after_restore_from(reactor: &mut Reactor<Vec<Exit>>) {
     let mut lp = util::Loop::new(reactor);
@@ -150,16 +153,15 @@ fn assert_works_after_restore_from(reactor: &mut Reactor<Vec<Exit>>) {
     lp.run_until(reactor, &mut deaths, LIMIT, |d| !d.is_empty());
     assert_eq!(deaths[0].id, id);
     assert_eq!(deaths[0].outcome, Outcome::Reaped(exited(6)));
-    assert_eq!(
-        disposition(),
-        (libc::SIG_DFL, 0),
-        "handler removed when idle"
-    );
+    let ours = disposition();
+    assert_ne!(ours.0, libc::SIG_DFL, "handler removed when idle");
+    util::assert_no_registration("idle");
 
     let always = Reactor::<Vec<Exit>>::new(Hooks::new(SigchldOwner::LibraryAlways))
-        .expect("LibraryAlways with SIG_DFL");
+        .expect("LibraryAlways after SIG_DFL was restored");
     drop(always);
-    assert_eq!(disposition(), (libc::SIG_DFL, 0));
+    assert_eq!(disposition(), ours, "the handler stays");
+    util::assert_no_registration("after drop");
 }
 
 #[test]
@@ -198,36 +200,71 @@ fn sig_dfl_with_sa_nocldwait_is_refused() {
     check.finish();
 }
 
+/// `Mainloop` mode installs no handler, but a child started while the kernel
+/// reaps children itself could never be reported: `fork`, `spawn` and
+/// `watch` are refused with `HandlerConflict` and start or register nothing;
+/// with `SIG_DFL` back, the same reactor works, still installing nothing.
 #[test]
-fn mainloop_mode_refuses_starts_when_ignored() {
+fn mainloop_start_is_refused_when_ignored() {
     let check = util::Check::start();
     {
         let _restore = RestoreDefault;
         set_disposition(libc::SIG_IGN, 0);
-        // Library mode without children needs no handler either.
+        // Creating reactors needs no handler.
         drop(Reactor::<Vec<Exit>>::new(Hooks::new(SigchldOwner::Library)).expect("Library"));
-
-        let mut reactor =
-            Reactor::new(Hooks::new(SigchldOwner::Mainloop)).expect("Mainloop new succeeds");
+        let forks = util::Shared::new(0);
+        let counter = forks.clone();
+        let hooks = Hooks::new(SigchldOwner::Mainloop).fork_replacement(move || {
+            counter.set(counter.get() + 1);
+            // SAFETY: the test's child only calls `_exit` (below).
+            unsafe { util::forward_fork() }
+        });
+        let mut reactor = Reactor::new(hooks).expect("Mainloop new succeeds");
         let mut deaths = Vec::new();
-        // But no child can be started: the kernel would reap it before
-        // anyone could wait for it (the application included).
-        // SAFETY: should a child be started, it only calls _exit(2), which is
-        // async-signal-safe.
-        let result = match unsafe { reactor.fork(record) } {
-            Ok(Forked::Child) => util::exit_child(0),
-            other => other,
-        };
+
+        // SAFETY: should a child be started, it only calls _exit(2).
+        match unsafe { reactor.fork(record) } {
+            Ok(Forked::Child) => util::exit_child(99),
+            Err(Error::HandlerConflict { .. }) => {}
+            other => panic!("fork: expected HandlerConflict, got {other:?}"),
+        }
+        assert_eq!(forks.get(), 0, "fork: a child was started");
+        let spawned = reactor.spawn(
+            std::process::Command::new("/bin/true").stdin(std::process::Stdio::null()),
+            record,
+        );
         assert!(
-            matches!(result, Err(Error::HandlerConflict { .. })),
-            "{result:?}"
+            matches!(spawned, Err(Error::HandlerConflict { .. })),
+            "spawn: {spawned:?}"
+        );
+        let watched = reactor.watch(Pid::from_raw(1), record);
+        assert!(
+            matches!(watched, Err(Error::HandlerConflict { .. })),
+            "watch: {watched:?}"
         );
         assert!(reactor.is_empty());
+        assert_eq!(
+            disposition(),
+            (libc::SIG_IGN, 0),
+            "Mainloop installs nothing"
+        );
+
+        set_disposition(libc::SIG_DFL, 0);
+        let id = fork_exit(&mut reactor, 3, record);
+        assert_eq!(forks.get(), 1);
+        assert_eq!(
+            disposition(),
+            (libc::SIG_DFL, 0),
+            "Mainloop installs nothing"
+        );
+        wait_zombie(id.pid());
         reactor
             .sigchld_occurred(&mut deaths)
             .expect("sigchld_occurred");
-        assert!(deaths.is_empty());
-        assert_eq!(disposition(), (libc::SIG_IGN, 0));
+        assert_eq!(deaths.len(), 1);
+        assert_eq!(deaths[0].id, id);
+        assert_eq!(deaths[0].outcome, Outcome::Reaped(exited(3)));
+        util::assert_no_registration("Mainloop");
     }
     check.finish();
 }

@@ -60,23 +60,21 @@ fn fork_raise<C>(
     }
 }
 
+/// No reactor holds a `SIGCHLD` registration. (Once installed, evchild's
+/// handler stays for the life of the process: what is given up when no
+/// reactor has live children is the registration, not the handler.)
 #[track_caller]
-fn assert_sigchld_default() {
-    let action = sigchld_action();
-    assert_eq!(
-        action.sa_sigaction,
-        libc::SIG_DFL,
-        "SIGCHLD should be SIG_DFL when no reactor has live children"
-    );
+fn assert_handler_released() {
+    util::assert_no_registration("no reactor has live children");
 }
 
 /// Asserts what `SIGCHLD` is while `reactor` has a live child: evchild's
-/// handler with a `SIGCHLD` backend, untouched (`SIG_DFL`) with pidfds.
+/// handler with a `SIGCHLD` backend; no registration with pidfds.
 /// (Unless another reactor with a `SIGCHLD` backend has live children.)
 #[track_caller]
 fn assert_sigchld_as_backend_needs<C>(reactor: &Reactor<C>) {
     if reactor.backend() == Some(Backend::Pidfd) {
-        assert_sigchld_default();
+        assert_handler_released();
     } else {
         assert_sigchld_handled();
     }
@@ -405,8 +403,8 @@ fn panicking_callback_leaves_reactor_consistent() {
         deaths.assert_code(after, 9);
         assert_eq!(deaths.seen.len(), 7);
         assert!(reactor.is_empty());
-        // And, with no child left, the handler is gone again.
-        assert_sigchld_default();
+        // And, with no child left, the registration is released again.
+        assert_handler_released();
     }
     check.finish();
 }
@@ -671,7 +669,7 @@ fn fork_replacement_hook() {
     {
         let _reap = ReapOnPanic;
         let gate = Gate::new();
-        assert_sigchld_default();
+        assert_handler_released();
         let calls = util::Shared::new(0);
         let counter = calls.clone();
         let failing = util::hooks(SigchldOwner::Library).fork_replacement(move || {
@@ -693,7 +691,7 @@ fn fork_replacement_hook() {
         }
         assert_eq!(calls.get(), 1);
         assert_eq!(reactor.len(), 0);
-        assert_sigchld_default();
+        assert_handler_released();
 
         // With another reactor holding a live child, the handler stays. That
         // reactor watches through SIGCHLD (scan), whatever this run's
@@ -711,7 +709,7 @@ fn fork_replacement_hook() {
         let mut other_lp = util::Loop::new(&mut other);
         other_lp.run_until(&mut other, &mut other_deaths, LIMIT, |d| d.total() == 1);
         other_deaths.assert_signal(other_child, libc::SIGKILL);
-        assert_sigchld_default();
+        assert_handler_released();
 
         // Now one that forwards to fork(2) and counts.
         let forwarded = util::Shared::new(0);
@@ -735,7 +733,7 @@ fn fork_replacement_hook() {
         for (i, &id) in ids.iter().enumerate() {
             deaths.assert_code(id, 20 + i as i32);
         }
-        assert_sigchld_default();
+        assert_handler_released();
     }
     check.finish();
 }
@@ -890,23 +888,23 @@ fn reactors_on_several_threads() {
                 .collect();
             assert_eq!(all.len(), THREADS * PER_THREAD as usize);
         });
-        assert_sigchld_default();
+        assert_handler_released();
     }
     check.finish();
 }
 
-/// 12. The handler is installed while a `Library` reactor with a `SIGCHLD`
-///     backend has a live child, and removed (back to `SIG_DFL`) when the
-///     last child of the last such reactor has been reaped; again on the
-///     next round. For scan, peek and one of each; a pidfd reactor with a
-///     live child all along neither installs the handler nor keeps it.
+/// 12. A `Library` reactor with a `SIGCHLD` backend holds a registration
+///     (and the handler is installed) while it has a live child, and
+///     releases it when its last child has been reaped; again on the next
+///     round. For scan, peek and one of each; a pidfd reactor with a live
+///     child all along holds none.
 #[test]
 fn handler_only_while_children_live() {
     let check = util::Check::start();
     {
         let _reap = ReapOnPanic;
         let gate = Gate::new();
-        assert_sigchld_default();
+        assert_handler_released();
         // A pidfd reactor (where the kernel has pidfds) with a live child
         // all along, which must not count as a user of the handler.
         let mut pidfd = util::pidfd_available().then(|| util::library_with(Backend::Pidfd));
@@ -914,7 +912,7 @@ fn handler_only_while_children_live() {
         let bystander = pidfd
             .as_mut()
             .map(|reactor| fork_waiting(reactor, &gate, record));
-        assert_sigchld_default();
+        assert_handler_released();
         for (first, second) in [
             (Backend::Scan, Backend::Scan),
             (Backend::Peek, Backend::Peek),
@@ -929,7 +927,7 @@ fn handler_only_while_children_live() {
             let mut lp = util::Loop::new(reactor);
             lp.run_until(reactor, &mut pidfd_deaths, LIMIT, |d| d.total() == 1);
             pidfd_deaths.assert_signal(bystander, libc::SIGKILL);
-            assert_sigchld_default();
+            assert_handler_released();
         }
     }
     check.finish();
@@ -944,8 +942,8 @@ fn handler_rounds(gate: &Gate, first: Backend, second: Backend) {
     let mut two_lp = util::Loop::new(&mut two);
     let mut one_deaths = Deaths::default();
     let mut two_deaths = Deaths::default();
-    // Creating reactors installs nothing.
-    assert_sigchld_default();
+    // Creating reactors registers nothing.
+    assert_handler_released();
 
     for round in 1..=2 {
         let a = fork_waiting(&mut one, gate, record);
@@ -970,7 +968,7 @@ fn handler_rounds(gate: &Gate, first: Backend, second: Backend) {
         two.kill(c, libc::SIGKILL).expect("kill c");
         two_lp.run_until(&mut two, &mut two_deaths, LIMIT, |d| d.total() == round);
         two_deaths.assert_signal(c, libc::SIGKILL);
-        assert_sigchld_default();
+        assert_handler_released();
     }
 }
 

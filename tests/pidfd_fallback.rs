@@ -120,7 +120,7 @@ fn children_beyond_the_descriptor_limit_fall_back_to_sigchld() {
         let gate = Gate::new();
         let (mut reactor, mut lp, mut deaths) = util::library_loop_with::<Deaths>(Backend::Pidfd);
         let pidfds_before = pidfds().len();
-        assert_eq!(sigchld_handler(), libc::SIG_DFL);
+        util::assert_no_registration("new");
 
         let few = FewDescriptors::leaving(K);
         let waiting: Vec<ChildId> = (0..N)
@@ -131,6 +131,7 @@ fn children_beyond_the_descriptor_limit_fall_back_to_sigchld() {
             libc::SIG_DFL,
             "no handler for the children without a pidfd"
         );
+        util::assert_registrations(1, "children without a pidfd");
         let early: Vec<ChildId> = (0..EARLY)
             .map(|code| fork_exit(&mut reactor, code, record))
             .collect();
@@ -152,21 +153,18 @@ fn children_beyond_the_descriptor_limit_fall_back_to_sigchld() {
         assert_ne!(sigchld_handler(), libc::SIG_DFL);
         let (with_pidfd, without) = waiting.split_at(K);
 
-        // Those without a pidfd die: the handler goes with the last of them.
+        // Those without a pidfd die: the registration goes with the last of
+        // them (the handler itself stays installed).
         for (i, &id) in without.iter().enumerate() {
             reactor.kill(id, libc::SIGKILL).expect("kill");
             let reported = EARLY as usize + i + 1;
             lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == reported);
             deaths.assert_signal(id, libc::SIGKILL);
             if i + 1 < without.len() {
-                assert_ne!(sigchld_handler(), libc::SIG_DFL, "removed too early");
+                util::assert_registrations(1, "released too early");
             }
         }
-        assert_eq!(
-            sigchld_handler(),
-            libc::SIG_DFL,
-            "handler kept with only pidfd children left"
-        );
+        util::assert_no_registration("only pidfd children left");
         assert_eq!(pidfds().len(), pidfds_before + K);
 
         for &id in with_pidfd {
@@ -183,13 +181,13 @@ fn children_beyond_the_descriptor_limit_fall_back_to_sigchld() {
         let stats = reactor.stats();
         assert_eq!((stats.reaped, stats.lost), (total as u64, 0));
         assert_eq!(pidfds().len(), pidfds_before, "pidfds left");
-        assert_eq!(sigchld_handler(), libc::SIG_DFL);
+        util::assert_no_registration("after every report");
     }
     check.finish();
 }
 
 /// The same with no room at all, from the first child: every child falls
-/// back, all are reported, and the handler is gone afterwards. Then, with
+/// back, all are reported, and the registration is released afterwards. Then, with
 /// the limit restored, the same reactor uses pidfds again.
 #[test]
 fn no_room_for_any_pidfd() {
@@ -218,12 +216,12 @@ fn no_room_for_any_pidfd() {
         for &id in &ids {
             deaths.assert_signal(id, libc::SIGTERM);
         }
-        assert_eq!(sigchld_handler(), libc::SIG_DFL, "handler left installed");
+        util::assert_no_registration("after every report");
         assert_eq!(pidfds().len(), pidfds_before);
 
         let again = fork_waiting(&mut reactor, &gate, record);
         assert_eq!(pidfds().len(), pidfds_before + 1, "a pidfd again");
-        assert_eq!(sigchld_handler(), libc::SIG_DFL);
+        util::assert_no_registration("a pidfd again");
         reactor.kill(again, libc::SIGKILL).expect("kill");
         lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| d.total() == N + 1);
         deaths.assert_signal(again, libc::SIGKILL);

@@ -326,7 +326,7 @@ fn spawned_children_report_their_status() {
     );
     assert!(reactor.is_empty());
     drop((lp, reactor));
-    assert_eq!(sigchld_handler(), libc::SIG_DFL);
+    util::assert_no_registration("after drop");
     check.finish();
 }
 
@@ -372,7 +372,7 @@ fn exec_failure_missing_program() {
         assert_spawn_error(result, program, io::ErrorKind::NotFound);
         assert_eq!(reactor.len(), 0);
         assert!(reactor.is_empty());
-        assert_eq!(sigchld_handler(), libc::SIG_DFL, "handler left installed");
+        util::assert_no_registration("failed spawn");
         util::assert_no_children();
     }
     // Still usable.
@@ -410,7 +410,7 @@ fn exec_failure_not_executable() {
     fs::remove_file(&path).expect("remove temp file");
     assert_spawn_error(result, &program, io::ErrorKind::PermissionDenied);
     assert_eq!(reactor.len(), 0);
-    assert_eq!(sigchld_handler(), libc::SIG_DFL, "handler left installed");
+    util::assert_no_registration("failed spawn");
     util::assert_no_children();
 
     let dir = std::env::temp_dir();
@@ -418,7 +418,7 @@ fn exec_failure_not_executable() {
     let result = reactor.spawn(&mut Command::new(dir), record);
     assert_spawn_error(result, dir, io::ErrorKind::PermissionDenied);
     assert_eq!(reactor.len(), 0);
-    assert_eq!(sigchld_handler(), libc::SIG_DFL, "handler left installed");
+    util::assert_no_registration("failed spawn");
 
     drop(reactor);
     check.finish();
@@ -434,14 +434,14 @@ fn exec_failure_missing_directory() {
     let result = reactor.spawn(Command::new("true").current_dir("/nonexistent"), record);
     assert_spawn_error(result, "true", io::ErrorKind::NotFound);
     assert_eq!(reactor.len(), 0);
-    assert_eq!(sigchld_handler(), libc::SIG_DFL, "handler left installed");
+    util::assert_no_registration("failed spawn");
     drop(reactor);
     check.finish();
 }
 
-/// A failed spawn while another child is live leaves the handler in place
-/// for that child, which is still reported; for each backend (with pidfds
-/// there is no handler, before or after).
+/// A failed spawn while another child is live leaves the registration in
+/// place for that child, which is still reported; for each backend (with
+/// pidfds there is no registration, before or after).
 #[test]
 fn exec_failure_keeps_handler_for_live_children() {
     let check = Check::start();
@@ -459,24 +459,21 @@ fn exec_failure_keeps_handler_for_live_children() {
         assert_eq!(reactor.len(), 1);
         assert!(reactor.contains(live.id));
         if backend == Backend::Pidfd {
-            assert_eq!(sigchld_handler(), libc::SIG_DFL, "{backend:?}: a handler");
+            util::assert_no_registration(&format!("{backend:?}"));
         } else {
             assert_ne!(
                 sigchld_handler(),
                 libc::SIG_DFL,
-                "{backend:?}: handler removed too early"
+                "{backend:?}: no handler for the live child"
             );
+            util::assert_registrations(1, &format!("{backend:?}: released too early"));
         }
 
         drop(live.stdin.take()); // cat sees EOF and exits 0
         lp.run_until(&mut reactor, &mut app, LIMIT, |app| !app.deaths.is_empty());
         assert_eq!(only_death(&app.deaths), (Some(0), None));
         assert_eq!(app.deaths[0].id, live.id);
-        assert_eq!(
-            sigchld_handler(),
-            libc::SIG_DFL,
-            "{backend:?}: handler not released"
-        );
+        util::assert_no_registration(&format!("{backend:?}: not released"));
         drop((lp, live, reactor));
     }
     check.finish();

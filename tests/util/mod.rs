@@ -612,6 +612,50 @@ pub fn sh_exit(code: i32) -> Child {
 }
 
 // ---------------------------------------------------------------------------
+// One process per test
+// ---------------------------------------------------------------------------
+
+/// Names the test a re-executed test binary runs (see [`isolated`]).
+pub const ISOLATED_VAR: &str = "EVCHILD_TEST_ISOLATED";
+
+/// Runs the calling test, `name`, alone in a fresh process of this test
+/// binary: for tests whose subject is process-wide and one-way (evchild's
+/// `SIGCHLD` handler stays installed once taken, a foreign handler installed
+/// before it is chained only if evchild never installed in that process).
+///
+/// In the test process: takes [`Check::start`] (so no other test of the
+/// binary has children meanwhile), re-executes the binary with `--exact
+/// NAME --test-threads=1` and [`ISOLATED_VAR`]` = NAME`, asserts it passed
+/// (showing its output if not), and returns `false`: the test returns. In the
+/// re-executed process it returns `true`: the test runs its body there, and
+/// it is the only test running, on the only thread besides libtest's main
+/// thread, which waits in a channel receive holding no lock (so a child
+/// forked there may allocate).
+#[track_caller]
+pub fn isolated(name: &str) -> bool {
+    if std::env::var(ISOLATED_VAR).as_deref() == Ok(name) {
+        return true;
+    }
+    let check = Check::start();
+    let exe = std::env::current_exe().expect("current_exe");
+    let out = Command::new(exe)
+        .args(["--exact", name, "--test-threads=1", "--nocapture"])
+        .env(ISOLATED_VAR, name)
+        .stdin(Stdio::null())
+        .output()
+        .expect("re-execute the test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{name} in its own process: {}\n--- stdout\n{stdout}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check.finish();
+    false
+}
+
+// ---------------------------------------------------------------------------
 // The SIGCHLD disposition
 // ---------------------------------------------------------------------------
 
@@ -680,6 +724,75 @@ pub fn restore_action(action: &libc::sigaction) {
     // SAFETY: `action` came from the kernel, so it is valid to install.
     let rc = unsafe { libc::sigaction(libc::SIGCHLD, action, std::ptr::null_mut()) };
     assert_eq!(rc, 0, "sigaction(SIGCHLD)");
+}
+
+/// What evchild's handler machinery has done so far in this process:
+/// `(installs, live registrations)`, read through evchild's `fuzzing`
+/// feature (`--all-features`); `None` without it, and the checks built on
+/// it are then skipped.
+///
+/// Once evchild installs its `SIGCHLD` handler it stays installed for the
+/// life of the process, so "the reactor gave the handler up" is "no
+/// registration is left", not "`SIGCHLD` is `SIG_DFL` again".
+pub fn handler_use() -> Option<(u64, usize)> {
+    #[cfg(feature = "fuzzing")]
+    {
+        use evchild::fuzzing::sigchld;
+        Some((sigchld::installs(), sigchld::registrations()))
+    }
+    #[cfg(not(feature = "fuzzing"))]
+    {
+        None
+    }
+}
+
+/// Asserts no reactor of the process holds a `SIGCHLD` registration (its
+/// wake pipe in the handler's table): every reactor that needed the
+/// handler has released it. Skipped without the `fuzzing` feature.
+#[track_caller]
+pub fn assert_no_registration(what: &str) {
+    assert_registrations(0, what);
+}
+
+/// Asserts how many `SIGCHLD` registrations are live (one per reactor that
+/// needs the handler now). Skipped without the `fuzzing` feature.
+#[track_caller]
+pub fn assert_registrations(expected: usize, what: &str) {
+    if let Some((_, registrations)) = handler_use() {
+        assert_eq!(registrations, expected, "{what}: SIGCHLD registrations");
+    }
+}
+
+/// A snapshot of the `SIGCHLD` disposition and of evchild's installs, to
+/// check that something (the pidfd backend, `Mainloop` mode) left the
+/// handler alone.
+pub struct HandlerWatch {
+    disposition: (libc::sighandler_t, libc::c_int),
+    installs: Option<u64>,
+}
+
+impl HandlerWatch {
+    pub fn start() -> Self {
+        HandlerWatch {
+            disposition: disposition(),
+            installs: handler_use().map(|(installs, _)| installs),
+        }
+    }
+
+    /// The disposition is as it was, evchild installed nothing since
+    /// [`start`](HandlerWatch::start), and holds no registration.
+    #[track_caller]
+    pub fn assert_untouched(&self, what: &str) {
+        assert_eq!(
+            disposition(),
+            self.disposition,
+            "{what}: disposition changed"
+        );
+        if let (Some(before), Some((now, _))) = (self.installs, handler_use()) {
+            assert_eq!(now, before, "{what}: evchild installed its handler");
+        }
+        assert_no_registration(what);
+    }
 }
 
 /// Puts `SIG_DFL` back when the test ends, even if it fails.

@@ -1,0 +1,210 @@
+//! The one process-wide `SIGCHLD` handler, the registry of wake pipes it
+//! writes to, the reap-all right, and the fork generation that keeps all
+//! three from leaking into a forked child.
+//!
+//! `SIGCHLD` is a process-wide resource, so all reactors of the process share
+//! one handler. A reactor that needs it (`Library` mode with a `SIGCHLD`
+//! backend and live children, `LibraryAlways` from creation to drop) holds a
+//! [`Registration`]: a slot in a fixed table of `registry::CAPACITY` (256) wake-pipe write
+//! ends ([`registry`]). Cost: the handler writes one byte per used slot per
+//! signal; registering takes a process-wide spin lock and one
+//! `sigaction(SIGCHLD, NULL, &cur)` query, unregistering the lock and a wait
+//! for running handlers, and neither installs anything in steady state.
+//!
+//! * `registry.rs`: the slot table, the handler itself, and the reader
+//!   protocol that lets a slot be emptied before its descriptor is closed.
+//! * `disposition.rs`: reading, checking, installing and chaining the
+//!   `SIGCHLD` disposition ([`before_start`], [`check_reapable`]).
+//! * `reap_all.rs`: the `LibraryAlways` token ([`ReapAllToken`]).
+//!
+//! # Handler lifetime ("always selective reap")
+//!
+//! Once evchild installs its handler it stays installed for the life of the
+//! process (until `exec`): the last registration leaving only empties its
+//! slot, so a loop that has one child in flight at a time pays no
+//! `rt_sigaction` per child. A handler installed later by other code is never
+//! clobbered (ours then runs only if that handler chains to it). A previous
+//! real handler is chained to from ours. Before every child start, and at
+//! every registration, the disposition is queried once ([`before_start`]):
+//!
+//! | current disposition | result |
+//! |---|---|
+//! | `SIG_IGN`, or `SA_NOCLDWAIT` | [`Error::HandlerConflict`]: the kernel would reap the child itself, and its death would never be reported |
+//! | ours | nothing to do |
+//! | `SIG_DFL`, handler needed | ours is installed (again), chaining to nothing: libuv and libev reset `SIGCHLD` to `SIG_DFL` when they stop |
+//! | a real handler we never replaced, handler needed | ours is installed, chaining to it |
+//! | a real handler installed after ours | left alone: it may chain to ours, and installing over it could make the two call each other forever |
+//!
+//! # Fork generations
+//!
+//! A child forked without `exec` inherits the handler, the slot table (the
+//! parent's descriptor numbers), the writers' lock (perhaps held by a thread
+//! that does not exist in the child) and the reap-all right. None of it may
+//! act there. [`init`] (called by `Reactor::new`) registers, once, a
+//! `pthread_atfork` child handler that runs [`advance_after_fork`]: it empties
+//! every slot, resets the lock, the registry's counts and the reap-all right,
+//! and advances [`FORK_GENERATION`]. evchild's own fork path calls it too if
+//! the generation did not move (a `fork_replacement` that bypasses
+//! `pthread_atfork`). A [`Registration`] or [`ReapAllToken`] remembers the
+//! generation it was created in; dropped in another one it does nothing at
+//! all (no lock, no allocation, no free), and the child may then create any
+//! reactor, `LibraryAlways` included. A pid comparison could not do this:
+//! pids are reused, and a grandchild may get its grandparent's.
+//!
+//! Why the inherited handler cannot write through an ancestor's slot: between
+//! `fork` returning in the child and the atfork handler emptying the table,
+//! the new child has no children of its own, so the kernel sends it no
+//! `SIGCHLD`. Only an explicit `kill(child, SIGCHLD)` by another process
+//! could land in that window, and then the descriptor numbers still name the
+//! child's inherited copies of the very same pipes (nothing in the child can
+//! have closed or reused them yet): the parent's reactor gets a spurious
+//! wake-up, which is harmless.
+//!
+//! Not covered: processes created by raw `clone(2)` or `syscall(SYS_fork)`,
+//! which bypass `pthread_atfork` handlers (glibc's `fork`, and so nix's and
+//! std's, runs them; `vfork` and `posix_spawn` do not, and must not: the
+//! child shares the parent's memory until it execs). Such a child keeps the
+//! parent's table until it execs: its `SIGCHLD`s wake the parent's reactors
+//! spuriously, and a descriptor number it reuses may receive stray bytes.
+//!
+//! # Internal workings
+//!
+//! The handler reads shared state through atomics only: it takes no lock,
+//! allocates and frees nothing, and cannot panic. Writers (register,
+//! unregister, install) are serialised by a spin lock on an `AtomicBool`
+//! (yielding while it waits), and all the state it guards is atomics too, so
+//! the atfork child handler can reset everything with atomic stores. A slot
+//! is emptied in two steps so the handler never writes to a descriptor that
+//! has been closed (and perhaps reused for an unrelated file): the writer
+//! clears the slot, then waits until every handler that might have read the
+//! old value has finished. Handlers announce themselves in one of two reader
+//! counters chosen by a reader generation; the writer flips the generation
+//! and waits only for the old generation's counter, so a stream of new
+//! signals cannot starve it (the scheme of signal-hook's `HalfLock`).
+//!
+//! # Race conditions
+//!
+//! * A `sigaction(SIGCHLD)` by other code between our read of the current
+//!   disposition and our install is detected after the swap and handled as if
+//!   it had been there first.
+//! * Previous dispositions that were chained to stay allocated for the life of
+//!   the process (one small allocation per distinct previous handler), so a
+//!   handler running on another thread never reads freed memory.
+//! * A disposition changed by other code while no child is being started is
+//!   seen only at the next start or registration: a `SIG_DFL` set while a
+//!   `LibraryAlways` reactor is idle leaves it unwoken until then.
+//! * Threads racing in the very first `Reactor::new` of the process: the
+//!   losers do not wait for the winner's `pthread_atfork` (a wait could
+//!   deadlock a forked child); a raw fork in that window is the uncovered case
+//!   above, while evchild's own fork path advances the generation itself.
+
+#![allow(unsafe_code)]
+
+mod disposition;
+mod reap_all;
+mod registry;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+
+// `check_reapable`: the query-only check, for callers that start no child.
+#[allow(unused_imports)]
+pub(crate) use disposition::{before_start, check_reapable};
+pub(crate) use reap_all::ReapAllToken;
+pub(crate) use registry::{register, Registration};
+
+/// Advanced in every forked child (see `# Fork generations`).
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// The writers' lock: see `# Internal workings`.
+static LOCK: AtomicBool = AtomicBool::new(false);
+
+/// Holds [`LOCK`] until dropped.
+struct Guard(());
+
+/// Takes the writers' lock, yielding while another thread holds it. Never
+/// called from the signal handler.
+fn lock() -> Guard {
+    while LOCK
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        std::thread::yield_now();
+    }
+    Guard(())
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        LOCK.store(false, Ordering::Release);
+    }
+}
+
+/// The current fork generation: one atomic load. Async-signal-safe.
+pub(crate) fn fork_generation() -> u64 {
+    FORK_GENERATION.load(Ordering::Acquire)
+}
+
+/// What the `pthread_atfork` child handler does, in the (single-threaded)
+/// child right after `fork`: empties the slot table, resets the registry's
+/// counts, the writers' lock and the reap-all right, then advances the fork
+/// generation, so that everything inherited from the parent is inert and the
+/// child may create reactors of its own.
+///
+/// Async-signal-safe: atomic stores and one atomic increment, no lock, no
+/// allocation, no panic. Calling it twice in a row is harmless (the second
+/// call empties an already empty table and advances the generation again);
+/// evchild's own fork path calls it only if the atfork handler did not run.
+pub(crate) fn advance_after_fork() {
+    registry::reset_in_child();
+    reap_all::reset_in_child();
+    crate::routes::after_fork_in_child();
+    // Last, with Release: whoever sees the new generation sees the reset.
+    LOCK.store(false, Ordering::Release);
+    FORK_GENERATION.fetch_add(1, Ordering::AcqRel);
+}
+
+extern "C" fn atfork_child() {
+    advance_after_fork();
+}
+
+/// 0: not registered, 1: being registered, 2: registered.
+static ATFORK: AtomicU8 = AtomicU8::new(0);
+
+/// Registers the `pthread_atfork` child handler, once per process (forked
+/// children inherit the registration). Called by `Reactor::new`.
+///
+/// A thread that loses the race for the first registration does not wait for
+/// the winner: waiting could deadlock a child forked meanwhile (see
+/// `# Race conditions`).
+pub(crate) fn init() {
+    if ATFORK.load(Ordering::Acquire) == 2
+        || ATFORK
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+    {
+        return;
+    }
+    // SAFETY: `atfork_child` is an `extern "C" fn()` that lives for the life
+    // of the process (a static function of this crate), and is
+    // async-signal-safe (see `advance_after_fork`), as a child handler of a
+    // multi-threaded parent must be. No prepare or parent handler.
+    let rc = unsafe { libc::pthread_atfork(None, None, Some(atfork_child)) };
+    // ENOMEM is the only documented failure: try again at the next `new`;
+    // evchild's own fork path still advances the generation meanwhile.
+    ATFORK.store(if rc == 0 { 2 } else { 0 }, Ordering::Release);
+}
+
+/// Counters for tests (through the `fuzzing` feature): not part of the API.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod debug {
+    /// How many `sigaction(SIGCHLD, &new, ..)` calls evchild has made to
+    /// install or refresh its handler in this process.
+    pub(crate) fn installs() -> u64 {
+        super::disposition::installs()
+    }
+
+    /// How many registrations are live in this process's generation.
+    pub(crate) fn registrations() -> usize {
+        super::registry::users()
+    }
+}
