@@ -68,10 +68,19 @@
 //! Register the reactor for `READABLE` (it is edge-triggered safe: `dispatch`
 //! empties it), pass [`Reactor::timeout`] to `poll`, and call
 //! [`Reactor::dispatch`] when `poll` returns with the reactor's event or on
-//! time-out (calling it after every return is simplest and cheap). While
-//! evchild's handler is installed, a `SIGCHLD` can make `poll` fail with
-//! `ErrorKind::Interrupted`: `epoll_wait(2)` is never restarted after a
-//! signal handler, `SA_RESTART` or not. That is not an error; poll again.
+//! time-out (calling it after every return is simplest and cheap: a
+//! `dispatch` that nothing woke makes one `epoll_wait` with no timeout on
+//! the reactor's own set, and no wait call, whatever the number of
+//! children).
+//!
+//! While evchild's handler is installed (see *SIGCHLD ownership*), a
+//! `SIGCHLD` can make a blocking call fail with `EINTR` in **whichever
+//! thread the kernel picks to run the handler**, not only the loop's:
+//! `epoll_wait(2)` (mio's `poll`) is never restarted after a signal handler,
+//! `SA_RESTART` or not, and neither are a few others (`nanosleep`,
+//! `select`, socket calls with a timeout). `ErrorKind::Interrupted` is not
+//! an error there: retry. Threads that cannot take that should block
+//! `SIGCHLD` (at least one thread must leave it unblocked).
 //!
 //! # SIGCHLD ownership
 //!
@@ -83,9 +92,9 @@
 //!
 //! | mode | who has the `SIGCHLD` handler | who reaps | children evchild did not start |
 //! |---|---|---|---|
-//! | `Library` (default) | nobody with the (default) `Pidfd` backend; otherwise evchild, from its first child on (the reactor is registered with the handler only while it has live children) | evchild, **its own children only**, by pid (see *Backends*) | never touched |
+//! | `Library` (default) | with the (default) `Pidfd` backend, nobody, unless a child has no pidfd (`RLIMIT_NOFILE` reached) or asked for stop reports; with `Peek` and `Scan`, evchild. Installed at the first child that needs it and kept for the life of the process; the reactor is in the handler's table only while such children live | evchild, **its own children only**: by pidfd, or by pid where there is none (see *Backends*) | never touched |
 //! | `Mainloop` | the application | the application, which reports each pid with [`reaped`](Reactor::reaped); or it calls [`sigchld_occurred`](Reactor::sigchld_occurred) and evchild reaps its own | `reaped` answers [`Error::UnknownChild`] |
-//! | `LibraryAlways` | evchild, from `new`/`set_mode` on (registered until drop) | evchild reaps **every** child of the process (`waitpid(-1)`) | handed to the unknown-child hook ([`Hooks::unknown_child`]); if there is none or it declines, counted in [`Stats::unknown_unclaimed`] (and logged with the `log` feature) |
+//! | `LibraryAlways` | evchild, from `new`/`set_mode` on (registered until drop) | evchild reaps **every** child of the process (`wait4(-1)`); a child another reactor of the process registered is handed to that reactor, with its exact status | handed to the unknown-child hook ([`Hooks::unknown_child`]); if there is none or it declines, counted in [`Stats::unknown_unclaimed`] (and logged with the `log` feature) |
 //!
 //! What the application may and may not do:
 //!
@@ -94,11 +103,8 @@
 //!   `SIGCHLD` handler (installed before or after evchild's, see
 //!   *Coexistence*). It must not call `waitpid(-1)`/`wait()` or ignore
 //!   `SIGCHLD`: that takes evchild's children, which are then reported as
-//!   [`Outcome::Lost`]. (Worse, if a child taken that way has its pid given
-//!   to another child of the process before evchild looks, the per-pid
-//!   `waitpid` of `Library` mode reaps that other child in its place: a pid
-//!   cannot tell two processes apart. Only a pidfd can, which is why a pidfd
-//!   backend is planned.) It must not block `SIGCHLD` in every thread.
+//!   [`Outcome::Lost`] (see *Identity* for what that can and cannot do to
+//!   other processes). It must not block `SIGCHLD` in every thread.
 //! * **`Mainloop`**: the application installs the handler and reaps. For every
 //!   pid it reaps it calls [`Reactor::reaped`] (which runs our callback, or
 //!   answers `UnknownChild` for its own children), *before* it signals any
@@ -110,10 +116,17 @@
 //!   the loop: `dispatch` delivers callbacks left over by a panicking one.
 //! * **`LibraryAlways`**: evchild reaps every child of the process. The
 //!   application must not reap at all; it learns of its own children through
-//!   the unknown-child hook. At most one reactor per process may be in this
-//!   mode ([`Error::ReapAllTaken`]). Other reactors of the process should not
-//!   start children meanwhile: the reap-all reactor would take them, and they
-//!   would be reported [`Outcome::Lost`] to their own reactor.
+//!   the unknown-child hook. That includes children started by
+//!   `std::process::Command`: their `wait`, `try_wait` and `output` then fail
+//!   with `ECHILD` ("No child processes"), and their statuses go to the hook.
+//!   At most one reactor per process may be in this mode
+//!   ([`Error::ReapAllTaken`]). Other reactors of the process (`Library` or
+//!   `Mainloop`, on any thread) may go on starting children: every reactor
+//!   *claims* the pids it registers, and the reap-all reactor hands each
+//!   claimed child's exact status (and resource usage) to its reactor,
+//!   waking it, instead of to the hook. A start in flight (forked, not yet
+//!   registered) is waited for: a status reaped meanwhile is held back until
+//!   the start has claimed its pid or given up.
 //!
 //! Any number of reactors may be in `Library` or `Mainloop` mode at once, on
 //! any threads. The mode changes only while no child is registered;
@@ -124,7 +137,13 @@
 //!
 //! * Every child registered with a reactor gets exactly one death callback,
 //!   with its true wait status ([`Outcome::Reaped`]), or [`Outcome::Lost`]
-//!   if other code reaped it first (evchild never makes up a status).
+//!   if code outside evchild reaped it first (evchild never makes up a
+//!   status).
+//! * Only a death ends a child: a stop, a continue or a ptrace stop (which
+//!   the wait calls report to a tracer even unasked) never does. The passes
+//!   that probe (`Scan`, `Peek`, the `Pidfd` fallback) use `WNOWAIT`, so a
+//!   ptrace stop of a child this process also traces stays for the tracer's
+//!   own `waitpid`.
 //! * Callbacks run only inside [`dispatch`](Reactor::dispatch),
 //!   [`reaped`](Reactor::reaped) and [`sigchld_occurred`](Reactor::sigchld_occurred),
 //!   on the caller's thread, never in the signal handler. They run after the
@@ -133,19 +152,45 @@
 //! * A panicking callback propagates out of `dispatch` and leaves the reactor
 //!   consistent; reports not yet delivered are delivered by the next
 //!   `dispatch`, and the reactor makes its descriptor readable so there is
-//!   one.
+//!   one. (A panicking callback is the one panic evchild lets through.)
 //! * A child that dies before `fork` returns is reported (once): with a
 //!   `SIGCHLD` backend the handler is installed before the fork, with
 //!   `Pidfd` the pidfd of a zombie is readable at once, and either way the
 //!   child is registered before any `dispatch` can look for it.
-//! * A child is signalled only between its registration and the report of
-//!   its death, while the kernel cannot give its pid to another process
-//!   ([`Error::AlreadyReaped`] afterwards, for its [`ChildId`], even if a
-//!   new child has the same pid).
+//! * No silent hang: a start is refused ([`Error::HandlerConflict`]) while
+//!   `SIGCHLD` is ignored, and the reactor then makes itself readable, so
+//!   children the kernel reaped meanwhile are reported `Lost` by the next
+//!   `dispatch`. An unexpected error in the middle of a pass also leaves the
+//!   reactor readable, so the work left is not forgotten.
 //! * `Library` mode never reaps, waits for or signals a pid it did not
 //!   register.
 //! * Every misuse is an [`Error`] and changes nothing; nothing reachable from
-//!   the API panics on bad input.
+//!   the API panics on bad input (a pid ≤ 0 or the process's own, from a
+//!   fork replacement or `watch`, is [`Error::InvalidPid`]).
+//! * [`Reactor`] is `Send` (every callback must be `Send`), so it can move
+//!   to another thread or live in a task of a multi-threaded runtime; it is
+//!   not `Sync`.
+//!
+//! # Identity
+//!
+//! A pid names a process only until that process is reaped. Wherever a
+//! child has a pidfd (the `Pidfd` backend, Linux ≥ 5.4), the pidfd is its
+//! identity: readiness, reaping (`waitid(P_PIDFD)`) and every signal
+//! ([`kill`](Reactor::kill), `terminate`'s deadline, the drop policy:
+//! `pidfd_send_signal`) go through it. If other code reaps the child and the
+//! kernel gives its pid to another process, the pidfd says so (`ECHILD`,
+//! `ESRCH`): the child is reported `Lost`, the signal is refused, and the
+//! other process is never waited for or signalled.
+//!
+//! Without a pidfd (`Peek`, `Scan`, `Mainloop`, `LibraryAlways`, or a child
+//! past `RLIMIT_NOFILE`) evchild names a child by pid, which is sound only
+//! while the contract holds: nobody else reaps it. If other code breaks it
+//! (a `waitpid(-1)` in the same process) *and* the kernel gives the pid to a
+//! new child of the process before evchild looks, a per-pid wait reaps that
+//! new child in the old one's place, and a signal for the old child reaches
+//! the new one. [`kill_group`](Reactor::kill_group) checks the leader
+//! through its pidfd first, but `kill(-pgid)` itself names the group by
+//! number: the window between the check and the signal remains.
 //!
 //! # Coexistence
 //!
@@ -184,20 +229,20 @@
 //!   [`Reactor::fork`] or anyone else, without exec) returns
 //!   [`Error::ForkedChild`] from every method instead of reading the parent's
 //!   wake pipe, and dropping it there only closes that process's copies of
-//!   its descriptors.
+//!   its descriptors, allocating and freeing nothing.
 //! * A forked child starts with an empty handler table: a `pthread_atfork`
 //!   child handler (registered by the first [`Reactor::new`]), or
 //!   [`Reactor::fork`] itself, advances a process-wide fork generation and
-//!   empties the table, so the handler the child inherits never writes
-//!   through its parent's descriptor numbers and never steals its wake-ups.
-//!   The child may then create any reactor of its own, `LibraryAlways`
-//!   included (in the child of a multi-threaded process, only once it may
-//!   allocate).
+//!   empties the table (and the reap-all token and the pid claims), so the
+//!   handler the child inherits never writes through its parent's
+//!   descriptor numbers and never steals its wake-ups. A pid comparison
+//!   would not do: a later process can have the parent's pid. The child may
+//!   then create any reactor of its own, `LibraryAlways` included (in the
+//!   child of a multi-threaded process, only once it may allocate).
 //! * Not covered: a child made by raw `clone(2)` or `syscall(SYS_fork)`
 //!   outside [`Reactor::fork`], which bypasses `pthread_atfork` handlers,
-//!   keeps its parent's table until it execs (spurious wake-ups for the
-//!   parent; stray bytes in a descriptor number it reuses).
-
+//!   keeps its parent's generation and table until it execs.
+//!
 //! # Backends
 //!
 //! How a `Library`-mode reactor learns which of its children died is its
@@ -206,11 +251,11 @@
 //!
 //! | backend | wake-up | cost per exit with N live children | price |
 //! |---|---|---|---|
-//! | `Pidfd` (the default where available) | each child's pidfd in the reactor's epoll set; no `SIGCHLD` handler | flat: a `wait4(pid)` for exactly the children that died | one descriptor per live child: every later spawn copies the descriptor table, and `RLIMIT_NOFILE` caps the children |
-//! | `Peek` (the fallback) | `SIGCHLD`, then `waitid(P_ALL, WNOWAIT)` | one peek and one `wait4(pid)` per exit in user space, but the kernel walks the whole child list for each peek | none; a zombie of someone else's first in line makes that wake-up a scan |
-//! | `Scan` | `SIGCHLD`, then `wait4(pid)` for every live child | O(N) system calls | none |
+//! | `Pidfd` (the default where available) | each child's pidfd in the reactor's epoll set; no `SIGCHLD` handler | flat: one `waitid(P_PIDFD)` for exactly the children that died | one descriptor per live child: every later spawn copies the descriptor table, and `RLIMIT_NOFILE` caps the children with a pidfd (the rest are watched through `SIGCHLD`) |
+//! | `Peek` (the fallback) | `SIGCHLD`, then `waitid(P_ALL, WNOWAIT)` | one peek and one reaping `waitid(P_PID)` per exit in user space, but the kernel walks the whole child list for each peek | none; a wake-up whose peek finds nothing of ours (a child someone else reaped, or another's zombie first in line) scans |
+//! | `Scan` | `SIGCHLD`, then a `waitid(P_PID, WNOWAIT)` probe for every live child | O(N) system calls | none |
 //!
-//! `LibraryAlways` mode reaps with `waitpid(-1)`, which the kernel also
+//! `LibraryAlways` mode reaps with `wait4(-1)`, which the kernel also
 //! answers by walking the child list.
 //!
 //! Measured on this project's 2-core machine (`BENCHMARKS.md`,
@@ -220,11 +265,12 @@
 //! more, the first two through the kernel's walk; but `Pidfd` doubles the
 //! child's CPU per spawn there (the descriptor table). `Pidfd` gave the
 //! most children per second at every size, so `Backend::Auto` chooses it
-//! where `pidfd_open` works (Linux ≥ 5.3, no seccomp veto) and `Peek`
-//! elsewhere. Choose `Peek` for a process that spawns far more than it
-//! keeps alive and is short of descriptors. A program that expects hundreds
-//! of live children should raise its soft `RLIMIT_NOFILE`; children past
-//! the limit are not lost, but watched through `SIGCHLD` (and scanned).
+//! where `pidfd_open` and `waitid(P_PIDFD)` work (Linux ≥ 5.4, no seccomp
+//! veto) and `Peek` elsewhere. Choose `Peek` for a process that spawns far
+//! more than it keeps alive and is short of descriptors. A program that
+//! expects hundreds of live children should raise its soft
+//! `RLIMIT_NOFILE`; children past the limit are not lost, but watched
+//! through `SIGCHLD` (and scanned).
 //!
 //! # Implementation notes
 //!
@@ -236,7 +282,8 @@
 //! | wake-up | one `SIGCHLD` handler per process, installed once; one self-pipe per reactor, registered in a fixed table of 256 slots while the reactor needs the handler |
 //! | descriptor | an epoll set holding the wake pipe and, with `Pidfd`, one pidfd per child |
 //! | `Library` reaping | see *Backends* |
-//! | `LibraryAlways` reaping | `waitpid(-1, WNOHANG)` until nothing is left: k+1 calls for k exits |
+//! | `LibraryAlways` reaping | `wait4(-1, WNOHANG)` until nothing is left: k+1 calls for k exits |
+//! | cost of a start | one `sigaction(SIGCHLD, NULL)` query (see *Coexistence*); with `Pidfd`, `pidfd_open` and `EPOLL_CTL_ADD`; two uncontended lock round trips to claim the pid (see `LibraryAlways`) |
 //! | timers | a binary heap of `terminate` deadlines, fired by `dispatch`: O(log n) each |
 //! | per wake-up allocation | none in steady state (the report queue and scratch space are reused) |
 //! | platform | Linux; other Unix systems with `pipe2` untested |
@@ -246,9 +293,11 @@
 //! and signal children without `Rc`); `Mainloop` mode's `dispatch` reaps
 //! nothing but still delivers left-over reports; a `LibraryAlways` reactor
 //! makes its descriptor readable at creation so zombies that predate it are
-//! collected by the first `dispatch`; and in `Library` mode a reactor with
-//! no live child holds no slot in the handler's table, so idle reactors cost
-//! the handler nothing.
+//! collected by the first `dispatch`; in `Library` mode a reactor with no
+//! live child holds no slot in the handler's table, so idle reactors cost
+//! the handler nothing; [`Reactor::backend`] is `None` outside `Library`
+//! mode; and a start is refused under `SIG_IGN` in `Mainloop` mode too (the
+//! application could not wait for the child either).
 
 #![deny(missing_docs, missing_debug_implementations, unsafe_code)]
 #![warn(rust_2018_idioms, clippy::undocumented_unsafe_blocks)]
