@@ -65,6 +65,8 @@ pub(crate) struct Watcher {
     reap_all: Option<ReapAllToken>,
     /// Live children watched through `SIGCHLD` in the `Pidfd` backend.
     fallbacks: usize,
+    /// Live children with stop reports.
+    stops: usize,
     /// Children with stop reports (possibly stale: pruned by each pass).
     pub(crate) stateful: Vec<Pid>,
     /// Pids whose pidfds are ready, reused between dispatches.
@@ -87,6 +89,7 @@ impl Watcher {
             registration: None,
             reap_all: None,
             fallbacks: 0,
+            stops: 0,
             stateful: Vec::new(),
             ready: Vec::new(),
             strangers: Vec::new(),
@@ -135,6 +138,7 @@ impl Watcher {
             other => other,
         };
         self.fallbacks = 0;
+        self.stops = 0;
         self.stateful.clear();
         Ok(())
     }
@@ -214,9 +218,18 @@ impl Watcher {
     }
 
     /// A child has left the table: forget how it was watched (closing its
-    /// pidfd, after taking it out of the epoll set).
+    /// pidfd, after taking it out of the epoll set). The last child with
+    /// stop reports gone, the handler stops asking for them.
     pub(crate) fn unwatch(&mut self, watch: Watch) {
         self.fallbacks -= usize::from(watch.fallback);
+        if watch.stops {
+            self.stops -= 1;
+            if self.stops == 0 {
+                if let Some(registration) = self.registration.as_mut() {
+                    registration.drop_stops();
+                }
+            }
+        }
     }
 
     /// Stop/continue reports for `pid`: they come through `SIGCHLD`
@@ -231,6 +244,7 @@ impl Watcher {
         }
         if !watch.stops {
             watch.stops = true;
+            self.stops += 1;
             self.stateful.push(pid);
         }
         // A stop before now sent no signal (SA_NOCLDSTOP) but is still
@@ -289,7 +303,7 @@ impl Watcher {
         }
         self.stateful.retain(|&pid| is_live(pid));
         let needed = match self.backend {
-            Backend::Pidfd => self.fallbacks > 0 || !self.stateful.is_empty(),
+            Backend::Pidfd => self.fallbacks > 0 || self.stops > 0,
             _ => live > 0,
         };
         if !needed {

@@ -110,6 +110,20 @@ impl Registration {
             disposition::refresh_flags(true);
         }
     }
+
+    /// Undoes [`want_stops`](Self::want_stops) once no child of the
+    /// registration wants stop reports any more (the handler gets
+    /// `SA_NOCLDSTOP` back when no registration wants them).
+    pub(crate) fn drop_stops(&mut self) {
+        if !self.stops || self.generation != fork_generation() {
+            return;
+        }
+        let _guard = lock();
+        self.stops = false;
+        if STOPS.fetch_sub(1, Ordering::Relaxed) == 1 {
+            disposition::refresh_flags(false);
+        }
+    }
 }
 
 impl Drop for Registration {

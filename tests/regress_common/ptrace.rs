@@ -1,0 +1,112 @@
+//! The ptrace check of issue 7, case 9, shared by `regress_ptrace.rs`
+//! (every `Library` backend) and `regress_library_always.rs`.
+
+use std::time::{Duration, Instant};
+
+use evchild::{ChildId, Forked, Outcome, Reactor};
+
+use crate::util::{exit_child, exited, record, Deaths};
+
+/// Forks through the reactor a child that asks to be traced by us, stops
+/// itself, and once let go `_exit`s with 5.
+pub fn fork_traced(reactor: &mut Reactor<Deaths>) -> ChildId {
+    // SAFETY: the child only calls `ptrace`, `raise` and `_exit`, which are
+    // async-signal-safe system calls.
+    match unsafe { reactor.fork(record) } {
+        Ok(Forked::Child) => unsafe {
+            libc::ptrace(
+                libc::PTRACE_TRACEME,
+                0,
+                std::ptr::null_mut::<libc::c_void>(),
+                std::ptr::null_mut::<libc::c_void>(),
+            );
+            libc::raise(libc::SIGSTOP);
+            exit_child(5)
+        },
+        Ok(Forked::Parent(id)) => id,
+        Err(e) => panic!("fork: {e}"),
+    }
+}
+
+/// Waits (bounded) until `pid` is in a ptrace stop (`t` in
+/// `/proc/<pid>/stat`).
+#[track_caller]
+pub fn wait_traced_stop(pid: libc::pid_t) {
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        match crate::regress_common::proc_state(pid) {
+            Some('t') => return,
+            other if Instant::now() >= end => {
+                panic!("child {pid} not in a ptrace stop after 5 s: state {other:?}")
+            }
+            _ => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}
+
+/// Lets a tracee in a ptrace stop go on, without a signal.
+pub fn detach(pid: libc::pid_t) -> bool {
+    // SAFETY: PTRACE_DETACH of our own tracee; no memory is passed.
+    unsafe {
+        libc::ptrace(
+            libc::PTRACE_DETACH,
+            pid,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_void>(),
+        ) == 0
+    }
+}
+
+/// Reaps `pid` if it is still our child (a zombie the reactor let go of).
+pub fn reap_if_ours(pid: libc::pid_t) {
+    let mut status = 0;
+    // SAFETY: `status` is a valid out-pointer.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } == -1
+        && nix::errno::Errno::last() == nix::errno::Errno::EINTR
+    {}
+}
+
+/// The whole check for one reactor: returns the problems seen.
+pub fn ptrace_stop_is_not_a_death(reactor: &mut Reactor<Deaths>, what: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut deaths = Deaths::default();
+    let id = fork_traced(reactor);
+    let pid = id.pid().as_raw();
+    wait_traced_stop(pid);
+    for _ in 0..5 {
+        reactor.dispatch(&mut deaths).expect("dispatch");
+    }
+    if deaths.total() != 0 {
+        problems.push(format!(
+            "{what}: a ptrace stop was reported as a death: {:?}",
+            deaths.seen
+        ));
+    }
+    if !reactor.contains(id) {
+        problems.push(format!("{what}: the stopped child left the reactor"));
+    }
+    if !detach(pid) {
+        problems.push(format!(
+            "{what}: PTRACE_DETACH failed: {}",
+            std::io::Error::last_os_error()
+        ));
+        // SAFETY: kill(2) of our own child, which we must not leave stopped.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let end = Instant::now() + Duration::from_secs(5);
+    while reactor.contains(id) && Instant::now() < end {
+        crate::util::readable_within(
+            std::os::fd::AsRawFd::as_raw_fd(reactor),
+            Duration::from_millis(20),
+        );
+        reactor.dispatch(&mut deaths).expect("dispatch");
+    }
+    reap_if_ours(pid);
+    match deaths.seen.get(&id).map(Vec::as_slice) {
+        Some([Outcome::Reaped(status)]) if *status == exited(5) => {}
+        other => problems.push(format!(
+            "{what}: expected exactly one report, exit 5, after the detach; got {other:?}"
+        )),
+    }
+    problems
+}
