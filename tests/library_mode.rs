@@ -1048,3 +1048,38 @@ fn stale_id_refused_when_its_pid_is_registered_again() {
     }
     check.finish();
 }
+
+/// The reactor is `Send` whatever the context is (callbacks must be
+/// `Send`), so it can move to another thread: here it starts a child on one
+/// thread and reaps it on another.
+#[test]
+fn reactor_is_send_and_moves_between_threads() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Reactor<std::rc::Rc<()>>>();
+    let check = util::Check::start();
+    {
+        let mut reactor = util::library::<Vec<Exit>>();
+        let id = reactor
+            .spawn(
+                std::process::Command::new("sh").args(["-c", "exit 5"]),
+                util::record,
+            )
+            .expect("spawn")
+            .id;
+        let (reactor, deaths) = std::thread::spawn(move || {
+            let mut reactor = reactor;
+            let mut lp = util::Loop::new(&mut reactor);
+            let mut deaths = Vec::new();
+            lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| !d.is_empty());
+            drop(lp);
+            (reactor, deaths)
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(deaths.len(), 1);
+        assert_eq!(deaths[0].id, id);
+        assert_eq!(deaths[0].outcome, Outcome::Reaped(util::exited(5)));
+        drop(reactor);
+    }
+    check.finish();
+}
