@@ -15,13 +15,14 @@
 //! # The SIGCHLD contract, briefly
 //!
 //! `SIGCHLD` is one process-wide resource, so evchild asks the application
-//! who owns it. Here it is `SigchldOwner::Library`: while it has live
-//! children, evchild keeps a `SIGCHLD` handler that does nothing but write a
-//! byte to the reactor's wake pipe. The reactor's descriptor then becomes
-//! readable, `mio` reports its token, and we call `dispatch`. `dispatch` reaps
-//! only evchild's own children (`waitpid(pid)`, never `waitpid(-1)`, so other
+//! who owns it. Here it is `SigchldOwner::Library`, with the default backend:
+//! each child's pidfd sits in the reactor's own epoll set (where the kernel
+//! has pidfds; elsewhere a `SIGCHLD` handler writes a byte to the reactor's
+//! wake pipe). The reactor's descriptor then becomes readable, `mio` reports
+//! its token, and we call `dispatch`. `dispatch` reaps only evchild's own
+//! children (by pidfd, `waitid(P_PIDFD)`, never `waitpid(-1)`, so other
 //! code's children are never stolen) and runs each child's death callback
-//! exactly once, in our loop, never in the signal handler.
+//! exactly once, in our loop, never in a signal handler.
 //!
 //! The reactor's timers (`terminate`'s grace periods) need no thread either:
 //! the loop sleeps in `poll` no longer than `timeout()` says, and calls

@@ -30,11 +30,15 @@ impl<C> Reactor<C> {
     /// `signal` is a signal number such as `libc::SIGTERM`; 0 checks that the
     /// child can be signalled without sending anything.
     ///
-    /// Between its registration and the report of its death the pid cannot
-    /// name another process: the kernel does not reuse the pid of a child
-    /// that has not been reaped, and evchild reports each death only after
-    /// reaping. (In `Mainloop` mode this holds only if the application calls
-    /// [`reaped`](Reactor::reaped) before it signals through the reactor.)
+    /// A child with a pidfd (the `Pidfd` backend) is signalled through it
+    /// (`pidfd_send_signal`): if other code reaped it, the call fails with
+    /// `ESRCH` and no other process is touched, even one that now has its
+    /// pid. Without a pidfd the pid is used: between registration and the
+    /// report of the death it cannot name another process *while nobody
+    /// else reaps the child* (the kernel does not reuse the pid of an
+    /// unreaped child). In `Mainloop` mode that means the application calls
+    /// [`reaped`](Reactor::reaped) before it signals through the reactor;
+    /// see *Identity* in the crate docs for the window that remains.
     ///
     /// # Errors
     ///

@@ -29,11 +29,17 @@ impl<C> Reactor<C> {
     /// is readable; calling it at other times is harmless.
     ///
     /// In order:
-    /// 1. Empty the wake pipe, *before* reaping: a `SIGCHLD` that lands during
-    ///    the reap writes a new byte, so the loop wakes again.
-    /// 2. Reap: `Library`, one `waitpid(pid, WNOHANG)` per registered child,
-    ///    never another pid; `LibraryAlways`, `waitpid(-1, WNOHANG)` until
-    ///    nothing is left; `Mainloop`, nothing (the application reaps).
+    /// 1. Find what woke the reactor, with one `epoll_wait` (no timeout) on
+    ///    its own set: the wake pipe, which is emptied *before* reaping (a
+    ///    `SIGCHLD` that lands during the reap writes a new byte, so the
+    ///    loop wakes again), and the pidfds that are readable. Nothing woke
+    ///    it: no wait call at all.
+    /// 2. Reap: `Library`, by backend (see the crate docs): the children
+    ///    whose pidfds are readable, one `waitid(P_PIDFD)` each, and after a
+    ///    `SIGCHLD` the peek or the scan over the children without a pidfd,
+    ///    never another pid; `LibraryAlways`, `wait4(-1, WNOHANG)` until
+    ///    nothing is left, routing children of other reactors to them;
+    ///    `Mainloop`, nothing (the application reaps).
     /// 3. Send `SIGKILL` to children whose [`terminate`](Reactor::terminate)
     ///    grace period has run out (after the reap, so a child that obeyed
     ///    is not signalled).

@@ -40,16 +40,20 @@ pub enum Backend {
     /// why); [`Reactor::backend`](crate::Reactor::backend) tells the choice.
     #[default]
     Auto,
-    /// A pidfd per child in the reactor's epoll set (Linux ≥ 5.3): a wake-up
-    /// names exactly the children that died, and no `SIGCHLD` handler is
-    /// installed. One descriptor per live child.
+    /// A pidfd per child in the reactor's epoll set (Linux ≥ 5.4, for
+    /// `waitid(P_PIDFD)`), which is also the child's identity for reaping
+    /// and signals: a wake-up names exactly the children that died, and no
+    /// `SIGCHLD` handler is installed. One descriptor per live child.
     Pidfd,
     /// `SIGCHLD`, then `waitid(WNOWAIT)` to name the next exited child
     /// without reaping it: O(k) for k exits, no extra descriptor; falls back
-    /// to the scan for a wake-up where someone else's zombie is first.
+    /// to the scan for a wake-up where someone else's zombie is first, or
+    /// where the peek found nothing of ours (a child reaped by other code
+    /// leaves no zombie: the scan reports it lost).
     Peek,
-    /// `SIGCHLD`, then one `waitpid(pid, WNOHANG)` per live child: O(N) per
-    /// wake-up. The reference the others are tested against.
+    /// `SIGCHLD`, then one `waitid(P_PID, WNOHANG | WNOWAIT)` probe per live
+    /// child (and a reaping wait per death): O(N) per wake-up. The reference
+    /// the others are tested against.
     Scan,
 }
 
