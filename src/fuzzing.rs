@@ -33,7 +33,7 @@ use nix::errno::Errno;
 use std::os::fd::RawFd;
 
 use crate::reap::{
-    reap_all, reap_listed, reap_peek, reap_scan, Reap, Reaped, Target, Waited, Watched,
+    reap_all, reap_listed, reap_peek, reap_scan, reap_states, Reap, Reaped, Target, Waited, Watched,
 };
 use crate::table::ChildTable;
 use crate::Pid;
@@ -68,6 +68,9 @@ pub struct Procs {
     pub calls: usize,
     /// Running children in a ptrace stop not yet waited for.
     traps: BTreeSet<Pid>,
+    /// Running children with a stop or continue not yet waited for
+    /// (`WUNTRACED`/`WCONTINUED` only): the latest one, as the kernel keeps.
+    states: BTreeMap<Pid, libc::c_int>,
 }
 
 /// What a wait reports for a ptrace stop (`SIGTRAP`, as `WIFSTOPPED`).
@@ -96,9 +99,19 @@ impl Procs {
         }
     }
 
+    /// The running child `pid` is stopped by `signal`, or continued (`None`):
+    /// a wait with `WUNTRACED | WCONTINUED` reports it once.
+    pub fn job_control(&mut self, pid: Pid, signal: Option<libc::c_int>) {
+        if matches!(self.children.get(&pid), Some((_, None))) {
+            let status = signal.map_or(0xffff, |sig| (sig << 8) | 0x7f);
+            self.states.insert(pid, status);
+        }
+    }
+
     /// The running child `pid` exits with `status`; false if none is running.
     pub fn exit(&mut self, pid: Pid, status: libc::c_int) -> bool {
         self.traps.remove(&pid);
+        self.states.remove(&pid);
         match self.children.get_mut(&pid) {
             Some((_, state @ None)) => {
                 *state = Some(status);
@@ -133,7 +146,10 @@ impl Procs {
     /// What a `WNOWAIT` probe of `pid` would say, outside any pass.
     pub fn probe_for_test(&mut self, pid: Pid) -> Option<libc::c_int> {
         let target = Target { pid, pidfd: None };
-        self.answer(target, false).ok().flatten().map(|w| w.raw)
+        self.answer(target, false, false)
+            .ok()
+            .flatten()
+            .map(|w| w.raw)
     }
 
     /// Whether `pid` is an unreaped child, and its serial and status.
@@ -170,7 +186,12 @@ impl Procs {
     /// it names: with a pidfd (the model's pidfd is the child's serial), a
     /// child that has the pid but another serial is not the one named:
     /// `ECHILD`. `consume` reaps a death or takes a ptrace stop.
-    fn answer(&mut self, target: Target, consume: bool) -> Result<Option<Waited>, Errno> {
+    fn answer(
+        &mut self,
+        target: Target,
+        consume: bool,
+        states: bool,
+    ) -> Result<Option<Waited>, Errno> {
         let pid = target.pid;
         match &self.pass {
             Pass::All => panic!("reap-all mode called waitid({pid})"),
@@ -196,6 +217,10 @@ impl Procs {
                 }
                 Ok(Some(TRAP_STATUS.into()))
             }
+            (Some((_, None)), _) if states && self.states.contains_key(&pid) => {
+                let status = self.states.remove(&pid).expect("a state");
+                Ok(Some(status.into()))
+            }
             (Some((_, None)), _) => Ok(None),
         }
     }
@@ -203,15 +228,15 @@ impl Procs {
 
 impl Reap for Procs {
     fn probe(&mut self, target: Target) -> Result<Option<Waited>, Errno> {
-        self.answer(target, false)
+        self.answer(target, false, false)
     }
 
     fn reap(&mut self, target: Target) -> Result<Option<Waited>, Errno> {
-        self.answer(target, true)
+        self.answer(target, true, false)
     }
 
     fn reap_state(&mut self, target: Target) -> Result<Option<Waited>, Errno> {
-        self.answer(target, true)
+        self.answer(target, true, true)
     }
 
     fn reap_any(&mut self) -> Result<Option<(Pid, Waited)>, Errno> {
@@ -320,6 +345,7 @@ impl Model {
         let (mut out, mut errors) = (Vec::new(), self.procs.error.is_some());
         let (calls, eintr) = (self.procs.calls, self.procs.eintr);
         let traps = self.procs.traps.len();
+        let states = self.procs.states.clone();
         self.procs.answered.clear();
         self.procs.reaps.clear();
         let scratch = &mut self.scratch;
@@ -333,6 +359,10 @@ impl Model {
             Mode::Scan => reap_scan(&mut self.procs, table, scratch, |r| out.push(r)),
             Mode::Peek => reap_peek(&mut self.procs, table, scratch, |r| out.push(r)),
             Mode::Pidfd => reap_listed(&mut self.procs, table, &ready, |r| out.push(r)),
+            Mode::States => {
+                let mut stateful: Vec<Pid> = start.keys().copied().collect();
+                reap_states(&mut self.procs, table, &mut stateful, |r| out.push(r))
+            }
         };
         self.procs.pass = Pass::Any;
         errors &= self.procs.error.is_none();
@@ -357,8 +387,21 @@ impl Model {
                     );
                     self.settle(pid, token);
                 }
-                Reaped::Stopped(..) | Reaped::Continued(..) => {
-                    panic!("the model scripts no stops: {report:?}")
+                Reaped::Stopped(pid, signal) => {
+                    assert_eq!(mode, Mode::States, "a stop from a death-only pass");
+                    let status = (signal << 8) | 0x7f;
+                    let expected =
+                        states.get(&pid) == Some(&status) || self.procs.traps.len() < traps;
+                    assert!(expected, "{pid}: stop {signal} never scripted");
+                    assert!(start.contains_key(&pid), "a stranger's stop");
+                }
+                Reaped::Continued(pid) => {
+                    assert_eq!(mode, Mode::States, "a continue from a death-only pass");
+                    assert_eq!(
+                        states.get(&pid),
+                        Some(&0xffff),
+                        "{pid}: continue never scripted"
+                    );
                 }
                 Reaped::Stranger(pid, status) => {
                     assert!(all, "selective mode reported stranger {pid}");
@@ -390,6 +433,9 @@ impl Model {
             Mode::Scan => assert_eq!(conclusive, scanned + reaped, "waitid calls"),
             Mode::Pidfd => assert_eq!(conclusive, ready.len(), "waitid calls"),
             Mode::Peek => assert!(conclusive <= 2 * reaped + 1 + scanned + start.len()),
+            // One answer per stop, continue or ptrace stop, and a last one
+            // (nothing, the death, or gone) per child.
+            Mode::States => assert!(conclusive <= start.len() + states.len() + traps),
         }
         if all {
             assert!(self.procs.children.values().all(|c| c.1.is_none()));
@@ -401,6 +447,10 @@ impl Model {
             match mode {
                 Mode::Pidfd if token.pidfd => assert!(alive, "{pid}: ready pidfd not reported"),
                 Mode::Scan if !token.pidfd => assert!(alive, "{pid} exited or gone, unreported"),
+                Mode::States => {
+                    assert!(alive, "{pid} exited or gone, unreported by the state pass");
+                    assert!(!self.procs.states.contains_key(&pid), "{pid}: a state left");
+                }
                 // A peek that found nothing of ours scanned; one that found
                 // something leaves no zombie of ours behind.
                 Mode::Peek if outcomes == 0 && !token.pidfd => {
@@ -437,6 +487,7 @@ enum Mode {
     Scan,
     Peek,
     Pidfd,
+    States,
     All,
 }
 
@@ -489,12 +540,19 @@ pub fn run(data: &[u8]) {
                     model.lostable.insert(serial);
                 }
             }
-            5 if arg & 0x80 != 0 => model.procs.trap(pid),
+            5 if arg & 0x80 != 0 && arg & 0x40 != 0 => model.procs.trap(pid),
+            5 if arg & 0x80 != 0 => {
+                let signal = [None, Some(libc::SIGSTOP), Some(libc::SIGTSTP)];
+                model
+                    .procs
+                    .job_control(pid, signal[usize::from(arg / 4 % 3)]);
+            }
             5 => model.procs.inject_eintr(u32::from(arg % 4) + 1),
             6 if arg % 4 == 0 => model
                 .procs
                 .inject_error(usize::from(arg / 4 % 4), Errno::EINVAL),
             6 if arg % 4 == 1 => model.pass(Mode::Peek),
+            6 if arg % 4 == 2 && arg & 0x80 != 0 => model.pass(Mode::States),
             6 if arg % 4 == 2 => model.pass(Mode::Pidfd),
             6 => model.pass(Mode::Scan),
             // Reap-all reactors have no pidfds: it names children by pid.
