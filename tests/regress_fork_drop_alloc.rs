@@ -16,7 +16,6 @@ mod util;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::panic::{self, AssertUnwindSafe};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -110,16 +109,6 @@ fn dropping_a_reactor_in_a_forked_child_allocates_and_frees_nothing() {
     check.finish();
 }
 
-fn sh(script: &str) -> Command {
-    let mut command = Command::new("/bin/sh");
-    command
-        .args(["-c", script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    command
-}
-
 #[test]
 #[ignore = "helper process of dropping_a_reactor_in_a_forked_child_allocates_and_frees_nothing"]
 fn helper_fork_drop_alloc() {
@@ -140,7 +129,7 @@ fn helper_fork_drop_alloc() {
     let mut deaths = Deaths::default();
     let spawn = |reactor: &mut evchild::Reactor<Deaths>, script: &str, panics: bool| {
         reactor
-            .spawn(&mut sh(script), move |d: &mut Deaths, r, e| {
+            .spawn(&mut util::quiet_sh(script), move |d: &mut Deaths, r, e| {
                 if panics {
                     panic!("on purpose");
                 }

@@ -15,22 +15,12 @@
 mod regress_common;
 mod util;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use evchild::{Backend, ChildId, DropPolicy, Outcome, Pid, Reactor};
 use regress_common::{cannot_force_pids, pidfd_or_skip, proc_state, spawn_with_pid};
 use util::{exited, reap_child, record, signaled, wait_zombie, Check, Deaths, KillOnPanic};
-
-fn command(script: &str) -> Command {
-    let mut command = Command::new("/bin/sh");
-    command
-        .args(["-c", script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    command
-}
 
 fn can_force(test: &str) -> bool {
     match cannot_force_pids() {
@@ -45,7 +35,7 @@ fn can_force(test: &str) -> bool {
 /// Registers A (`sleep 30`) with `reactor`.
 fn spawn_a(reactor: &mut Reactor<Deaths>) -> ChildId {
     reactor
-        .spawn(&mut command("exec sleep 30"), record)
+        .spawn(&mut util::quiet_sh("exec sleep 30"), record)
         .expect("spawn A")
         .id
 }
@@ -53,7 +43,7 @@ fn spawn_a(reactor: &mut Reactor<Deaths>) -> ChildId {
 /// Starts B (`script`) under A's freed pid; `None` (after printing why) if
 /// another process of the machine kept taking it.
 fn b_under(a: ChildId, script: &str) -> Option<Child> {
-    let b = spawn_with_pid(&mut command(script), a.pid().as_raw());
+    let b = spawn_with_pid(&mut util::quiet_sh(script), a.pid().as_raw());
     if b.is_none() {
         println!("skipping: could not get pid {} again for B", a.pid());
     }
@@ -123,7 +113,7 @@ fn pidfd_child_stolen_then_pid_reused_by_an_exited_child_is_lost() {
     }
     let (mut reactor, mut lp, mut deaths) = util::library_loop_with::<Deaths>(Backend::Pidfd);
     let a = reactor
-        .spawn(&mut command("exit 0"), record)
+        .spawn(&mut util::quiet_sh("exit 0"), record)
         .expect("spawn A")
         .id;
     // Other code takes A, against the contract.
@@ -165,7 +155,7 @@ fn pidfd_child_stolen_then_pid_reused_by_a_running_child_is_lost_promptly() {
     let mut reactor = util::library_with::<Deaths>(Backend::Pidfd);
     let mut deaths = Deaths::default();
     let a = reactor
-        .spawn(&mut command("exit 0"), record)
+        .spawn(&mut util::quiet_sh("exit 0"), record)
         .expect("spawn A")
         .id;
     assert_eq!(reap_child(a.pid()), exited(0), "A's status");

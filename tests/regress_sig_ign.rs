@@ -17,7 +17,6 @@ mod regress_common;
 mod util;
 
 use std::os::fd::AsRawFd;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use evchild::{Backend, Error, Forked, Hooks, Outcome, Pid, Reactor, SigchldOwner};
@@ -26,21 +25,11 @@ use util::{
     KillOnPanic, RestoreDefault, SIGCHLD_BACKENDS,
 };
 
-fn sh(script: &str) -> Command {
-    let mut command = Command::new("/bin/sh");
-    command
-        .args(["-c", script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    command
-}
-
 /// `spawn` and `fork` under `SIG_IGN` must be refused with
 /// `HandlerConflict`.
 fn refuses_new_children(reactor: &mut Reactor<Deaths>, what: &str) -> Vec<String> {
     let mut problems = Vec::new();
-    match reactor.spawn(&mut sh("exit 0"), record) {
+    match reactor.spawn(&mut util::quiet_sh("exit 0"), record) {
         Err(Error::HandlerConflict { .. }) => {}
         Ok(spawned) => problems.push(format!(
             "{what}: spawn under SIG_IGN was accepted ({}); expected HandlerConflict",
@@ -119,7 +108,10 @@ fn foreign_sig_ign(reactor: &mut Reactor<Deaths>, what: &str) -> Vec<String> {
     set_disposition(libc::SIG_DFL, 0);
     let mut deaths = Deaths::default();
     reactor.dispatch(&mut deaths).expect("dispatch");
-    let y = reactor.spawn(&mut sh("exit 6"), record).expect("spawn").id;
+    let y = reactor
+        .spawn(&mut util::quiet_sh("exit 6"), record)
+        .expect("spawn")
+        .id;
     if !readable_within(reactor.as_raw_fd(), Duration::from_secs(2)) {
         problems.push(format!(
             "{what}: after SIG_DFL was restored, a new child's exit did not wake the reactor \

@@ -8,21 +8,10 @@
 mod regress_common;
 mod util;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use evchild::Backend;
 use util::{disposition, record, Check, Deaths, KillOnPanic, BACKENDS};
-
-fn sh(script: &str) -> Command {
-    let mut command = Command::new("/bin/sh");
-    command
-        .args(["-c", script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    command
-}
 
 #[test]
 fn stop_registration_is_cleared_when_its_child_dies() {
@@ -36,10 +25,13 @@ fn stop_registration_is_cleared_when_its_child_dies() {
         }
         let (mut reactor, mut lp, mut deaths) = util::library_loop_with::<Deaths>(backend);
         let live = reactor
-            .spawn(&mut sh("exec sleep 30"), record)
+            .spawn(&mut util::quiet_sh("exec sleep 30"), record)
             .expect("spawn")
             .id;
-        let stateful = reactor.spawn(&mut sh("exit 4"), record).expect("spawn").id;
+        let stateful = reactor
+            .spawn(&mut util::quiet_sh("exit 4"), record)
+            .expect("spawn")
+            .id;
         reactor
             .on_state_change(stateful, |_, _, _, _| {})
             .expect("on_state_change");

@@ -605,6 +605,17 @@ pub fn shell(script: &str) -> Child {
         .expect("spawn /bin/sh")
 }
 
+/// `sh -c SCRIPT` with no stdio (nothing inherited from the test harness).
+pub fn quiet_sh(script: &str) -> Command {
+    let mut command = Command::new("/bin/sh");
+    command
+        .args(["-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
 /// [`shell`] `exit code`.
 #[track_caller]
 pub fn sh_exit(code: i32) -> Child {
