@@ -43,19 +43,20 @@ impl SelfPipe {
 
     /// Empties the pipe. Returns whether there was anything in it.
     ///
-    /// Reads until `EAGAIN`, so an edge-triggered registration (mio's) sees a
-    /// new edge for the next byte written.
+    /// Called only when the pipe is readable. Reads until a read comes back
+    /// short: reads and writes of a pipe are serialised, so a short read
+    /// left it empty, and a byte written after it finds the pipe empty and
+    /// wakes its readers (some kernels, 5.5 to 5.15, wake a reader only on
+    /// that transition). So the next byte is a new event, and the steady
+    /// state makes one `read` per wake-up, not a second one that answers
+    /// `EAGAIN`.
     pub(crate) fn drain(&self) -> io::Result<bool> {
         let mut buf = [0u8; 128];
         let mut any = false;
         loop {
             match nix::unistd::read(&self.read, &mut buf) {
                 Ok(0) => return Ok(any), // cannot happen: we hold the write end
-                // Keep reading even after a short read: a byte written
-                // between a short read and our return would otherwise stay in
-                // the pipe, and some kernels (5.5 to 5.15) signal an
-                // edge-triggered reader only when a pipe goes from empty to
-                // non-empty.
+                Ok(n) if n < buf.len() => return Ok(true),
                 Ok(_) => any = true,
                 Err(Errno::EINTR) => continue,
                 Err(Errno::EAGAIN) => return Ok(any),

@@ -167,15 +167,17 @@ impl Watcher {
         let needs_handler = self.mode == SigchldOwner::LibraryAlways
             || self.backend() == Some(Backend::Peek)
             || self.backend() == Some(Backend::Scan);
-        if let Err(e) = sigchld::before_start(needs_handler && self.registration.is_some()) {
+        // One disposition query either way: registering makes it too.
+        let acquire = needs_handler && self.registration.is_none();
+        let checked = match acquire {
+            true => sigchld::register(self.pipe.write_raw()).map(|r| self.registration = Some(r)),
+            false => sigchld::before_start(needs_handler),
+        };
+        if let Err(e) = checked {
             self.pipe.wake();
             return Err(e);
         }
-        if needs_handler && self.registration.is_none() {
-            self.registration = Some(sigchld::register(self.pipe.write_raw())?);
-            return Ok(true);
-        }
-        Ok(false)
+        Ok(acquire)
     }
 
     /// Undoes [`before_start`](Self::before_start) after a start failed.

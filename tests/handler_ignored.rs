@@ -36,19 +36,6 @@ fn handler_addr() -> libc::sighandler_t {
     counting_handler as extern "C" fn(libc::c_int) as libc::sighandler_t
 }
 
-/// Waits until `pid`, a child the kernel reaps by itself (`SIGCHLD`
-/// ignored), is gone.
-#[track_caller]
-fn wait_gone(pid: Pid) {
-    let deadline = Instant::now() + LIMIT;
-    // SAFETY: kill(2) with signal 0 sends nothing. The pid cannot have been
-    // reused for anything that matters within this loop.
-    while unsafe { libc::kill(pid.as_raw(), 0) } == 0 {
-        assert!(Instant::now() < deadline, "child {pid} never went away");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 /// Asserts `new(LibraryAlways)` and a `Library` fork (with a `SIGCHLD`
 /// backend, scan or peek) are refused with `HandlerConflict`, leaving the
 /// disposition `(handler, flags)` as it is and starting and registering
@@ -319,7 +306,7 @@ fn sig_ign_set_after_ours_was_replaced_is_still_refused() {
             // The kernel reaps it. Wait until it is gone, settle it (lost),
             // and put evchild's handler back by hand so evchild can restore
             // SIG_DFL and the process is clean for the other tests.
-            wait_gone(id.pid());
+            util::wait_not_our_child(id.pid());
             reactor.dispatch(&mut deaths).expect("dispatch");
             assert_eq!(deaths.len(), 2);
             assert_eq!(deaths[1].outcome, Outcome::Lost);

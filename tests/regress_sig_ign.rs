@@ -19,7 +19,7 @@ mod util;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use evchild::{Backend, Error, Forked, Hooks, Outcome, Pid, Reactor, SigchldOwner};
+use evchild::{Backend, Error, Forked, Hooks, Outcome, Reactor, SigchldOwner};
 use util::{
     exit_child, fork_gated, readable_within, record, set_disposition, Check, Deaths, Gate,
     KillOnPanic, RestoreDefault, SIGCHLD_BACKENDS,
@@ -47,16 +47,6 @@ fn refuses_new_children(reactor: &mut Reactor<Deaths>, what: &str) -> Vec<String
         Err(e) => problems.push(format!("{what}: fork under SIG_IGN: {e:?}")),
     }
     problems
-}
-
-/// Waits (bounded) until `pid` no longer exists (auto-reaped).
-fn wait_gone(pid: Pid) {
-    let end = Instant::now() + Duration::from_secs(5);
-    // SAFETY: kill(2) with signal 0 only checks that the process exists.
-    while unsafe { libc::kill(pid.as_raw(), 0) } == 0 {
-        assert!(Instant::now() < end, "child {pid} still exists after 5 s");
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 /// Dispatches until `done` or `limit`, waiting at most 20 ms at a time.
@@ -87,7 +77,7 @@ fn foreign_sig_ign(reactor: &mut Reactor<Deaths>, what: &str) -> Vec<String> {
 
     // X dies, and the kernel reaps it at once; no SIGCHLD.
     gate.open();
-    wait_gone(x.pid());
+    util::wait_not_our_child(x.pid());
     let woke = readable_within(reactor.as_raw_fd(), Duration::from_secs(2));
     if !woke {
         problems.push(format!(

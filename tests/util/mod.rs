@@ -605,6 +605,22 @@ pub fn shell(script: &str) -> Child {
         .expect("spawn /bin/sh")
 }
 
+/// Waits until `pid` is no longer an unreaped child of this process (the
+/// kernel reaped it, `SIGCHLD` being ignored, or someone else did). Asks
+/// `waitid(P_PID, WNOWAIT)`, which reaps nothing and, unlike `kill(pid, 0)`,
+/// cannot be fooled by another process that got the pid since.
+#[track_caller]
+pub fn wait_not_our_child(pid: Pid) {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    let id = || Id::Pid(nix::unistd::Pid::from_raw(pid.as_raw()));
+    while waitid(id(), flags) != Err(Errno::ECHILD) {
+        assert!(Instant::now() < deadline, "child {pid} never went away");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// `sh -c SCRIPT` with no stdio (nothing inherited from the test harness).
 pub fn quiet_sh(script: &str) -> Command {
     let mut command = Command::new("/bin/sh");
