@@ -311,6 +311,7 @@ mod fork;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+mod lifecycle;
 mod mode;
 mod pidfd;
 mod poller;
@@ -319,6 +320,7 @@ mod reap;
 mod routes;
 mod selfpipe;
 mod sigchld;
+mod signal;
 mod spawn;
 mod sys;
 mod table;
@@ -328,6 +330,8 @@ mod watcher;
 pub use drop_policy::DropPolicy;
 pub use error::{Error, Result};
 pub use exit::{ChildId, ChildState, Exit, Outcome, Pid, ResourceUsage};
+pub use lifecycle::{ChildStatus, Forgotten};
 pub use mode::{Backend, Claim, Forked, Hooks, SigchldOwner};
 pub use reactor::{Reactor, Stats};
+pub use signal::Signal;
 pub use spawn::Spawned;
