@@ -24,7 +24,7 @@
 //! let mut app = App { running: 0 };
 //! // SAFETY: the child calls only `_exit`, which is async-signal-safe.
 //! match unsafe { children.fork(|app: &mut App, _children, exit| {
-//!     println!("child {} ended: {:?}", exit.pid, exit.status());
+//!     println!("child {} ended: {:?}", exit.id, exit.status());
 //!     app.running -= 1;
 //! }) }? {
 //!     Forked::Child => unsafe { libc::_exit(3) },
