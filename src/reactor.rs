@@ -373,6 +373,12 @@ impl<C> Source for Reactor<C> {
 impl<C> AsFd for Reactor<C> {
     /// The descriptor that becomes readable when `dispatch` has work. Watch
     /// it for readability only; never read from it yourself.
+    ///
+    /// It is the same open descriptor for the reactor's whole life (created
+    /// in [`new`](Reactor::new), closed when the reactor is dropped, never
+    /// replaced by `set_mode` or a backend), so a runtime that registers it
+    /// once (tokio's `AsyncFd`, `async-io`'s `Async`) may rely on it until
+    /// the reactor is dropped.
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.watcher.fd()
     }
