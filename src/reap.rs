@@ -281,6 +281,10 @@ pub(crate) fn reap_peek<R: Reap, T: Watched>(
 ) -> io::Result<()> {
     let mut found = false;
     loop {
+        if found && table.is_empty() {
+            // Nothing of ours left to find: no final peek.
+            return Ok(());
+        }
         let pid = match retry_eintr(|| sys.peek()) {
             Ok(None) if found => return Ok(()),
             Ok(Some((pid, status))) if status.is_death() && table.get(pid).is_some() => pid,
