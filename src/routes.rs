@@ -254,13 +254,15 @@ impl Drop for Start {
 
 /// A child of `reactor` left its table (reported): withdraw its claim.
 pub(crate) fn release(pid: Pid, reactor: u32) {
-    let mut routes = lock();
-    if routes
-        .claims
-        .get(&pid)
-        .is_some_and(|c| c.reactor == reactor)
-    {
-        routes.claims.remove(&pid);
+    lock().withdraw(pid, reactor);
+}
+
+impl Routes {
+    /// Removes `reactor`'s claim on `pid`, if it has one.
+    fn withdraw(&mut self, pid: Pid, reactor: u32) {
+        if self.claims.get(&pid).is_some_and(|c| c.reactor == reactor) {
+            self.claims.remove(&pid);
+        }
     }
 }
 
@@ -272,13 +274,7 @@ pub(crate) fn collect(pid: Pid, reactor: u32) -> Option<Waited> {
         std::thread::yield_now();
     }
     let mut routes = lock();
-    if routes
-        .claims
-        .get(&pid)
-        .is_some_and(|c| c.reactor == reactor)
-    {
-        routes.claims.remove(&pid);
-    }
+    routes.withdraw(pid, reactor);
     match routes.inbox.get(&pid) {
         Some(&(owner, waited)) if owner == reactor => {
             routes.inbox.remove(&pid);
