@@ -255,6 +255,7 @@ mod reap;
 mod selfpipe;
 mod sigchld;
 mod spawn;
+pub mod supervise;
 mod sys;
 mod table;
 mod timer;

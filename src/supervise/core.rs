@@ -1,0 +1,722 @@
+//! A pool's state machine, without I/O: workers and their states, sizing,
+//! the crash throttle, generations and the stop, as inputs (a start's
+//! result, a status report, a death, the clock) and outputs ([`Action`]s for
+//! the I/O shell in `pool.rs`, [`Note`]s that become public events).
+//!
+//! Every input takes the time, so the unit tests below and the fuzz target
+//! (`evchild::fuzzing::pool`) script the clock and the processes; the shell
+//! executes each action at once and feeds the result back.
+//!
+//! Worker states: `Starting` → `Idle` ⇄ `Busy` → `Retiring` → removed at its
+//! death. Only the pool moves a worker to `Retiring`, by signalling it;
+//! every other transition is the worker's report.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use super::policy::{SpawnRate, Throttle};
+use super::{PoolConfig, WorkerState};
+
+/// A worker's report on the status channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Report {
+    Ready,
+    Busy,
+    Idle,
+}
+
+/// What the shell must do now, for the worker with this token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Start a worker of `generation`; report the result with
+    /// [`Core::started`] or [`Core::start_failed`].
+    Start { token: u64, generation: u64 },
+    /// `SIGTERM` now, `SIGKILL` after `grace`.
+    Stop { token: u64, grace: Duration },
+    /// `SIGKILL` now (it did not report ready in time).
+    Kill { token: u64 },
+}
+
+/// Something the application is told about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Note {
+    Ready(u64),
+    Busy(u64),
+    Idle(u64),
+    Retiring(u64),
+    /// A worker died; `fault` if it counted against the throttle.
+    Exited {
+        token: u64,
+        fault: bool,
+    },
+    Throttled(Instant),
+    Unthrottled,
+    Stopped,
+}
+
+/// The pool's view of one worker.
+#[derive(Debug, Clone)]
+pub(crate) struct Worker {
+    pub(crate) generation: u64,
+    pub(crate) state: WorkerState,
+    pub(crate) started: Instant,
+    pub(crate) ready_at: Option<Instant>,
+    pub(crate) requests: u64,
+    /// Retire as soon as it reports idle (old generation).
+    retire_on_idle: bool,
+    /// Retire at this time even if still busy (old generation).
+    retire_by: Option<Instant>,
+    /// Its death is not the worker's fault: the pool signalled it, or
+    /// already counted the fault (start timeout).
+    excused: bool,
+}
+
+/// The state machine of one pool.
+#[derive(Debug)]
+pub(crate) struct Core {
+    cfg: PoolConfig,
+    workers: BTreeMap<u64, Worker>,
+    next_token: u64,
+    generation: u64,
+    rate: SpawnRate,
+    throttle: Throttle,
+    /// After a throttle: one start at a time until a worker reports ready.
+    probing: bool,
+    next_tick: Instant,
+    stopping: Option<Duration>,
+    stopped: bool,
+    pub(crate) actions: VecDeque<Action>,
+    pub(crate) notes: VecDeque<Note>,
+}
+
+impl Core {
+    /// A pool that starts its initial workers at once.
+    pub(crate) fn new(cfg: PoolConfig, now: Instant) -> Self {
+        let mut core = Core {
+            rate: SpawnRate::new(cfg.max_spawn_rate),
+            throttle: Throttle::new(cfg.throttle_delay, cfg.throttle_max, cfg.throttle_reset),
+            next_tick: now + cfg.interval,
+            cfg,
+            workers: BTreeMap::new(),
+            next_token: 1,
+            generation: 1,
+            probing: false,
+            stopping: None,
+            stopped: false,
+            actions: VecDeque::new(),
+            notes: VecDeque::new(),
+        };
+        for _ in 0..core.cfg.initial() {
+            core.start_one(now);
+        }
+        core
+    }
+
+    pub(crate) fn config(&self) -> &PoolConfig {
+        &self.cfg
+    }
+
+    pub(crate) fn workers(&self) -> impl Iterator<Item = (u64, &Worker)> + '_ {
+        self.workers.iter().map(|(t, w)| (*t, w))
+    }
+
+    pub(crate) fn worker(&self, token: u64) -> Option<&Worker> {
+        self.workers.get(&token)
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub(crate) fn throttled_until(&self) -> Option<Instant> {
+        self.throttle.until()
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.is_some()
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Workers that count against the sizes: all but the retiring ones.
+    pub(crate) fn active(&self) -> usize {
+        self.workers
+            .values()
+            .filter(|w| w.state != WorkerState::Retiring)
+            .count()
+    }
+
+    fn count(&self, state: WorkerState) -> usize {
+        self.workers.values().filter(|w| w.state == state).count()
+    }
+
+    /// The next time [`tick`](Self::tick) has something to do.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        if self.stopped {
+            return None;
+        }
+        let mut next = if self.stopping.is_some() {
+            None
+        } else {
+            Some(self.next_tick)
+        };
+        let mut earliest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
+        if let Some(until) = self.throttle.until() {
+            earliest(until);
+        }
+        for w in self.workers.values() {
+            if w.state == WorkerState::Starting && !w.excused {
+                earliest(w.started + self.cfg.start_timeout);
+            }
+            if let Some(by) = w.retire_by {
+                earliest(by);
+            }
+        }
+        next
+    }
+
+    /// Does what the clock says: start timeouts, the end of a throttle,
+    /// old-generation deadlines, and the interval's idle maintenance.
+    pub(crate) fn tick(&mut self, now: Instant) {
+        if self.stopped {
+            return;
+        }
+        let timeout = self.cfg.start_timeout;
+        let late: Vec<u64> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| {
+                w.state == WorkerState::Starting && !w.excused && w.started + timeout <= now
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        for token in late {
+            if let Some(w) = self.workers.get_mut(&token) {
+                w.excused = true;
+                w.state = WorkerState::Retiring;
+            }
+            self.actions.push_back(Action::Kill { token });
+            self.notes.push_back(Note::Retiring(token));
+            self.fault(now);
+        }
+        let overdue: Vec<u64> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.retire_by.is_some_and(|by| by <= now))
+            .map(|(t, _)| *t)
+            .collect();
+        for token in overdue {
+            self.retire(token, self.cfg.retire_grace);
+        }
+        if self.throttle.expire(now) {
+            self.notes.push_back(Note::Unthrottled);
+            self.probing = true;
+        }
+        if self.stopping.is_some() {
+            return;
+        }
+        if now >= self.next_tick {
+            self.next_tick = now + self.cfg.interval;
+            self.idle_maintenance(now);
+        }
+        self.fill_minimum(now);
+    }
+
+    /// Once per interval: too few idle workers, start some at the doubling
+    /// rate; too many, retire one.
+    fn idle_maintenance(&mut self, now: Instant) {
+        let spare = self.count(WorkerState::Idle) + self.count(WorkerState::Starting);
+        let shortage = self.cfg.min_idle.saturating_sub(spare);
+        let room = self.cfg.max_workers.saturating_sub(self.active());
+        let n = if self.throttle.is_on() {
+            0
+        } else {
+            self.rate.decide(shortage, room)
+        };
+        for _ in 0..n {
+            if !self.may_start() {
+                break;
+            }
+            self.start_one(now);
+        }
+        let idle = self.count(WorkerState::Idle);
+        if shortage == 0 && idle > self.cfg.max_idle && self.active() > self.cfg.min_workers {
+            // The newest idle worker: the older ones have warmed up.
+            let newest = self
+                .workers
+                .iter()
+                .rev()
+                .find(|(_, w)| w.state == WorkerState::Idle)
+                .map(|(t, _)| *t);
+            if let Some(token) = newest {
+                self.retire(token, self.cfg.retire_grace);
+            }
+        }
+    }
+
+    /// Starts workers until there are `min_workers`, unless throttled.
+    fn fill_minimum(&mut self, now: Instant) {
+        while self.active() < self.cfg.min_workers && self.may_start() {
+            self.start_one(now);
+        }
+    }
+
+    fn may_start(&self) -> bool {
+        self.stopping.is_none()
+            && !self.throttle.is_on()
+            && self.active() < self.cfg.max_workers
+            && !(self.probing && self.count(WorkerState::Starting) > 0)
+    }
+
+    fn start_one(&mut self, now: Instant) {
+        let token = self.next_token;
+        self.next_token += 1;
+        self.workers.insert(
+            token,
+            Worker {
+                generation: self.generation,
+                state: WorkerState::Starting,
+                started: now,
+                ready_at: None,
+                requests: 0,
+                retire_on_idle: false,
+                retire_by: None,
+                excused: false,
+            },
+        );
+        self.actions.push_back(Action::Start {
+            token,
+            generation: self.generation,
+        });
+    }
+
+    fn fault(&mut self, now: Instant) {
+        if let Some(until) = self.throttle.fault(now) {
+            self.notes.push_back(Note::Throttled(until));
+        }
+    }
+
+    /// `SIGTERM` with `grace`; the worker stops counting against the sizes.
+    fn retire(&mut self, token: u64, grace: Duration) {
+        if let Some(w) = self.workers.get_mut(&token) {
+            w.retire_by = None;
+            w.retire_on_idle = false;
+            w.excused = true;
+            if w.state != WorkerState::Retiring {
+                w.state = WorkerState::Retiring;
+                self.notes.push_back(Note::Retiring(token));
+            }
+            self.actions.push_back(Action::Stop { token, grace });
+        }
+    }
+
+    /// The shell started the worker.
+    pub(crate) fn started(&mut self, _token: u64, _now: Instant) {}
+
+    /// The shell could not start the worker: it never existed.
+    pub(crate) fn start_failed(&mut self, token: u64, now: Instant) {
+        if self.workers.remove(&token).is_some() {
+            self.fault(now);
+            self.after_change(now);
+        }
+    }
+
+    /// A worker's report on the status channel. Reports from unknown (dead)
+    /// or retiring workers are ignored.
+    pub(crate) fn report(&mut self, token: u64, report: Report, now: Instant) {
+        let generation = self.generation;
+        let max_requests = self.cfg.max_requests;
+        let Some(w) = self.workers.get_mut(&token) else {
+            return;
+        };
+        if w.state == WorkerState::Retiring {
+            return;
+        }
+        if w.state == WorkerState::Starting {
+            w.state = WorkerState::Idle;
+            w.ready_at = Some(now);
+            self.probing = false;
+            self.notes.push_back(Note::Ready(token));
+        }
+        match (report, w.state) {
+            (Report::Busy, WorkerState::Idle) => {
+                w.state = WorkerState::Busy;
+                self.notes.push_back(Note::Busy(token));
+            }
+            (Report::Idle, WorkerState::Busy) => {
+                w.state = WorkerState::Idle;
+                w.requests += 1;
+                self.notes.push_back(Note::Idle(token));
+                let spent = max_requests.is_some_and(|max| w.requests >= max);
+                if spent || w.retire_on_idle || w.generation < generation {
+                    self.retire(token, self.cfg.retire_grace);
+                    self.after_change(now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The parent takes an idle worker of the current generation for a job
+    /// of its own (OpenSRF): it is busy until it reports idle.
+    pub(crate) fn checkout(&mut self) -> Option<u64> {
+        if self.stopping.is_some() {
+            return None;
+        }
+        let generation = self.generation;
+        let (token, w) = self
+            .workers
+            .iter_mut()
+            .find(|(_, w)| w.state == WorkerState::Idle && w.generation == generation)?;
+        w.state = WorkerState::Busy;
+        self.notes.push_back(Note::Busy(*token));
+        Some(*token)
+    }
+
+    /// A worker died; `abnormal` if by a signal or with a non-zero code (or
+    /// lost).
+    pub(crate) fn exited(&mut self, token: u64, abnormal: bool, now: Instant) {
+        let Some(w) = self.workers.remove(&token) else {
+            return;
+        };
+        // Postfix's rule, plus the start handshake: a death the pool did not
+        // cause is a fault if the worker never reported ready, or died
+        // abnormally before serving a request.
+        let fault =
+            !w.excused && (w.state == WorkerState::Starting || (abnormal && w.requests == 0));
+        self.notes.push_back(Note::Exited { token, fault });
+        if fault {
+            self.fault(now);
+        }
+        self.after_change(now);
+    }
+
+    /// After a worker left: replace it up to the minimum, or, when
+    /// stopping, say so if it was the last.
+    fn after_change(&mut self, now: Instant) {
+        if self.stopping.is_some() {
+            if self.workers.is_empty() && !self.stopped {
+                self.stopped = true;
+                self.notes.push_back(Note::Stopped);
+            }
+        } else {
+            self.fill_minimum(now);
+        }
+    }
+
+    /// A new generation: idle (and starting) workers of older ones are
+    /// retired now, busy ones when they report idle, or after the retire
+    /// grace at the latest; the minimum is refilled with new ones at once.
+    pub(crate) fn reload(&mut self, now: Instant) {
+        if self.stopping.is_some() {
+            return;
+        }
+        self.generation += 1;
+        let old: Vec<(u64, WorkerState)> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.state != WorkerState::Retiring)
+            .map(|(t, w)| (*t, w.state))
+            .collect();
+        for (token, state) in old {
+            if state == WorkerState::Busy {
+                let by = now.checked_add(self.cfg.retire_grace);
+                if let Some(w) = self.workers.get_mut(&token) {
+                    w.retire_on_idle = true;
+                    w.retire_by = by;
+                }
+            } else {
+                self.retire(token, self.cfg.retire_grace);
+            }
+        }
+        // A reload is an operator's fresh start: no probing, and the idle
+        // shortage is filled from the next interval on.
+        self.fill_minimum(now);
+    }
+
+    /// Stops starting workers and asks every worker to stop: `SIGTERM`,
+    /// `SIGKILL` after `grace`. [`Note::Stopped`] follows the last death.
+    pub(crate) fn shutdown(&mut self, grace: Duration) {
+        if self.stopping.is_some() {
+            return;
+        }
+        self.stopping = Some(grace);
+        let tokens: Vec<u64> = self.workers.keys().copied().collect();
+        for token in tokens {
+            // Again for retiring workers too: their grace may be longer.
+            self.retire(token, grace);
+        }
+        if self.workers.is_empty() {
+            self.stopped = true;
+            self.notes.push_back(Note::Stopped);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// A scripted pool: the clock and the processes are ours.
+    struct Script {
+        core: Core,
+        now: Instant,
+        fail_starts: bool,
+        starts: Vec<Instant>,
+    }
+
+    impl Script {
+        fn new(cfg: PoolConfig) -> Self {
+            let now = Instant::now();
+            let mut s = Script {
+                core: Core::new(cfg, now),
+                now,
+                fail_starts: false,
+                starts: Vec::new(),
+            };
+            s.settle();
+            s
+        }
+
+        /// Executes the actions the way the shell does: starts succeed (or
+        /// fail), signals are sent (the deaths come when the test says).
+        fn settle(&mut self) -> Vec<Action> {
+            let mut done = Vec::new();
+            while let Some(action) = self.core.actions.pop_front() {
+                if let Action::Start { token, .. } = action {
+                    self.starts.push(self.now);
+                    if self.fail_starts {
+                        self.core.start_failed(token, self.now);
+                    } else {
+                        self.core.started(token, self.now);
+                    }
+                }
+                done.push(action);
+            }
+            done
+        }
+
+        fn advance(&mut self, by: Duration) -> Vec<Action> {
+            self.now += by;
+            self.core.tick(self.now);
+            self.settle()
+        }
+
+        fn tokens(&self, state: WorkerState) -> Vec<u64> {
+            self.core
+                .workers()
+                .filter(|(_, w)| w.state == state)
+                .map(|(t, _)| t)
+                .collect()
+        }
+
+        fn ready_all(&mut self) {
+            for t in self.tokens(WorkerState::Starting) {
+                self.core.report(t, Report::Ready, self.now);
+            }
+            self.settle();
+        }
+
+        fn notes(&mut self) -> Vec<Note> {
+            self.core.notes.drain(..).collect()
+        }
+    }
+
+    fn cfg() -> PoolConfig {
+        PoolConfig::new()
+            .start(2)
+            .workers(2, 10)
+            .idle(2, 4)
+            .interval(1000 * MS)
+            .throttle(500 * MS, 4000 * MS, 10_000 * MS)
+    }
+
+    #[test]
+    fn starts_the_initial_workers_and_keeps_the_minimum() {
+        let mut s = Script::new(cfg());
+        assert_eq!(s.starts.len(), 2);
+        s.ready_all();
+        let idle = s.tokens(WorkerState::Idle);
+        // A ready worker killed from outside after serving a request: no
+        // throttle, replaced at once.
+        s.core.report(idle[0], Report::Busy, s.now);
+        s.core.report(idle[0], Report::Idle, s.now);
+        s.core.exited(idle[0], true, s.now);
+        s.settle();
+        assert_eq!(s.starts.len(), 3);
+        assert!(s.core.throttled_until().is_none());
+    }
+
+    #[test]
+    fn idle_shortage_doubles_then_surplus_retires_one_per_interval() {
+        let mut s = Script::new(cfg().idle(8, 8).workers(2, 10));
+        s.ready_all();
+        // Busy everything, each interval: 1, 2, 4, then the room left (3).
+        let mut per_interval = Vec::new();
+        for _ in 0..5 {
+            s.ready_all();
+            for t in s.tokens(WorkerState::Idle) {
+                s.core.report(t, Report::Busy, s.now);
+            }
+            let before = s.starts.len();
+            s.advance(1000 * MS);
+            per_interval.push(s.starts.len() - before);
+        }
+        assert_eq!(per_interval, [1, 2, 4, 1, 0]);
+        assert_eq!(s.core.active(), 10, "the maximum and no further");
+        // Load over: all idle, max idle 8 ⇒ retire 1 per interval down to 8.
+        s.ready_all();
+        for t in s.tokens(WorkerState::Busy) {
+            s.core.report(t, Report::Idle, s.now);
+        }
+        s.core.cfg.max_idle = 8;
+        s.core.cfg.min_idle = 0;
+        let mut retired = Vec::new();
+        for _ in 0..4 {
+            let actions = s.advance(1000 * MS);
+            retired.push(
+                actions
+                    .iter()
+                    .filter(|a| matches!(a, Action::Stop { .. }))
+                    .count(),
+            );
+        }
+        assert_eq!(retired, [1, 1, 0, 0]);
+    }
+
+    #[test]
+    fn a_crash_loop_is_throttled_and_bounded() {
+        let mut s = Script::new(cfg());
+        let t0 = s.now;
+        // Every worker exits 1 at once, before ready.
+        for _ in 0..600 {
+            for t in s.tokens(WorkerState::Starting) {
+                s.core.exited(t, true, s.now);
+            }
+            s.settle();
+            s.advance(100 * MS);
+        }
+        let minute = s.now - t0;
+        assert_eq!(minute, 60_000 * MS);
+        // Throttle 0.5, 1, 2, 4, 4, 4 … s with one probe each: about 20.
+        assert!(
+            s.starts.len() <= 25,
+            "{} starts in a minute",
+            s.starts.len()
+        );
+        let notes = s.notes();
+        assert!(notes.iter().any(|n| matches!(n, Note::Throttled(_))));
+        assert!(notes.contains(&Note::Unthrottled));
+    }
+
+    #[test]
+    fn a_failed_spawn_throttles() {
+        let mut cfg = cfg();
+        cfg.start = 3;
+        let now = Instant::now();
+        let mut core = Core::new(cfg, now);
+        let Some(Action::Start { token, .. }) = core.actions.pop_front() else {
+            panic!("no start");
+        };
+        core.start_failed(token, now);
+        assert!(core.throttled_until().is_some());
+        assert!(core.notes.iter().any(|n| matches!(n, Note::Throttled(_))));
+    }
+
+    #[test]
+    fn a_worker_that_never_reports_ready_is_killed_and_throttles() {
+        let mut s = Script::new(cfg().start_timeout(2000 * MS));
+        let actions = s.advance(2000 * MS);
+        let kills = actions
+            .iter()
+            .filter(|a| matches!(a, Action::Kill { .. }))
+            .count();
+        assert_eq!(kills, 2);
+        assert!(s.core.throttled_until().is_some());
+        // The deaths that follow do not count again.
+        for t in s.tokens(WorkerState::Retiring) {
+            s.core.exited(t, true, s.now);
+        }
+        let faults = s
+            .notes()
+            .iter()
+            .filter(|n| matches!(n, Note::Exited { fault: true, .. }))
+            .count();
+        assert_eq!(faults, 0);
+    }
+
+    #[test]
+    fn max_requests_retires_and_replaces() {
+        let mut s = Script::new(cfg().max_requests(2));
+        s.ready_all();
+        let t = s.tokens(WorkerState::Idle)[0];
+        for _ in 0..2 {
+            s.core.report(t, Report::Busy, s.now);
+            s.core.report(t, Report::Idle, s.now);
+        }
+        let actions = s.settle();
+        assert!(actions.contains(&Action::Stop {
+            token: t,
+            grace: s.core.cfg.retire_grace
+        }));
+        assert!(actions.iter().any(|a| matches!(a, Action::Start { .. })));
+    }
+
+    #[test]
+    fn reload_retires_idle_now_and_busy_when_idle() {
+        let mut s = Script::new(cfg());
+        s.ready_all();
+        let [a, b] = s.tokens(WorkerState::Idle)[..] else {
+            panic!()
+        };
+        s.core.report(a, Report::Busy, s.now);
+        s.core.reload(s.now);
+        let actions = s.settle();
+        assert!(actions
+            .iter()
+            .any(|x| matches!(x, Action::Stop { token, .. } if *token == b)));
+        assert!(!actions
+            .iter()
+            .any(|x| matches!(x, Action::Stop { token, .. } if *token == a)));
+        assert_eq!(
+            actions
+                .iter()
+                .filter(|x| matches!(x, Action::Start { generation: 2, .. }))
+                .count(),
+            1,
+            "one new worker replaces the retired idle one"
+        );
+        s.core.report(a, Report::Idle, s.now);
+        let actions = s.settle();
+        assert!(actions
+            .iter()
+            .any(|x| matches!(x, Action::Stop { token, .. } if *token == a)));
+    }
+
+    #[test]
+    fn shutdown_stops_everything_and_reports_once() {
+        let mut s = Script::new(cfg());
+        s.ready_all();
+        s.core.shutdown(300 * MS);
+        let actions = s.settle();
+        assert_eq!(
+            actions
+                .iter()
+                .filter(|a| matches!(a, Action::Stop { grace, .. } if *grace == 300 * MS))
+                .count(),
+            2
+        );
+        for t in s.tokens(WorkerState::Retiring) {
+            s.core.exited(t, true, s.now);
+        }
+        s.advance(5000 * MS);
+        assert_eq!(s.starts.len(), 2, "no start after shutdown");
+        let notes = s.notes();
+        assert_eq!(notes.iter().filter(|n| **n == Note::Stopped).count(), 1);
+        assert!(!notes.iter().any(|n| matches!(n, Note::Throttled(_))));
+    }
+}
