@@ -1,0 +1,213 @@
+//! Faults: workers killed under load are replaced (and not throttled, as
+//! they had served requests); a command that crashes at once is throttled,
+//! and costs a bounded number of starts.
+
+mod supervise_util;
+mod util;
+
+use std::collections::HashSet;
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use evchild::supervise::{Event, PoolConfig, Start, WorkerState};
+use supervise_util::{join, listener, load, worker_command, Harness};
+use util::{Check, KillOnPanic};
+
+/// Not a test: the worker program of this binary (see `supervise_util`).
+#[test]
+fn worker_entry() {
+    supervise_util::worker_main_if_asked();
+}
+
+const INTERVAL: Duration = Duration::from_millis(200);
+
+#[test]
+fn killed_workers_are_replaced_and_every_failure_is_theirs() {
+    let check = Check::start();
+    let _reap = KillOnPanic;
+    let (listener, addr) = listener();
+    let mut h = Harness::new();
+    let config = PoolConfig::new()
+        .start(4)
+        .workers(4, 12)
+        .idle(2, 6)
+        .interval(INTERVAL);
+    let fd = listener.as_raw_fd();
+    let pool = h
+        .app
+        .sup
+        .add_pool(
+            &mut h.reactor,
+            "killed",
+            config,
+            Start::command(move |_| worker_command(fd, "serve")),
+        )
+        .unwrap();
+    assert!(h.run_until(Duration::from_secs(10), |h| h
+        .count(pool, WorkerState::Idle)
+        >= 4));
+
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_secs(3);
+    let clients = load(addr, 64, 10, end);
+    // Every 100 ms, SIGKILL a worker that has served a request. Chosen on
+    // the loop's thread, from the scoreboard: it is unreaped, so its pid is
+    // still its own.
+    let mut kills: Vec<(Instant, u32)> = Vec::new();
+    let mut next_kill = t0 + Duration::from_millis(100);
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    while Instant::now() < end {
+        h.turn(Duration::from_millis(10));
+        if Instant::now() >= next_kill {
+            next_kill += Duration::from_millis(100);
+            let victims: Vec<u32> = h
+                .app
+                .sup
+                .pool(pool)
+                .unwrap()
+                .workers()
+                .filter(|w| w.requests > 0 && w.state != WorkerState::Retiring)
+                .map(|w| w.pid().as_raw() as u32)
+                .collect();
+            if !victims.is_empty() {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let pid = victims[(seed % victims.len() as u64) as usize];
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                )
+                .unwrap();
+                kills.push((Instant::now(), pid));
+            }
+        }
+    }
+    let last_kill = kills.last().map(|k| k.0).unwrap();
+    let outcomes = join(clients);
+    assert!(kills.len() >= 20, "only {} kills", kills.len());
+
+    // Back at the minimum within one interval of the last kill.
+    let back = h.run_until(INTERVAL.saturating_sub(last_kill.elapsed()), |h| {
+        h.active(pool) >= 4
+    });
+    assert!(back || h.active(pool) >= 4, "{} workers", h.active(pool));
+    assert!(
+        !h.app
+            .events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Throttled { .. })),
+        "workers that had served requests do not throttle"
+    );
+
+    // Each failed request is the fault of a killed worker: the one that
+    // greeted it, or (killed before its greeting) one killed while it ran.
+    let killed: HashSet<u32> = kills.iter().map(|k| k.1).collect();
+    let failed: Vec<_> = outcomes.iter().filter(|o| !o.ok).collect();
+    for f in &failed {
+        match f.worker {
+            Some(pid) => assert!(killed.contains(&pid), "request to {pid} failed, not killed"),
+            None => assert!(
+                kills.iter().any(|(t, _)| *t >= f.started && *t <= f.ended),
+                "a request failed before its greeting with no kill meanwhile"
+            ),
+        }
+    }
+    assert!(
+        failed.len() <= kills.len(),
+        "{} failures for {} kills",
+        failed.len(),
+        kills.len()
+    );
+    assert!(outcomes.len() > 300, "only {} requests", outcomes.len());
+    // Every killed worker is reported, as killed by SIGKILL.
+    let reported = |h: &Harness| -> HashSet<u32> {
+        h.app
+            .events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Event::Exited { exit, .. } => {
+                    use std::os::unix::process::ExitStatusExt;
+                    (exit.status().and_then(|s| s.signal()) == Some(9))
+                        .then_some(exit.pid.as_raw() as u32)
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    h.run_until(Duration::from_secs(5), |h| reported(h) == killed);
+    assert_eq!(reported(&h), killed);
+
+    h.stop(Duration::from_secs(2), Duration::from_secs(10));
+    drop(h);
+    drop(listener);
+    check.finish();
+}
+
+#[test]
+fn a_crash_loop_is_throttled_and_bounded() {
+    let check = Check::start();
+    let _reap = KillOnPanic;
+    let mut h = Harness::new();
+    let config = PoolConfig::new()
+        .start(2)
+        .workers(2, 4)
+        .interval(INTERVAL)
+        .throttle(
+            Duration::from_millis(200),
+            Duration::from_millis(800),
+            Duration::from_secs(10),
+        );
+    let t0 = Instant::now();
+    let pool = h
+        .app
+        .sup
+        .add_pool(
+            &mut h.reactor,
+            "crash",
+            config,
+            Start::command(|_| {
+                let mut cmd = Command::new("sh");
+                cmd.args(["-c", "exit 1"]);
+                cmd
+            }),
+        )
+        .unwrap();
+    h.run_until(Duration::from_secs(3), |_| false);
+    let events = &h.app.events;
+    let throttled: Vec<(Instant, Instant)> = events
+        .iter()
+        .filter_map(|(t, e)| match e {
+            Event::Throttled { until, .. } => Some((*t, *until)),
+            _ => None,
+        })
+        .collect();
+    let unthrottled: Vec<Instant> = events
+        .iter()
+        .filter_map(|(t, e)| matches!(e, Event::Unthrottled { .. }).then_some(*t))
+        .collect();
+    assert!(
+        !throttled.is_empty() && throttled[0].0 - t0 < Duration::from_secs(1),
+        "throttled within 1 s"
+    );
+    // Each throttle is lifted, not before its time.
+    for ((_, until), lifted) in throttled.iter().zip(&unthrottled) {
+        assert!(lifted >= until);
+    }
+    assert!(unthrottled.len() >= 2, "{unthrottled:?}");
+    // Delays 0.2, 0.4, 0.8, 0.8 … s, one probe start each: 2 + about 5
+    // starts in 3 s. A fork storm would be thousands.
+    let starts = h.app.sup.pool(pool).unwrap().starts();
+    assert!((4..=10).contains(&starts), "{starts} starts in 3 s");
+    // Every start was a fault; the scoreboard has them.
+    let exits: Vec<_> = h.app.sup.pool(pool).unwrap().last_exits().collect();
+    assert!(exits
+        .iter()
+        .all(|e| e.exit.status().and_then(|s| s.code()) == Some(1)));
+    assert!(exits.iter().all(|e| e.fault));
+
+    h.stop(Duration::from_secs(1), Duration::from_secs(5));
+    drop(h);
+    check.finish();
+}
