@@ -1,0 +1,225 @@
+//! Reload and stop under load: generations replace each other without a
+//! failed request; a stop lets requests in flight complete, kills workers
+//! that ignore `SIGTERM` after the grace, and stops pools newest first.
+
+mod supervise_util;
+mod util;
+
+use std::os::fd::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
+use std::time::{Duration, Instant};
+
+use evchild::supervise::{Event, PoolConfig, Start, WorkerState};
+use supervise_util::{join, listener, load, worker_command, Harness};
+use util::{Check, KillOnPanic};
+
+/// Not a test: the worker program of this binary (see `supervise_util`).
+#[test]
+fn worker_entry() {
+    supervise_util::worker_main_if_asked();
+}
+
+const INTERVAL: Duration = Duration::from_millis(200);
+
+#[test]
+fn reload_under_load_fails_no_request() {
+    let check = Check::start();
+    let _reap = KillOnPanic;
+    let (listener, addr) = listener();
+    let mut h = Harness::new();
+    let grace = Duration::from_secs(1);
+    let config = PoolConfig::new()
+        .start(4)
+        .workers(4, 10)
+        .idle(2, 6)
+        .interval(INTERVAL)
+        .retire_grace(grace);
+    let fd = listener.as_raw_fd();
+    let pool = h
+        .app
+        .sup
+        .add_pool(
+            &mut h.reactor,
+            "reload",
+            config,
+            Start::command(move |spec| {
+                assert!(spec.generation >= 1);
+                worker_command(fd, "serve")
+            }),
+        )
+        .unwrap();
+    assert!(h.run_until(Duration::from_secs(10), |h| h
+        .count(pool, WorkerState::Idle)
+        >= 4));
+
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_millis(2500);
+    let clients = load(addr, 32, 20, end);
+    h.run_until(Duration::from_millis(700), |_| false);
+    h.app.sup.reload(&mut h.reactor, pool).unwrap();
+    let reloaded = Instant::now();
+    assert_eq!(h.app.sup.pool(pool).unwrap().generation(), 2);
+    // Within the grace (plus an interval of slack for the loaded machine),
+    // every live worker is of the new generation.
+    let renewed = h.run_until(grace + INTERVAL, |h| {
+        h.app
+            .sup
+            .pool(pool)
+            .unwrap()
+            .workers()
+            .all(|w| w.generation == 2)
+    });
+    let old: Vec<_> = h
+        .app
+        .sup
+        .pool(pool)
+        .unwrap()
+        .workers()
+        .filter(|w| w.generation == 1)
+        .collect();
+    assert!(
+        renewed,
+        "old workers {:?} after {:?}",
+        old,
+        reloaded.elapsed()
+    );
+    while Instant::now() < end {
+        h.turn(Duration::from_millis(20));
+    }
+    let outcomes = join(clients);
+    let failed: Vec<_> = outcomes.iter().filter(|o| !o.ok).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed",
+        failed.len(),
+        outcomes.len()
+    );
+    assert!(outcomes.len() > 200, "only {} requests", outcomes.len());
+    // The old generation left gracefully: exit 0 on SIGTERM, no fault.
+    let pool_ref = h.app.sup.pool(pool).unwrap();
+    let old_exits: Vec<_> = pool_ref
+        .last_exits()
+        .filter(|e| e.generation == 1)
+        .collect();
+    assert!(!old_exits.is_empty());
+    assert!(old_exits
+        .iter()
+        .all(|e| !e.fault && e.exit.status().and_then(|s| s.code()) == Some(0)));
+    assert!(pool_ref.active() >= 4);
+
+    h.stop(Duration::from_secs(2), Duration::from_secs(10));
+    drop(h);
+    drop(listener);
+    check.finish();
+}
+
+#[test]
+fn stop_under_load_completes_requests_and_kills_the_stubborn() {
+    let check = Check::start();
+    let _reap = KillOnPanic;
+    let (listener, addr) = listener();
+    let (stubborn_listener, _) = supervise_util::listener();
+    let mut h = Harness::new();
+    let fd = listener.as_raw_fd();
+    let served = h
+        .app
+        .sup
+        .add_pool(
+            &mut h.reactor,
+            "served",
+            PoolConfig::new()
+                .start(4)
+                .workers(4, 8)
+                .idle(1, 8)
+                .interval(INTERVAL),
+            Start::command(move |_| worker_command(fd, "serve")),
+        )
+        .unwrap();
+    let sfd = stubborn_listener.as_raw_fd();
+    let stubborn = h
+        .app
+        .sup
+        .add_pool(
+            &mut h.reactor,
+            "stubborn",
+            PoolConfig::new()
+                .start(2)
+                .workers(2, 2)
+                .idle(0, 2)
+                .interval(INTERVAL),
+            Start::command(move |_| worker_command(sfd, "stubborn")),
+        )
+        .unwrap();
+    assert!(h.run_until(Duration::from_secs(10), |h| {
+        h.count(served, WorkerState::Idle) >= 4 && h.count(stubborn, WorkerState::Idle) >= 2
+    }));
+
+    // Requests of 300 ms keep workers busy when the stop comes.
+    let t0 = Instant::now();
+    let clients = load(addr, 8, 300, t0 + Duration::from_millis(1000));
+    h.run_until(Duration::from_millis(700), |_| false);
+    let grace = Duration::from_secs(1);
+    let stop_at = Instant::now();
+    h.app.sup.shutdown(&mut h.reactor, grace);
+    // The parent closes its listener: connections not yet accepted are
+    // refused once the workers are gone, instead of waiting forever.
+    drop(listener);
+    let took = {
+        let stopped = h.run_until(Duration::from_secs(10), |h| {
+            h.app.sup.is_stopped() && h.reactor.is_empty()
+        });
+        assert!(stopped, "not stopped");
+        stop_at.elapsed()
+    };
+    let outcomes = join(clients);
+
+    // Requests that a worker had taken (it greeted them) all completed.
+    let in_flight: Vec<_> = outcomes.iter().filter(|o| o.worker.is_some()).collect();
+    assert!(in_flight.iter().all(|o| o.ok), "a request in flight failed");
+    assert!(
+        in_flight.iter().any(|o| o.ended > stop_at),
+        "no request was in flight at the stop"
+    );
+
+    let at = |pred: &dyn Fn(&Event) -> bool| -> Vec<Instant> {
+        h.app
+            .events
+            .iter()
+            .filter(|(_, e)| pred(e))
+            .map(|(t, _)| *t)
+            .collect()
+    };
+    // Newest pool first: the stubborn one stops (after its SIGKILLs), and
+    // only then does the served one get its SIGTERMs.
+    let stubborn_stopped = at(&|e| *e == Event::Stopped { pool: stubborn })[0];
+    let served_stopped = at(&|e| *e == Event::Stopped { pool: served })[0];
+    let served_retiring = at(&|e| matches!(e, Event::Retiring { worker } if worker.pool == served));
+    assert!(served_retiring.iter().all(|t| *t >= stubborn_stopped));
+    assert!(stubborn_stopped - stop_at >= grace - Duration::from_millis(50));
+    assert!(stubborn_stopped - stop_at <= grace + INTERVAL + Duration::from_millis(500));
+    // The served pool's workers obeyed SIGTERM once their request was done.
+    assert!(served_stopped - stubborn_stopped <= grace + INTERVAL);
+    assert!(took <= 2 * grace + 2 * INTERVAL, "stop took {took:?}");
+    let exits = |pool| -> Vec<(Option<i32>, Option<i32>)> {
+        h.app
+            .sup
+            .pool(pool)
+            .unwrap()
+            .last_exits()
+            .map(|e| {
+                let s = e.exit.status().unwrap();
+                (s.code(), s.signal())
+            })
+            .collect()
+    };
+    assert_eq!(exits(stubborn), [(None, Some(9)); 2]);
+    assert!(
+        exits(served).iter().all(|e| *e == (Some(0), None)),
+        "{:?}",
+        exits(served)
+    );
+
+    drop(h);
+    drop(stubborn_listener);
+    check.finish();
+}
