@@ -295,6 +295,16 @@ impl Core {
     fn fault(&mut self, now: Instant) {
         if let Some(until) = self.throttle.fault(now) {
             self.notes.push_back(Note::Throttled(until));
+            // Starts decided before the fault but not yet made are dropped:
+            // the throttle holds from now on.
+            let workers = &mut self.workers;
+            self.actions.retain(|a| match a {
+                Action::Start { token, .. } => {
+                    workers.remove(token);
+                    false
+                }
+                _ => true,
+            });
         }
     }
 
@@ -352,11 +362,12 @@ impl Core {
                 let spent = max_requests.is_some_and(|max| w.requests >= max);
                 if spent || w.retire_on_idle || w.generation < generation {
                     self.retire(token, self.cfg.retire_grace);
-                    self.after_change(now);
                 }
             }
             _ => {}
         }
+        // A retirement left room, or a ready report ended probing.
+        self.after_change(now);
     }
 
     /// The parent takes an idle worker of the current generation for a job
