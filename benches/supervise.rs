@@ -173,7 +173,15 @@ fn replacement_latency(n: usize, kills: usize) -> Res<Vec<Duration>> {
         app.sup.run(reactor)?;
         Ok(std::iter::from_fn(|| app.sup.next_event()).collect())
     };
-    let idle = |app: &App| app.sup.pool(pool).map_or(0, |p| p.count(WorkerState::Idle));
+    // Idle and done with its pretend request: a worker killed before that
+    // would be a fault (it served nothing), and throttle the pool.
+    let idle = |app: &App| {
+        app.sup.pool(pool).map_or(0, |p| {
+            p.workers()
+                .filter(|w| w.state == WorkerState::Idle && w.requests > 0)
+                .count()
+        })
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     while idle(&app) < n {
         turn(&mut reactor, &mut app, Duration::from_millis(50))?;
@@ -189,7 +197,7 @@ fn replacement_latency(n: usize, kills: usize) -> Res<Vec<Duration>> {
             let p = app.sup.pool(pool).expect("pool");
             let idle: Vec<_> = p
                 .workers()
-                .filter(|w| w.state == WorkerState::Idle)
+                .filter(|w| w.state == WorkerState::Idle && w.requests > 0)
                 .collect();
             idle[(seed % idle.len() as u64) as usize].clone()
         };
