@@ -206,10 +206,12 @@ pub fn join(handles: Vec<std::thread::JoinHandle<Vec<Outcome>>>) -> Vec<Outcome>
 // The loop
 // ---------------------------------------------------------------------------
 
-/// The tests' context: the supervisor and every event seen.
+/// The tests' context: the supervisor, every event seen, and the pids the
+/// unknown-child hook was given.
 pub struct App {
     pub sup: Supervisor,
     pub events: Vec<(Instant, Event)>,
+    pub unknown: Vec<evchild::Pid>,
 }
 
 impl HasSupervisor for App {
@@ -228,12 +230,16 @@ pub struct Harness {
 
 impl Harness {
     pub fn new() -> Self {
+        Self::with_hooks(Hooks::default().backend(crate::util::test_backend()))
+    }
+
+    pub fn with_hooks(hooks: Hooks<App>) -> Self {
         let poll = Poll::new().unwrap();
-        let hooks = Hooks::default().backend(crate::util::test_backend());
         let mut reactor = Reactor::new(hooks).unwrap();
         let mut app = App {
             sup: Supervisor::new().unwrap(),
             events: Vec::new(),
+            unknown: Vec::new(),
         };
         poll.registry()
             .register(&mut reactor, Token(0), Interest::READABLE)

@@ -1,0 +1,189 @@
+//! The rest of the supervisor's surface: forked workers, handing idle
+//! workers to the parent (OpenSRF's model) and the reload deadline for
+//! workers that stay busy, unknown children left to the reactor's hook, and
+//! refused configurations.
+
+mod supervise_util;
+mod util;
+
+use std::os::fd::RawFd;
+use std::process::Command;
+use std::time::Duration;
+
+use evchild::supervise::{Event, PoolConfig, Start, WorkerState};
+use evchild::{Claim, Error, Hooks, SigchldOwner};
+use supervise_util::Harness;
+use util::{Check, Gate, KillOnPanic};
+
+/// Not a test: the worker program of the other `supervise_*` binaries;
+/// every binary that includes `supervise_util` has one.
+#[test]
+fn worker_entry() {
+    supervise_util::worker_main_if_asked();
+}
+
+/// A forked worker: reports ready, closes every descriptor but the gate
+/// (so that it holds no copy of the gate's write end), and waits for the
+/// gate to open or a signal. It calls only `write(2)` (through
+/// `worker::ready`, which allocates nothing), `close(2)`, `read(2)` and
+/// `_exit(2)`: async-signal-safe, as a child of this multithreaded test
+/// process must be.
+fn forked_worker(gate: RawFd) -> i32 {
+    evchild::supervise::worker::ready();
+    for fd in 3..1024 {
+        if fd != gate {
+            // SAFETY: closing descriptors in a forked child that uses no
+            // Rust object owning them from here on.
+            unsafe { libc::close(fd) };
+        }
+    }
+    util::read_byte(gate);
+    0
+}
+
+fn fork_start(gate: &Gate) -> Start {
+    let fd = gate.read_raw();
+    // SAFETY: `forked_worker` is async-signal-safe (see above).
+    unsafe { Start::fork(move |_| forked_worker(fd)) }
+}
+
+#[test]
+fn forked_workers_checked_out_and_retired_by_the_reload_deadline() {
+    let check = Check::start();
+    let _reap = KillOnPanic;
+    let gate = Gate::new();
+    let mut h = Harness::new();
+    let grace = Duration::from_millis(300);
+    let config = PoolConfig::new()
+        .start(3)
+        .workers(3, 3)
+        .idle(0, 3)
+        .interval(Duration::from_millis(100))
+        .retire_grace(grace);
+    let pool = h
+        .app
+        .sup
+        .add_pool(&mut h.reactor, "forked", config, fork_start(&gate))
+        .unwrap();
+    assert!(
+        h.run_until(Duration::from_secs(5), |h| h.count(pool, WorkerState::Idle)
+            == 3)
+    );
+
+    // The parent takes every idle worker for jobs of its own.
+    let taken: Vec<_> = (0..3).map(|_| h.app.sup.checkout(pool).unwrap()).collect();
+    assert!(taken
+        .iter()
+        .all(|w| w.state == WorkerState::Busy && w.generation == 1));
+    assert!(h.app.sup.checkout(pool).is_none(), "no idle worker left");
+    assert_eq!(h.count(pool, WorkerState::Busy), 3);
+
+    // Reload: busy workers are not interrupted at once, but they never
+    // report idle here, so the retire grace is their deadline.
+    h.app.sup.reload(&mut h.reactor, pool).unwrap();
+    h.turn(Duration::ZERO);
+    assert_eq!(h.count(pool, WorkerState::Retiring), 0);
+    let renewed = h.run_until(Duration::from_secs(5), |h| {
+        let p = h.app.sup.pool(pool).unwrap();
+        p.workers().all(|w| w.generation == 2) && p.count(WorkerState::Idle) == 3
+    });
+    assert!(
+        renewed,
+        "{:?}",
+        h.app.sup.pool(pool).unwrap().workers().collect::<Vec<_>>()
+    );
+    let p = h.app.sup.pool(pool).unwrap();
+    let old: Vec<_> = p.last_exits().filter(|e| e.generation == 1).collect();
+    assert_eq!(old.len(), 3);
+    use std::os::unix::process::ExitStatusExt;
+    assert!(old
+        .iter()
+        .all(|e| !e.fault && e.exit.status().and_then(|s| s.signal()) == Some(libc::SIGTERM)));
+    assert!(old.iter().all(|e| e.lifetime >= grace));
+
+    h.stop(Duration::from_secs(1), Duration::from_secs(5));
+    drop(h);
+    drop(gate);
+    check.finish();
+}
+
+#[test]
+fn unknown_children_still_go_to_the_reactors_hook() {
+    let check = Check::start();
+    let _reap = KillOnPanic;
+    let gate = Gate::new();
+    let hooks = Hooks::new(SigchldOwner::LibraryAlways).unknown_child(
+        |app: &mut supervise_util::App, pid, _| {
+            app.unknown.push(pid);
+            Claim::Claimed
+        },
+    );
+    let mut h = Harness::with_hooks(hooks);
+    let config = PoolConfig::new().start(2).workers(2, 2).idle(0, 2);
+    let pool = h
+        .app
+        .sup
+        .add_pool(&mut h.reactor, "beside", config, fork_start(&gate))
+        .unwrap();
+    assert!(
+        h.run_until(Duration::from_secs(5), |h| h.count(pool, WorkerState::Idle)
+            == 2)
+    );
+
+    // A child the application started itself, and never waits for.
+    let stranger = Command::new("true").spawn().unwrap();
+    let pid = evchild::Pid::from(stranger.id());
+    drop(stranger);
+    assert!(h.run_until(Duration::from_secs(5), |h| h.app.unknown.contains(&pid)));
+    assert_eq!(h.active(pool), 2, "the pool lost no worker");
+    assert!(!h
+        .app
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, Event::Exited { exit, .. } if exit.pid == pid)));
+
+    h.stop(Duration::from_secs(1), Duration::from_secs(5));
+    drop(h);
+    drop(gate);
+    check.finish();
+}
+
+#[test]
+fn impossible_configurations_are_refused_and_start_nothing() {
+    let check = Check::start();
+    let mut h = Harness::new();
+    let bad = [
+        PoolConfig::new().workers(4, 2),
+        PoolConfig::new().workers(0, 0),
+        PoolConfig::new().idle(3, 1),
+        PoolConfig::new().interval(Duration::ZERO),
+        PoolConfig::new().max_requests(0),
+    ];
+    for config in bad {
+        let start = Start::command(|_| Command::new("true"));
+        let err = h
+            .app
+            .sup
+            .add_pool(&mut h.reactor, "bad", config, start)
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
+    }
+    assert_eq!(h.app.sup.pools().count(), 0);
+    assert!(h.reactor.is_empty());
+    // Shutting down an empty supervisor stops at once.
+    h.app.sup.shutdown(&mut h.reactor, Duration::from_secs(1));
+    assert!(h.app.sup.is_stopped());
+    let err = h
+        .app
+        .sup
+        .add_pool(
+            &mut h.reactor,
+            "late",
+            PoolConfig::new(),
+            Start::command(|_| Command::new("true")),
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::Pool { .. }), "{err}");
+    drop(h);
+    check.finish();
+}
