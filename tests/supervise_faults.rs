@@ -211,3 +211,99 @@ fn a_crash_loop_is_throttled_and_bounded() {
     drop(h);
     check.finish();
 }
+
+#[test]
+fn a_worker_that_never_reports_ready_is_killed_and_throttles() {
+    let check = Check::start();
+    let _reap = KillOnPanic;
+    let mut h = Harness::new();
+    let timeout = Duration::from_millis(300);
+    let config = PoolConfig::new()
+        .start(1)
+        .workers(1, 1)
+        .idle(0, 1)
+        .start_timeout(timeout)
+        .throttle(
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+        );
+    let t0 = Instant::now();
+    let pool = h
+        .app
+        .sup
+        .add_pool(
+            &mut h.reactor,
+            "silent",
+            config,
+            Start::command(|_| {
+                let mut cmd = Command::new("sleep");
+                cmd.arg("30");
+                cmd
+            }),
+        )
+        .unwrap();
+    assert!(h.run_until(Duration::from_secs(5), |h| {
+        h.app.sup.pool(pool).unwrap().last_exits().count() == 1
+    }));
+    let p = h.app.sup.pool(pool).unwrap();
+    let exit = p.last_exits().next().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        exit.exit.status().and_then(|s| s.signal()),
+        Some(libc::SIGKILL)
+    );
+    assert!(exit.lifetime >= timeout && t0.elapsed() < timeout + Duration::from_secs(2));
+    // One fault: throttled, so no second start for 5 s.
+    assert!(p.throttled_until().is_some());
+    assert_eq!(p.starts(), 1);
+    assert_eq!(
+        h.app
+            .events
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::Throttled { .. }))
+            .count(),
+        1
+    );
+    h.stop(Duration::from_secs(1), Duration::from_secs(5));
+    drop(h);
+    check.finish();
+}
+
+#[test]
+fn a_failed_spawn_throttles_without_a_fork_storm() {
+    let check = Check::start();
+    let mut h = Harness::new();
+    let config = PoolConfig::new().start(3).workers(3, 3).throttle(
+        Duration::from_millis(100),
+        Duration::from_millis(400),
+        Duration::from_secs(60),
+    );
+    let pool = h
+        .app
+        .sup
+        .add_pool(
+            &mut h.reactor,
+            "missing",
+            config,
+            Start::command(|_| Command::new("/nonexistent/evchild-worker")),
+        )
+        .unwrap();
+    h.run_until(Duration::from_millis(1200), |_| false);
+    let failed = h
+        .app
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::StartFailed { .. }))
+        .count();
+    // 0.1 + 0.2 + 0.4 + 0.4 s of throttle in 1.2 s: about 4 attempts, the
+    // first of which stopped the other two initial starts.
+    assert!((3..=7).contains(&failed), "{failed} failed starts");
+    assert!(matches!(h.app.events[0].1, Event::StartFailed { .. }));
+    assert!(matches!(h.app.events[1].1, Event::Throttled { .. }));
+    assert_eq!(h.app.sup.pool(pool).unwrap().starts(), 0);
+    assert!(h.reactor.is_empty());
+    h.stop(Duration::from_secs(1), Duration::from_secs(5));
+    drop(h);
+    check.finish();
+}

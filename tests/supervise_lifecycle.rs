@@ -223,3 +223,71 @@ fn stop_under_load_completes_requests_and_kills_the_stubborn() {
     drop(stubborn_listener);
     check.finish();
 }
+
+#[test]
+fn workers_are_replaced_after_max_requests() {
+    let check = Check::start();
+    let _reap = KillOnPanic;
+    let (listener, addr) = listener();
+    let mut h = Harness::new();
+    let config = PoolConfig::new()
+        .start(1)
+        .workers(1, 1)
+        .idle(0, 1)
+        .max_requests(3)
+        .interval(INTERVAL);
+    let fd = listener.as_raw_fd();
+    let pool = h
+        .app
+        .sup
+        .add_pool(
+            &mut h.reactor,
+            "limited",
+            config,
+            Start::command(move |_| worker_command(fd, "serve")),
+        )
+        .unwrap();
+    // Ten requests, in lock-step with the loop: each one when the pool has
+    // its one worker idle and no other worker alive, so the count is exact.
+    // (Without the lock-step a worker may take one more request before the
+    // parent's SIGTERM reaches it: see `PoolConfig::max_requests`.)
+    let mut pids = Vec::new();
+    for _ in 0..10 {
+        let settled = h.run_until(Duration::from_secs(5), |h| {
+            h.count(pool, WorkerState::Idle) == 1 && h.reactor.len() == 1
+        });
+        assert!(settled, "the pool never settled");
+        let served = h
+            .app
+            .sup
+            .pool(pool)
+            .unwrap()
+            .workers()
+            .next()
+            .unwrap()
+            .requests;
+        let outcome = supervise_util::request(addr, 0);
+        assert!(outcome.ok);
+        pids.push(outcome.worker.unwrap());
+        // Until the parent has the worker's idle report.
+        assert!(h.run_until(Duration::from_secs(5), |h| {
+            let p = h.app.sup.pool(pool).unwrap();
+            p.workers()
+                .any(|w| w.requests > served || w.state == WorkerState::Retiring)
+        }));
+    }
+    let expected: Vec<usize> = pids.chunk_by(|a, b| a == b).map(|run| run.len()).collect();
+    assert_eq!(expected, [3, 3, 3, 1], "{pids:?}");
+    h.run_until(Duration::from_secs(5), |h| {
+        h.app.sup.pool(pool).unwrap().last_exits().count() == 3
+    });
+    let p = h.app.sup.pool(pool).unwrap();
+    assert_eq!(p.last_exits().count(), 3);
+    assert!(p
+        .last_exits()
+        .all(|e| e.requests == 3 && !e.fault && e.exit.status().and_then(|s| s.code()) == Some(0)));
+    h.stop(Duration::from_secs(2), Duration::from_secs(10));
+    drop(h);
+    drop(listener);
+    check.finish();
+}

@@ -125,6 +125,11 @@ impl PoolConfig {
 
     /// Retire a worker, and replace it, once it has served this many
     /// requests (counted from its busy→idle reports). Default: no limit.
+    ///
+    /// The parent counts, so the retirement (`SIGTERM`) comes a moment
+    /// after the last report: a worker that takes its next request at once
+    /// may serve one more (completing it, as on any `SIGTERM`) before it
+    /// exits. A worker that must never exceed the limit counts for itself.
     pub fn max_requests(mut self, n: u64) -> Self {
         self.max_requests = Some(n);
         self

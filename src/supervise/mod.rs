@@ -458,6 +458,12 @@ impl Supervisor {
     }
 }
 
+/// The supervisor can move to another thread with its application context.
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<Supervisor>();
+};
+
 impl fmt::Debug for Supervisor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Supervisor")

@@ -82,6 +82,9 @@ impl Start {
         let on_death = move |ctx: &mut C, reactor: &mut Reactor<C>, exit: Exit| {
             ctx.supervisor().worker_died(reactor, pool, token, exit);
         };
+        // What the pool hands the reactor is `Send`: it captures two
+        // numbers, and reaches the pool through the context.
+        assert_send(&on_death);
         match &mut self.0 {
             How::Command(make) => {
                 let mut cmd = make(&spec);
@@ -149,3 +152,5 @@ pub(crate) fn spec(pool: PoolId, token: u64, generation: u64) -> WorkerSpec {
         generation,
     }
 }
+
+fn assert_send<T: Send + 'static>(_: &T) {}
