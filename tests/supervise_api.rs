@@ -60,11 +60,7 @@ fn forked_workers_checked_out_and_retired_by_the_reload_deadline() {
         .idle(0, 3)
         .interval(Duration::from_millis(100))
         .retire_grace(grace);
-    let pool = h
-        .app
-        .sup
-        .add_pool(&mut h.reactor, "forked", config, fork_start(&gate))
-        .unwrap();
+    let pool = h.add_pool("forked", config, fork_start(&gate));
     assert!(
         h.run_until(Duration::from_secs(5), |h| h.count(pool, WorkerState::Idle)
             == 3)
@@ -120,11 +116,7 @@ fn unknown_children_still_go_to_the_reactors_hook() {
     );
     let mut h = Harness::with_hooks(hooks);
     let config = PoolConfig::new().start(2).workers(2, 2).idle(0, 2);
-    let pool = h
-        .app
-        .sup
-        .add_pool(&mut h.reactor, "beside", config, fork_start(&gate))
-        .unwrap();
+    let pool = h.add_pool("beside", config, fork_start(&gate));
     assert!(
         h.run_until(Duration::from_secs(5), |h| h.count(pool, WorkerState::Idle)
             == 2)

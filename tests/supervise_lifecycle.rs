@@ -35,19 +35,14 @@ fn reload_under_load_fails_no_request() {
         .interval(INTERVAL)
         .retire_grace(grace);
     let fd = listener.as_raw_fd();
-    let pool = h
-        .app
-        .sup
-        .add_pool(
-            &mut h.reactor,
-            "reload",
-            config,
-            Start::command(move |spec| {
-                assert!(spec.generation >= 1);
-                worker_command(fd, "serve")
-            }),
-        )
-        .unwrap();
+    let pool = h.add_pool(
+        "reload",
+        config,
+        Start::command(move |spec| {
+            assert!(spec.generation >= 1);
+            worker_command(fd, "serve")
+        }),
+    );
     assert!(h.run_until(Duration::from_secs(10), |h| h
         .count(pool, WorkerState::Idle)
         >= 4));
@@ -121,35 +116,25 @@ fn stop_under_load_completes_requests_and_kills_the_stubborn() {
     let (stubborn_listener, _) = supervise_util::listener();
     let mut h = Harness::new();
     let fd = listener.as_raw_fd();
-    let served = h
-        .app
-        .sup
-        .add_pool(
-            &mut h.reactor,
-            "served",
-            PoolConfig::new()
-                .start(4)
-                .workers(4, 8)
-                .idle(1, 8)
-                .interval(INTERVAL),
-            Start::command(move |_| worker_command(fd, "serve")),
-        )
-        .unwrap();
+    let served = h.add_pool(
+        "served",
+        PoolConfig::new()
+            .start(4)
+            .workers(4, 8)
+            .idle(1, 8)
+            .interval(INTERVAL),
+        Start::command(move |_| worker_command(fd, "serve")),
+    );
     let sfd = stubborn_listener.as_raw_fd();
-    let stubborn = h
-        .app
-        .sup
-        .add_pool(
-            &mut h.reactor,
-            "stubborn",
-            PoolConfig::new()
-                .start(2)
-                .workers(2, 2)
-                .idle(0, 2)
-                .interval(INTERVAL),
-            Start::command(move |_| worker_command(sfd, "stubborn")),
-        )
-        .unwrap();
+    let stubborn = h.add_pool(
+        "stubborn",
+        PoolConfig::new()
+            .start(2)
+            .workers(2, 2)
+            .idle(0, 2)
+            .interval(INTERVAL),
+        Start::command(move |_| worker_command(sfd, "stubborn")),
+    );
     assert!(h.run_until(Duration::from_secs(10), |h| {
         h.count(served, WorkerState::Idle) >= 4 && h.count(stubborn, WorkerState::Idle) >= 2
     }));
@@ -181,19 +166,12 @@ fn stop_under_load_completes_requests_and_kills_the_stubborn() {
         "no request was in flight at the stop"
     );
 
-    let at = |pred: &dyn Fn(&Event) -> bool| -> Vec<Instant> {
-        h.app
-            .events
-            .iter()
-            .filter(|(_, e)| pred(e))
-            .map(|(t, _)| *t)
-            .collect()
-    };
     // Newest pool first: the stubborn one stops (after its SIGKILLs), and
     // only then does the served one get its SIGTERMs.
-    let stubborn_stopped = at(&|e| *e == Event::Stopped { pool: stubborn })[0];
-    let served_stopped = at(&|e| *e == Event::Stopped { pool: served })[0];
-    let served_retiring = at(&|e| matches!(e, Event::Retiring { worker } if worker.pool == served));
+    let stubborn_stopped = h.times(|e| *e == Event::Stopped { pool: stubborn })[0];
+    let served_stopped = h.times(|e| *e == Event::Stopped { pool: served })[0];
+    let served_retiring =
+        h.times(|e| matches!(e, Event::Retiring { worker } if worker.pool == served));
     assert!(served_retiring.iter().all(|t| *t >= stubborn_stopped));
     assert!(stubborn_stopped - stop_at >= grace - Duration::from_millis(50));
     assert!(stubborn_stopped - stop_at <= grace + INTERVAL + Duration::from_millis(500));
@@ -237,16 +215,11 @@ fn workers_are_replaced_after_max_requests() {
         .max_requests(3)
         .interval(INTERVAL);
     let fd = listener.as_raw_fd();
-    let pool = h
-        .app
-        .sup
-        .add_pool(
-            &mut h.reactor,
-            "limited",
-            config,
-            Start::command(move |_| worker_command(fd, "serve")),
-        )
-        .unwrap();
+    let pool = h.add_pool(
+        "limited",
+        config,
+        Start::command(move |_| worker_command(fd, "serve")),
+    );
     // Ten requests, in lock-step with the loop: each one when the pool has
     // its one worker idle and no other worker alive, so the count is exact.
     // (Without the lock-step a worker may take one more request before the

@@ -33,11 +33,7 @@ fn grows_to_the_maximum_under_load_and_retires_idle_workers_after() {
         .max_spawn_rate(8);
     let fd = listener.as_raw_fd();
     let start = Start::command(move |_| worker_command(fd, "serve"));
-    let pool = h
-        .app
-        .sup
-        .add_pool(&mut h.reactor, "load", config, start)
-        .unwrap();
+    let pool = h.add_pool("load", config, start);
     assert!(
         h.run_until(Duration::from_secs(10), |h| h
             .count(pool, WorkerState::Idle)
@@ -94,21 +90,10 @@ fn grows_to_the_maximum_under_load_and_retires_idle_workers_after() {
     h.run_until(3 * INTERVAL, |_| false);
     assert_eq!(h.active(pool), 4);
     assert_eq!(h.count(pool, WorkerState::Idle), 4);
-    let retired = h
-        .app
-        .events
-        .iter()
-        .filter(|(_, e)| matches!(e, Event::Retiring { .. }))
-        .count();
+    let retired = h.times(|e| matches!(e, Event::Retiring { .. })).len();
     assert_eq!(retired, 8, "12 → 4, one at a time");
     // One per interval: consecutive retirements at least ~an interval apart.
-    let times: Vec<Instant> = h
-        .app
-        .events
-        .iter()
-        .filter(|(_, e)| matches!(e, Event::Retiring { .. }))
-        .map(|(t, _)| *t)
-        .collect();
+    let times: Vec<Instant> = h.times(|e| matches!(e, Event::Retiring { .. }));
     for pair in times.windows(2) {
         assert!(
             pair[1] - pair[0] >= INTERVAL - Duration::from_millis(30),

@@ -232,22 +232,3 @@ pub(crate) fn run(data: &[u8]) {
         assert!(m.stopped, "all workers gone but no Stopped");
     }
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn pseudo_random_scripts_hold() {
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        for _ in 0..3000 {
-            let len = (next() % 400) as usize;
-            let data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-            super::run(&data);
-        }
-    }
-}

@@ -127,6 +127,15 @@ pub fn listener() -> (TcpListener, SocketAddr) {
     (listener, addr)
 }
 
+/// Workers that run `sh -c script`.
+pub fn sh(script: &'static str) -> evchild::supervise::Start {
+    evchild::supervise::Start::command(move |_| {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]);
+        cmd
+    })
+}
+
 /// The command of a worker: this test binary, running only `worker_entry`,
 /// serving on the inheritable `listener` (a descriptor number, as a
 /// `try_clone` would be close-on-exec).
@@ -283,6 +292,29 @@ impl Harness {
             self.turn(Duration::from_millis(20));
         }
         done(self)
+    }
+
+    /// `Supervisor::add_pool`, which must succeed.
+    pub fn add_pool(
+        &mut self,
+        name: &str,
+        config: evchild::supervise::PoolConfig,
+        start: evchild::supervise::Start,
+    ) -> PoolId {
+        self.app
+            .sup
+            .add_pool(&mut self.reactor, name, config, start)
+            .unwrap()
+    }
+
+    /// When each event that `pred` picks was seen.
+    pub fn times(&self, pred: impl Fn(&Event) -> bool) -> Vec<Instant> {
+        self.app
+            .events
+            .iter()
+            .filter(|(_, e)| pred(e))
+            .map(|(t, _)| *t)
+            .collect()
     }
 
     pub fn count(&self, pool: PoolId, state: WorkerState) -> usize {
