@@ -6,7 +6,7 @@
 mod supervise_util;
 mod util;
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::process::Command;
 use std::time::Duration;
 
@@ -177,5 +177,71 @@ fn impossible_configurations_are_refused_and_start_nothing() {
         .unwrap_err();
     assert!(matches!(err, Error::Pool { .. }), "{err}");
     drop(h);
+    check.finish();
+}
+
+/// A forked worker that forks a helper of its own, which holds `lifeline`
+/// (a pipe's write end) until the gate opens or a signal kills it. Only
+/// `write`, `fork`, `close`, `read` and `_exit`: async-signal-safe.
+fn forked_worker_with_helper(gate: RawFd, lifeline: RawFd) -> i32 {
+    evchild::supervise::worker::ready();
+    // SAFETY: fork(2) in a forked child that only makes async-signal-safe
+    // calls from here on, in both processes.
+    let keep = if unsafe { libc::fork() } == 0 {
+        lifeline
+    } else {
+        gate
+    };
+    for fd in 3..1024 {
+        if fd != gate && fd != keep {
+            // SAFETY: as in `forked_worker`.
+            unsafe { libc::close(fd) };
+        }
+    }
+    util::read_byte(gate);
+    0
+}
+
+#[test]
+fn stopping_a_pool_in_process_groups_ends_the_workers_helpers_too() {
+    let check = Check::start();
+    let _reap = KillOnPanic;
+    let gate = Gate::new();
+    let (lifeline_read, lifeline_write) = util::pipe();
+    let mut h = Harness::new();
+    let config = PoolConfig::new()
+        .start(2)
+        .workers(2, 2)
+        .idle(0, 2)
+        .process_group(true);
+    let (g, l) = (gate.read_raw(), lifeline_write.as_raw_fd());
+    // SAFETY: `forked_worker_with_helper` is async-signal-safe.
+    let start = unsafe { Start::fork(move |_| forked_worker_with_helper(g, l)) };
+    let pool = h.add_pool("groups", config, start);
+    assert!(
+        h.run_until(Duration::from_secs(5), |h| h.count(pool, WorkerState::Idle)
+            == 2)
+    );
+    drop(lifeline_write);
+    // Each worker leads its own group.
+    for w in h.app.sup.pool(pool).unwrap().workers() {
+        let pid = nix::unistd::Pid::from_raw(w.pid().as_raw());
+        assert_eq!(nix::unistd::getpgid(Some(pid)).unwrap(), pid);
+    }
+    assert!(
+        !util::readable(lifeline_read.as_raw_fd()),
+        "the helpers are alive"
+    );
+    h.stop(Duration::from_secs(2), Duration::from_secs(5));
+    // The helpers (not our children: nobody reaps them here) got the
+    // group's SIGTERM: the lifeline is closed, though the gate is not.
+    assert!(
+        util::readable_within(lifeline_read.as_raw_fd(), Duration::from_secs(5)),
+        "a helper outlived its worker"
+    );
+    assert_eq!(util::read_byte(lifeline_read.as_raw_fd()), None);
+    drop(h);
+    drop(gate);
+    drop(lifeline_read);
     check.finish();
 }

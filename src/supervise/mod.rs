@@ -255,6 +255,20 @@ pub fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
 }
 
 /// The pools of one loop. See the [module docs](self).
+///
+/// Register it in the loop (it is one descriptor, an epoll set of the
+/// pools' status pipes), sleep no longer than [`timeout`](Self::timeout),
+/// and call [`run`](Self::run) whenever `poll` returns; the reactor's
+/// `dispatch` brings it the workers' deaths through [`HasSupervisor`].
+///
+/// # Dropping
+///
+/// Dropping the supervisor closes the status pipes and forgets the pools;
+/// it neither signals nor reaps the workers, which stay the reactor's
+/// children (its [`DropPolicy`](crate::DropPolicy) applies when it is
+/// dropped in turn). A worker's next report then fails with `EPIPE` (or
+/// kills it with `SIGPIPE`, if it has not ignored the signal, as Rust
+/// programs do). Stop the pools first with [`shutdown`](Self::shutdown).
 pub struct Supervisor {
     pools: Vec<Pool>,
     events: VecDeque<Event>,
