@@ -376,18 +376,12 @@ impl Supervisor {
         let _ = self.poll.poll(&mut self.ready, Some(Duration::ZERO));
         let mut result = Ok(());
         for pool in &mut self.pools {
-            let mut reports = Vec::new();
-            if let Err(e) = pool
-                .status
-                .drain(|token, report| reports.push((token, report)))
-            {
+            let now = Instant::now();
+            let Pool { status, core, .. } = pool;
+            if let Err(e) = status.drain(|token, report| core.report(token, report, now)) {
                 result = Err(e);
             }
-            let now = Instant::now();
-            for (token, report) in reports {
-                pool.core.report(token, report, now);
-            }
-            pool.core.tick(now);
+            core.tick(now);
             pool.act(reactor, &mut self.events);
         }
         self.advance_shutdown(reactor);
