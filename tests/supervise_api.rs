@@ -245,3 +245,90 @@ fn stopping_a_pool_in_process_groups_ends_the_workers_helpers_too() {
     drop(lifeline_read);
     check.finish();
 }
+
+/// A worker in plain `sh`, speaking the status protocol itself (see
+/// `supervise::worker`): 0xE7, the state letter, the token as 8 bytes
+/// little endian (tokens here are below 256). It answers each line of its
+/// stdin with `done LINE` on its stdout, as a job the parent handed it.
+const SH_WORKER: &str = r#"
+fd=${EVCHILD_WORKER%%:*}; token=${EVCHILD_WORKER#*:}
+report() { eval "printf '\347$1\\$(printf %03o "$token")\0\0\0\0\0\0\0' >&$fd"; }
+report R
+while read -r job; do
+    echo "done $job"
+    report I
+done
+"#;
+
+#[test]
+fn the_parent_hands_a_job_to_a_checked_out_worker_over_its_stdio() {
+    use std::io::{Read, Write};
+    let check = Check::start();
+    let _reap = KillOnPanic;
+    let mut h = Harness::new();
+    let config = PoolConfig::new().start(2).workers(2, 2).idle(0, 2);
+    let start = Start::command(|_| {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", SH_WORKER])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+        cmd
+    });
+    let pool = h.add_pool("jobs", config, start);
+    assert!(
+        h.run_until(Duration::from_secs(5), |h| h.count(pool, WorkerState::Idle)
+            == 2)
+    );
+
+    for job in ["one", "two", "three"] {
+        let worker = h.app.sup.checkout(pool).expect("an idle worker");
+        let mut stdio = h
+            .app
+            .sup
+            .pool_mut(pool)
+            .unwrap()
+            .take_stdio(worker.id)
+            .unwrap_or_else(|| panic!("stdio of {} already taken", worker.id));
+        let mut stdin = stdio.stdin.take().unwrap();
+        let mut stdout = stdio.stdout.take().unwrap();
+        stdin.write_all(format!("{job}\n").as_bytes()).unwrap();
+        assert!(util::readable_within(
+            stdout.as_raw_fd(),
+            Duration::from_secs(5)
+        ));
+        let mut answer = [0u8; 64];
+        let n = stdout.read(&mut answer).unwrap();
+        assert_eq!(&answer[..n], format!("done {job}\n").as_bytes());
+        // The worker reports idle; the pool counts the request.
+        let served = h.run_until(Duration::from_secs(5), |h| {
+            h.app
+                .sup
+                .pool(pool)
+                .unwrap()
+                .worker(worker.id)
+                .is_some_and(|w| w.state == WorkerState::Idle && w.requests == 1)
+        });
+        assert!(
+            served,
+            "{:?}",
+            h.app.sup.pool(pool).unwrap().worker(worker.id)
+        );
+        // Closing its stdin ends this worker (exit 0, no fault), and the
+        // pool replaces it.
+        drop(stdin);
+        drop(stdout);
+        assert!(h.run_until(Duration::from_secs(5), |h| {
+            h.app.sup.pool(pool).unwrap().worker(worker.id).is_none()
+                && h.count(pool, WorkerState::Idle) == 2
+        }));
+    }
+    let p = h.app.sup.pool(pool).unwrap();
+    assert!(p
+        .last_exits()
+        .all(|e| !e.fault && e.requests == 1 && e.exit.status().is_some_and(|s| s.success())));
+    assert!(p.throttled_until().is_none());
+
+    h.stop(Duration::from_secs(1), Duration::from_secs(5));
+    drop(h);
+    check.finish();
+}

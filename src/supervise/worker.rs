@@ -13,6 +13,18 @@
 //! A process that is not a pool's worker has no channel: every call returns
 //! `false` and does nothing, so a worker program also runs on its own.
 //!
+//! Workers in other languages speak the same protocol: each report is one
+//! `write(2)` of 10 bytes to the descriptor named in
+//! [`ENV`](super::ENV) (`"<descriptor>:<token>"`): the byte `0xE7`, then
+//! `R` (ready), `B` (busy) or `I` (idle), then the token as an unsigned
+//! 64-bit little-endian integer. In `sh`, for tokens below 256:
+//!
+//! ```sh
+//! fd=${EVCHILD_WORKER%%:*}; token=${EVCHILD_WORKER#*:}
+//! report() { eval "printf '\347$1\\$(printf %03o "$token")\0\0\0\0\0\0\0' >&$fd"; }
+//! report R   # ready; then report B / report I around each request
+//! ```
+//!
 //! What a worker promises its pool:
 //! * `ready()` once it can take work (within the pool's start timeout);
 //! * `busy()` when it takes a request and `idle()` when it is done, so the
