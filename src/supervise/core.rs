@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::policy::{SpawnRate, Throttle};
+use super::policy::{later, SpawnRate, Throttle};
 use super::{PoolConfig, WorkerState};
 
 /// A worker's report on the status channel.
@@ -95,7 +95,7 @@ impl Core {
         let mut core = Core {
             rate: SpawnRate::new(cfg.max_spawn_rate),
             throttle: Throttle::new(cfg.throttle_delay, cfg.throttle_max, cfg.throttle_reset),
-            next_tick: now + cfg.interval,
+            next_tick: later(now, cfg.interval),
             cfg,
             workers: BTreeMap::new(),
             next_token: 1,
@@ -168,7 +168,7 @@ impl Core {
         }
         for w in self.workers.values() {
             if w.state == WorkerState::Starting && !w.excused {
-                earliest(w.started + self.cfg.start_timeout);
+                earliest(later(w.started, self.cfg.start_timeout));
             }
             if let Some(by) = w.retire_by {
                 earliest(by);
@@ -188,7 +188,7 @@ impl Core {
             .workers
             .iter()
             .filter(|(_, w)| {
-                w.state == WorkerState::Starting && !w.excused && w.started + timeout <= now
+                w.state == WorkerState::Starting && !w.excused && later(w.started, timeout) <= now
             })
             .map(|(t, _)| *t)
             .collect();
@@ -218,7 +218,7 @@ impl Core {
             return;
         }
         if now >= self.next_tick {
-            self.next_tick = now + self.cfg.interval;
+            self.next_tick = later(now, self.cfg.interval);
             self.idle_maintenance(now);
         }
         self.fill_minimum(now);
@@ -433,7 +433,7 @@ impl Core {
             .collect();
         for (token, state) in old {
             if state == WorkerState::Busy {
-                let by = now.checked_add(self.cfg.retire_grace);
+                let by = Some(later(now, self.cfg.retire_grace));
                 if let Some(w) = self.workers.get_mut(&token) {
                     w.retire_on_idle = true;
                     w.retire_by = by;

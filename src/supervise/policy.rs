@@ -9,6 +9,14 @@
 
 use std::time::{Duration, Instant};
 
+/// `t + d`, or a time some 136 years after `t` if `d` is too long to add
+/// (a configuration may use `Duration::MAX` for "never").
+pub(crate) fn later(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d)
+        .or_else(|| t.checked_add(Duration::from_secs(1 << 32)))
+        .unwrap_or(t)
+}
+
 /// Apache's spawn rate for idle shortages: 1 the first interval with too few
 /// idle workers, then 2, 4, … up to `cap` while the shortage lasts, back to
 /// 1 once it is over.
@@ -89,7 +97,7 @@ impl Throttle {
             }
             _ => self.base,
         };
-        let until = now.checked_add(self.delay).unwrap_or(now);
+        let until = later(now, self.delay);
         self.until = Some(until);
         self.last_end = Some(until);
         Some(until)
@@ -170,6 +178,15 @@ mod tests {
             now = until + 10 * MS;
         }
         assert_eq!(delays, [100 * MS, 200 * MS, 350 * MS, 350 * MS]);
+    }
+
+    #[test]
+    fn durations_too_long_to_add_saturate() {
+        let t0 = Instant::now();
+        assert!(later(t0, Duration::MAX) > t0 + Duration::from_secs(1 << 31));
+        let mut th = Throttle::new(Duration::MAX, Duration::MAX, Duration::MAX);
+        let until = th.fault(t0).unwrap();
+        assert!(until > t0 + Duration::from_secs(1 << 31));
     }
 
     #[test]
