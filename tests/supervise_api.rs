@@ -332,3 +332,36 @@ fn the_parent_hands_a_job_to_a_checked_out_worker_over_its_stdio() {
     drop(h);
     check.finish();
 }
+
+#[test]
+fn status_reports_wake_the_loop_without_a_timer() {
+    let check = Check::start();
+    let _reap = KillOnPanic;
+    let gate = Gate::new();
+    let mut h = Harness::new();
+    // No timer of the pool's is due for a minute: only the status pipe
+    // (through the supervisor's one descriptor) can wake the loop.
+    let minute = Duration::from_secs(60);
+    let config = PoolConfig::new()
+        .start(1)
+        .workers(1, 1)
+        .idle(0, 1)
+        .interval(minute)
+        .start_timeout(minute);
+    let t0 = std::time::Instant::now();
+    let pool = h.add_pool("woken", config, fork_start(&gate));
+    // Nothing else is due either: each turn may sleep up to a minute, and
+    // the ready report must end the sleep it lands in.
+    for _ in 0..3 {
+        if h.count(pool, WorkerState::Idle) == 1 {
+            break;
+        }
+        h.turn(minute);
+    }
+    assert_eq!(h.count(pool, WorkerState::Idle), 1);
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    h.stop(Duration::from_secs(1), Duration::from_secs(5));
+    drop(h);
+    drop(gate);
+    check.finish();
+}
