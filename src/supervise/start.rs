@@ -65,6 +65,11 @@ impl Start {
     /// may have held a lock at the fork. In a single-threaded process
     /// anything goes. `run` must not return into the parent's loop: the
     /// pool calls `_exit` with its result.
+    ///
+    /// A forked worker inherits every descriptor of the parent (the other
+    /// pools' pipes, the application's sockets): close what it does not
+    /// need, or a peer may wait for an end of file that this worker holds
+    /// back.
     pub unsafe fn fork(run: impl FnMut(&WorkerSpec) -> i32 + Send + 'static) -> Self {
         Start(How::Fork(Box::new(run)))
     }
