@@ -41,6 +41,7 @@ pub struct PoolConfig {
     pub(crate) throttle_reset: Duration,
     pub(crate) process_group: bool,
     pub(crate) last_exits: usize,
+    pub(crate) strict_faults: bool,
 }
 
 impl Default for PoolConfig {
@@ -73,6 +74,7 @@ impl PoolConfig {
             throttle_reset: Duration::from_secs(60),
             process_group: false,
             last_exits: 16,
+            strict_faults: false,
         }
     }
 
@@ -149,6 +151,19 @@ impl PoolConfig {
         self.throttle_delay = delay;
         self.throttle_max = max;
         self.throttle_reset = reset;
+        self
+    }
+
+    /// Which deaths count as faults for the throttle. By default (`false`),
+    /// Postfix's rule: a start that failed, a worker that died before it
+    /// reported ready, or one that died abnormally (a signal, a non-zero
+    /// code) before its first request; a worker that has served requests
+    /// has shown that the command works, and when the OOM killer or an
+    /// operator kills it, it is replaced at once. With `true`, every
+    /// abnormal death the pool did not cause is a fault, however long the
+    /// worker served.
+    pub fn strict_faults(mut self, on: bool) -> Self {
+        self.strict_faults = on;
         self
     }
 

@@ -394,9 +394,9 @@ impl Core {
         };
         // Postfix's rule, plus the start handshake: a death the pool did not
         // cause is a fault if the worker never reported ready, or died
-        // abnormally before serving a request.
-        let fault =
-            !w.excused && (w.state == WorkerState::Starting || (abnormal && w.requests == 0));
+        // abnormally before serving a request (or at all, if strict).
+        let proven = w.requests > 0 && !self.cfg.strict_faults;
+        let fault = !w.excused && (w.state == WorkerState::Starting || (abnormal && !proven));
         self.notes.push_back(Note::Exited { token, fault });
         if fault {
             self.fault(now);
@@ -622,6 +622,28 @@ mod tests {
         let notes = s.notes();
         assert!(notes.iter().any(|n| matches!(n, Note::Throttled(_))));
         assert!(notes.contains(&Note::Unthrottled));
+    }
+
+    #[test]
+    fn strict_faults_count_abnormal_deaths_after_requests_too() {
+        for (strict, throttled) in [(false, false), (true, true)] {
+            let mut s = Script::new(cfg().strict_faults(strict));
+            s.ready_all();
+            let t = s.tokens(WorkerState::Idle)[0];
+            s.core.report(t, Report::Busy, s.now);
+            s.core.report(t, Report::Idle, s.now);
+            s.core.exited(t, true, s.now);
+            assert_eq!(s.core.throttled_until().is_some(), throttled);
+            // A clean exit after a request is never a fault.
+            let t = s.tokens(WorkerState::Idle)[0];
+            s.core.report(t, Report::Busy, s.now);
+            s.core.report(t, Report::Idle, s.now);
+            s.core.exited(t, false, s.now);
+            assert!(!s
+                .notes()
+                .iter()
+                .any(|n| matches!(n, Note::Exited { token, fault: true } if *token == t)));
+        }
     }
 
     #[test]

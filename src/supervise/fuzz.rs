@@ -157,7 +157,9 @@ pub(crate) fn run(data: &[u8]) {
         .start_timeout(ms(bytes.or(50).max(1)))
         .throttle(ms(bytes.or(5).max(1)), ms(bytes.or(40)), ms(bytes.or(100)));
     if let Some(n) = bytes.next().filter(|n| *n % 2 == 1) {
-        cfg = cfg.max_requests(u64::from(n % 7) + 1);
+        cfg = cfg
+            .max_requests(u64::from(n % 7) + 1)
+            .strict_faults(n % 3 == 0);
     }
     cfg.validate().expect("a valid configuration");
     let now = Instant::now();

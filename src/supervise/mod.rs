@@ -77,7 +77,8 @@
 //! abnormally (a signal, a non-zero code) before serving its first request
 //! (Postfix's rule: a worker that served a request has shown the command
 //! works, and a worker killed by the OOM killer or an operator should be
-//! replaced, not throttled). A fault suspends starts for a delay that
+//! replaced, not throttled; [`PoolConfig::strict_faults`] counts every
+//! abnormal death). A fault suspends starts for a delay that
 //! doubles on repeated faults up to a cap and is forgotten after a quiet
 //! period ([`PoolConfig::throttle`]); when it is lifted the pool starts one
 //! worker at a time until one reports ready. So a command that crashes at
