@@ -190,6 +190,28 @@ pub enum Error {
         current: Pid,
     },
 
+    /// A [`supervise::PoolConfig`](crate::supervise::PoolConfig) that cannot
+    /// work, such as a minimum above its maximum.
+    ///
+    /// Nothing was created. Fix the configuration the reason names.
+    #[error("invalid pool configuration: {reason}")]
+    InvalidConfig {
+        /// What is wrong.
+        reason: &'static str,
+    },
+
+    /// A [`supervise`](crate::supervise) call named a pool that does not
+    /// exist in this supervisor, or one that is stopping.
+    ///
+    /// Nothing changed.
+    #[error("pool {pool}: {reason}")]
+    Pool {
+        /// The pool's index.
+        pool: usize,
+        /// Why the call was refused.
+        reason: &'static str,
+    },
+
     /// A system call failed; the error says which one.
     #[error("{call} failed: {source}")]
     Io {

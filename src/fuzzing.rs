@@ -590,3 +590,10 @@ pub mod sigchld {
         crate::sigchld::debug::registrations()
     }
 }
+
+/// The pool state machine's fuzz target (`fuzz/fuzz_targets/supervise_pool.rs`):
+/// decodes `data` into a pool configuration and scripted inputs, and panics
+/// if an invariant of `evchild::supervise` breaks.
+pub fn pool(data: &[u8]) {
+    crate::supervise::fuzz::run(data)
+}

@@ -339,6 +339,7 @@ mod selfpipe;
 mod sigchld;
 mod signal;
 mod spawn;
+pub mod supervise;
 mod sys;
 mod table;
 mod timer;

@@ -1,5 +1,6 @@
-//! Replays the saved fuzz corpus (`fuzz/corpus/reap`) through the reaping
-//! model, so `cargo test --all-features` checks its invariants without
+//! Replays the saved fuzz corpora (`fuzz/corpus/reap` through the reaping
+//! model, `fuzz/corpus/supervise_pool` through the pool's state machine),
+//! so `cargo test --all-features` checks their invariants without
 //! cargo-fuzz, plus a fixed sweep of pseudo-random inputs.
 
 #![cfg(feature = "fuzzing")]
@@ -9,14 +10,25 @@ use std::path::Path;
 
 #[test]
 fn corpus_replays_cleanly() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/reap");
+    replay("reap", evchild::fuzzing::run);
+}
+
+#[test]
+fn supervise_pool_corpus_replays_cleanly() {
+    replay("supervise_pool", evchild::fuzzing::pool);
+}
+
+fn replay(target: &str, run: fn(&[u8])) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
     let mut count = 0;
     for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let path = entry.unwrap().path();
         let data = fs::read(&path).unwrap();
         // Name the input if it fails.
         eprintln!("replaying {}", path.display());
-        evchild::fuzzing::run(&data);
+        run(&data);
         count += 1;
     }
     assert!(count > 0, "the corpus in {} is empty", dir.display());
@@ -36,5 +48,6 @@ fn pseudo_random_inputs_hold() {
         let len = (next() % 600) as usize;
         let data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
         evchild::fuzzing::run(&data);
+        evchild::fuzzing::pool(&data);
     }
 }

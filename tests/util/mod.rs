@@ -422,6 +422,13 @@ impl Gate {
         }
     }
 
+    /// The read end's descriptor number, for a forked child that waits on
+    /// it by itself (closing every other descriptor first, as
+    /// [`wait_in_child`](Self::wait_in_child) does).
+    pub fn read_raw(&self) -> RawFd {
+        self.read.as_raw_fd()
+    }
+
     /// Lets the children waiting on this gate go.
     pub fn open(&mut self) {
         self.write = None;

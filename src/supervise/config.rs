@@ -1,0 +1,211 @@
+//! A pool's sizes, timers and throttle, with the defaults of the process
+//! managers evchild learnt from.
+
+use std::time::Duration;
+
+use crate::{Error, Result};
+
+/// How a pool is sized and paced: what Apache calls `StartServers`,
+/// `MinSpareServers`, `MaxSpareServers` and `MaxRequestWorkers`, OpenSRF
+/// `min_children`/`max_children`, Postfix `max_proc`.
+///
+/// Build it with [`PoolConfig::new`] and the setters; [`Supervisor::add_pool`]
+/// checks it.
+///
+/// ```
+/// use std::time::Duration;
+/// let config = evchild::supervise::PoolConfig::new()
+///     .workers(2, 16)      // never fewer than 2 workers, never more than 16
+///     .idle(1, 4)          // keep 1 to 4 of them idle
+///     .start(4)            // start 4 at once
+///     .max_requests(1000)  // replace a worker after 1000 requests
+///     .interval(Duration::from_millis(500));
+/// # let _ = config;
+/// ```
+///
+/// [`Supervisor::add_pool`]: super::Supervisor::add_pool
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    pub(crate) start: usize,
+    pub(crate) min_workers: usize,
+    pub(crate) max_workers: usize,
+    pub(crate) min_idle: usize,
+    pub(crate) max_idle: usize,
+    pub(crate) interval: Duration,
+    pub(crate) max_spawn_rate: usize,
+    pub(crate) start_timeout: Duration,
+    pub(crate) max_requests: Option<u64>,
+    pub(crate) retire_grace: Duration,
+    pub(crate) throttle_delay: Duration,
+    pub(crate) throttle_max: Duration,
+    pub(crate) throttle_reset: Duration,
+    pub(crate) process_group: bool,
+    pub(crate) last_exits: usize,
+    pub(crate) strict_faults: bool,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig::new()
+    }
+}
+
+impl PoolConfig {
+    /// The defaults: start 2 workers; 1 to 8 workers; 1 to 3 idle;
+    /// maintenance every second, starting at most 32 workers an interval;
+    /// 10 s to report ready; no request limit; 10 s between `SIGTERM` and
+    /// `SIGKILL` for a retired worker; a throttle of 1 s after a fault,
+    /// doubling up to 60 s, forgotten after 60 s without faults; workers in
+    /// the parent's process group.
+    pub fn new() -> Self {
+        PoolConfig {
+            start: 2,
+            min_workers: 1,
+            max_workers: 8,
+            min_idle: 1,
+            max_idle: 3,
+            interval: Duration::from_secs(1),
+            max_spawn_rate: 32,
+            start_timeout: Duration::from_secs(10),
+            max_requests: None,
+            retire_grace: Duration::from_secs(10),
+            throttle_delay: Duration::from_secs(1),
+            throttle_max: Duration::from_secs(60),
+            throttle_reset: Duration::from_secs(60),
+            process_group: false,
+            last_exits: 16,
+            strict_faults: false,
+        }
+    }
+
+    /// How many workers to start when the pool is created (Apache's
+    /// `StartServers`); clamped to the `workers` range.
+    pub fn start(mut self, n: usize) -> Self {
+        self.start = n;
+        self
+    }
+
+    /// The fewest and most workers, idle, busy or starting (workers being
+    /// retired are not counted). Dead workers below `min` are replaced at
+    /// once (unless the pool is throttled); no start ever goes above `max`.
+    pub fn workers(mut self, min: usize, max: usize) -> Self {
+        self.min_workers = min;
+        self.max_workers = max;
+        self
+    }
+
+    /// The fewest and most idle workers. Checked once per interval: below
+    /// `min`, start 1, then 2, 4, … workers per interval (up to
+    /// [`max_spawn_rate`](Self::max_spawn_rate)) while the shortage lasts;
+    /// above `max`, retire one idle worker per interval. Starting workers
+    /// count as idle for the first check.
+    pub fn idle(mut self, min: usize, max: usize) -> Self {
+        self.min_idle = min;
+        self.max_idle = max;
+        self
+    }
+
+    /// The maintenance interval (default 1 s).
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// The most workers started in one interval for an idle shortage
+    /// (Apache's `MAX_SPAWN_RATE`, default 32).
+    pub fn max_spawn_rate(mut self, n: usize) -> Self {
+        self.max_spawn_rate = n;
+        self
+    }
+
+    /// How long a worker has to report ready (default 10 s). One that does
+    /// not is killed, and counts as a failed start.
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    /// Retire a worker, and replace it, once it has served this many
+    /// requests (counted from its busy→idle reports). Default: no limit.
+    ///
+    /// The parent counts, so the retirement (`SIGTERM`) comes a moment
+    /// after the last report: a worker that takes its next request at once
+    /// may serve one more (completing it, as on any `SIGTERM`) before it
+    /// exits. A worker that must never exceed the limit counts for itself.
+    pub fn max_requests(mut self, n: u64) -> Self {
+        self.max_requests = Some(n);
+        self
+    }
+
+    /// How long a retired worker (too many idle, request limit, old
+    /// generation) has between `SIGTERM` and `SIGKILL` (default 10 s).
+    pub fn retire_grace(mut self, grace: Duration) -> Self {
+        self.retire_grace = grace;
+        self
+    }
+
+    /// The crash throttle: after a fault, no new starts for `delay`; on a
+    /// fault within `reset` of the end of the previous throttle, twice the
+    /// previous delay, up to `max`. Defaults: 1 s, 60 s, 60 s.
+    pub fn throttle(mut self, delay: Duration, max: Duration, reset: Duration) -> Self {
+        self.throttle_delay = delay;
+        self.throttle_max = max;
+        self.throttle_reset = reset;
+        self
+    }
+
+    /// Which deaths count as faults for the throttle. By default (`false`),
+    /// Postfix's rule: a start that failed, a worker that died before it
+    /// reported ready, or one that died abnormally (a signal, a non-zero
+    /// code) before its first request; a worker that has served requests
+    /// has shown that the command works, and when the OOM killer or an
+    /// operator kills it, it is replaced at once. With `true`, every
+    /// abnormal death the pool did not cause is a fault, however long the
+    /// worker served.
+    pub fn strict_faults(mut self, on: bool) -> Self {
+        self.strict_faults = on;
+        self
+    }
+
+    /// Starts each worker in a process group of its own
+    /// (`CommandExt::process_group(0)`, or `setpgid` in a forked worker), so
+    /// that retiring and stopping signal the whole group. Default: off.
+    pub fn process_group(mut self, on: bool) -> Self {
+        self.process_group = on;
+        self
+    }
+
+    /// How many of the last exits the pool keeps for its scoreboard
+    /// (default 16).
+    pub fn last_exits(mut self, n: usize) -> Self {
+        self.last_exits = n;
+        self
+    }
+
+    /// The checks `add_pool` makes.
+    pub(crate) fn validate(&self) -> Result<()> {
+        let reason = if self.max_workers == 0 {
+            "max workers must be at least 1"
+        } else if self.min_workers > self.max_workers {
+            "min workers must not exceed max workers"
+        } else if self.min_idle > self.max_idle {
+            "min idle must not exceed max idle"
+        } else if self.interval.is_zero() {
+            "the maintenance interval must not be zero"
+        } else if self.start_timeout.is_zero() {
+            "the start timeout must not be zero"
+        } else if self.throttle_delay.is_zero() {
+            "the throttle delay must not be zero"
+        } else if self.max_requests == Some(0) {
+            "max requests must be at least 1"
+        } else {
+            return Ok(());
+        };
+        Err(Error::InvalidConfig { reason })
+    }
+
+    /// The initial start count, clamped to the workers range.
+    pub(crate) fn initial(&self) -> usize {
+        self.start.clamp(self.min_workers, self.max_workers)
+    }
+}

@@ -1,0 +1,514 @@
+//! Worker pools: what Postfix `master`, Apache prefork, OpenSRF and NGINX
+//! Unit each build by hand around `waitpid` and a signal handler, on
+//! evchild's public [`Reactor`] API, in the application's own `mio` loop.
+//!
+//! A [`Supervisor`] holds any number of [`Pool`]s. A pool is a named group
+//! of interchangeable workers started from a command or a fork function
+//! ([`Start`]), sized by a [`PoolConfig`]. It needs no thread: its timers
+//! come out of [`Supervisor::timeout`], its status pipes are one descriptor
+//! (the supervisor is a `mio::event::Source`), and its workers' deaths come
+//! through the reactor's death callbacks, which reach the supervisor through
+//! the application's context ([`HasSupervisor`]).
+//!
+//! ```no_run
+//! use std::process::Command;
+//! use evchild::supervise::{Event, HasSupervisor, PoolConfig, Start, Supervisor};
+//! use evchild::{Hooks, Reactor};
+//! use mio::{Events, Interest, Poll, Token};
+//!
+//! struct App { sup: Supervisor }
+//! impl HasSupervisor for App {
+//!     fn supervisor(&mut self) -> &mut Supervisor { &mut self.sup }
+//! }
+//!
+//! let mut poll = Poll::new()?;
+//! let mut reactor = Reactor::<App>::new(Hooks::default())?;
+//! let mut app = App { sup: Supervisor::new()? };
+//! poll.registry().register(&mut reactor, Token(0), Interest::READABLE)?;
+//! poll.registry().register(&mut app.sup, Token(1), Interest::READABLE)?;
+//!
+//! let start = Start::command(|_| Command::new("/usr/local/bin/my-worker"));
+//! app.sup.add_pool(&mut reactor, "web", PoolConfig::new().workers(2, 16), start)?;
+//!
+//! let mut events = Events::with_capacity(64);
+//! loop {
+//!     let timeout = evchild::supervise::earliest(reactor.timeout(), app.sup.timeout());
+//!     match poll.poll(&mut events, timeout) {
+//!         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+//!         other => other?,
+//!     }
+//!     reactor.dispatch(&mut app)?;  // deaths
+//!     app.sup.run(&mut reactor)?;   // reports and timers
+//!     while let Some(event) = app.sup.next_event() {
+//!         if let Event::Exited { worker, exit, .. } = event {
+//!             println!("{worker} ended: {:?}", exit.status());
+//!         }
+//!     }
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Workers and their states
+//!
+//! Each worker gets the write end of its pool's status pipe and reports with
+//! [`worker::ready`], [`worker::busy`] and [`worker::idle`] (no allocation;
+//! usable after fork or exec). A worker is [`WorkerState::Starting`] until it
+//! reports ready, then `Idle` ⇄ `Busy`, and `Retiring` once the pool has
+//! sent it `SIGTERM` (too many idle workers, its request limit, an old
+//! generation, the stop); it leaves the scoreboard when it is reaped. A
+//! worker that does not report ready within the start timeout is killed and
+//! counts as a failed start. Workers may accept on a listener the parent
+//! opened (Apache's model: keep its descriptor inheritable), or the parent
+//! may take an idle worker for a job of its own with
+//! [`Supervisor::checkout`] (OpenSRF's model). On `SIGTERM` a worker should
+//! finish the request in hand and exit.
+//!
+//! # Sizing
+//!
+//! Dead workers below the minimum are replaced at once. Once per interval,
+//! with too few idle workers the pool starts 1, then 2, 4, … up to a cap
+//! per interval while the shortage lasts (Apache); with too many, it
+//! retires one. No start ever takes the pool above its maximum.
+//!
+//! # Crash throttle
+//!
+//! A *fault* is a start that failed (`spawn` or `fork` error), a worker that
+//! died before it reported ready (or did not in time), or one that died
+//! abnormally (a signal, a non-zero code) before serving its first request
+//! (Postfix's rule: a worker that served a request has shown the command
+//! works, and a worker killed by the OOM killer or an operator should be
+//! replaced, not throttled; [`PoolConfig::strict_faults`] counts every
+//! abnormal death). A fault suspends starts for a delay that
+//! doubles on repeated faults up to a cap and is forgotten after a quiet
+//! period ([`PoolConfig::throttle`]); when it is lifted the pool starts one
+//! worker at a time until one reports ready. So a command that crashes at
+//! once costs one start per throttle period, at most `60 s / max delay`
+//! plus a few starts per minute. Deaths the pool caused are never faults.
+//!
+//! # Reload and stop
+//!
+//! [`Supervisor::reload`] starts a new generation: idle workers of older
+//! ones are retired at once, busy ones when they report idle (or after the
+//! retire grace). Listeners are the application's and stay open.
+//! [`Supervisor::shutdown`] stops the pools in reverse order of creation,
+//! one after the other: no more starts, `SIGTERM` to each worker (or its
+//! process group), `SIGKILL` after the grace, and [`Event::Stopped`] once
+//! the last one is reaped.
+//!
+//! Children that are not workers are none of the supervisor's business:
+//! the reactor's other children and unknown pids (`LibraryAlways`' hook) go
+//! where they went before.
+
+mod config;
+mod core;
+mod policy;
+mod pool;
+mod start;
+mod status;
+pub mod worker;
+
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod fuzz;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use mio::event::Source;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token};
+
+pub use config::PoolConfig;
+pub use pool::{LastExit, Pool, WorkerInfo};
+pub use start::{Start, WorkerSpec};
+pub use status::ENV;
+
+use crate::{Error, Exit, Pid, Reactor, Result};
+
+/// The application's context gives the supervisor to the workers' death
+/// callbacks: implement it for the `C` of your `Reactor<C>`.
+pub trait HasSupervisor: Sized + 'static {
+    /// The supervisor that owns the pools.
+    fn supervisor(&mut self) -> &mut Supervisor;
+}
+
+/// A pool, by its index in its supervisor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolId(pub(crate) usize);
+
+impl PoolId {
+    /// The index: 0 for the first pool added, and so on.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+/// A worker: its pool, and a number no other worker of that pool has had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkerId {
+    /// Its pool.
+    pub pool: PoolId,
+    pub(crate) token: u64,
+}
+
+impl WorkerId {
+    /// Its number in the pool (1 for the first worker, and so on).
+    pub fn number(self) -> u64 {
+        self.token
+    }
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "worker {}.{}", self.pool.0, self.token)
+    }
+}
+
+/// Where a worker is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WorkerState {
+    /// Started, not yet ready.
+    Starting,
+    /// Ready for work.
+    Idle,
+    /// Serving a request.
+    Busy,
+    /// Asked to stop (`SIGTERM`; `SIGKILL` after a grace).
+    Retiring,
+}
+
+/// What happened in a pool, in order; read with
+/// [`Supervisor::next_event`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A worker was started.
+    Started {
+        /// The worker.
+        worker: WorkerId,
+        /// Its pid.
+        pid: Pid,
+    },
+    /// A worker could not be started; the pool is throttled.
+    StartFailed {
+        /// The pool.
+        pool: PoolId,
+        /// The error's message.
+        error: String,
+    },
+    /// A worker reported ready for the first time.
+    Ready {
+        /// The worker.
+        worker: WorkerId,
+    },
+    /// A worker took a request (or was checked out).
+    Busy {
+        /// The worker.
+        worker: WorkerId,
+    },
+    /// A worker finished a request.
+    Idle {
+        /// The worker.
+        worker: WorkerId,
+    },
+    /// The pool asked a worker to stop.
+    Retiring {
+        /// The worker.
+        worker: WorkerId,
+    },
+    /// A worker died and was reaped.
+    Exited {
+        /// The worker.
+        worker: WorkerId,
+        /// The reactor's report.
+        exit: Exit,
+        /// Whether it counted against the crash throttle.
+        fault: bool,
+    },
+    /// A fault suspended starts until `until`.
+    Throttled {
+        /// The pool.
+        pool: PoolId,
+        /// When starts resume.
+        until: Instant,
+    },
+    /// Starts resumed.
+    Unthrottled {
+        /// The pool.
+        pool: PoolId,
+    },
+    /// The pool was shut down and its last worker reaped.
+    Stopped {
+        /// The pool.
+        pool: PoolId,
+    },
+}
+
+/// The earlier of two optional time-outs, where `None` means no limit
+/// (unlike `Option::min`, which would pick `None`).
+pub fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The pools of one loop. See the [module docs](self).
+///
+/// Register it in the loop (it is one descriptor, an epoll set of the
+/// pools' status pipes), sleep no longer than [`timeout`](Self::timeout),
+/// and call [`run`](Self::run) whenever `poll` returns; the reactor's
+/// `dispatch` brings it the workers' deaths through [`HasSupervisor`].
+///
+/// # Dropping
+///
+/// Dropping the supervisor closes the status pipes and forgets the pools;
+/// it neither signals nor reaps the workers, which stay the reactor's
+/// children (its [`DropPolicy`](crate::DropPolicy) applies when it is
+/// dropped in turn). A worker's next report then fails with `EPIPE` (or
+/// kills it with `SIGPIPE`, if it has not ignored the signal, as Rust
+/// programs do). Stop the pools first with [`shutdown`](Self::shutdown).
+pub struct Supervisor {
+    pools: Vec<Pool>,
+    events: VecDeque<Event>,
+    /// The status pipes, as one descriptor for the application's loop.
+    poll: Poll,
+    ready: Events,
+    /// Set by `shutdown`: the grace for each pool.
+    stopping: Option<Duration>,
+}
+
+impl Supervisor {
+    /// A supervisor with no pool.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if its epoll instance cannot be created.
+    pub fn new() -> Result<Self> {
+        Ok(Supervisor {
+            pools: Vec::new(),
+            events: VecDeque::new(),
+            poll: Poll::new().map_err(|e| Error::io("epoll_create", e))?,
+            ready: Events::with_capacity(16),
+            stopping: None,
+        })
+    }
+
+    /// Creates a pool and starts its initial workers through `reactor`.
+    ///
+    /// # Errors
+    ///
+    /// Nothing was created on error.
+    /// * [`Error::InvalidConfig`] if `config` cannot work.
+    /// * [`Error::Pool`] if the supervisor is shutting down.
+    /// * [`Error::Io`] if the status pipe cannot be made.
+    ///
+    /// A worker that cannot be started is not an error here: it is a fault
+    /// ([`Event::StartFailed`], and the pool is throttled).
+    pub fn add_pool<C: HasSupervisor>(
+        &mut self,
+        reactor: &mut Reactor<C>,
+        name: &str,
+        config: PoolConfig,
+        start: Start,
+    ) -> Result<PoolId> {
+        let id = PoolId(self.pools.len());
+        if self.stopping.is_some() {
+            return Err(Error::Pool {
+                pool: id.0,
+                reason: "the supervisor is shutting down",
+            });
+        }
+        let mut pool = Pool::new(id, name.to_owned(), config, start)?;
+        self.poll
+            .registry()
+            .register(pool.status.receiver(), Token(id.0), Interest::READABLE)
+            .map_err(|e| Error::io("epoll_ctl", e))?;
+        pool.act(reactor, &mut self.events);
+        self.pools.push(pool);
+        Ok(id)
+    }
+
+    /// A pool, for its scoreboard.
+    pub fn pool(&self, id: PoolId) -> Option<&Pool> {
+        self.pools.get(id.0)
+    }
+
+    /// A pool, to take a worker's stdio.
+    pub fn pool_mut(&mut self, id: PoolId) -> Option<&mut Pool> {
+        self.pools.get_mut(id.0)
+    }
+
+    /// Every pool, in order of creation.
+    pub fn pools(&self) -> impl Iterator<Item = &Pool> + '_ {
+        self.pools.iter()
+    }
+
+    /// The next event, oldest first. Drain them after each
+    /// [`run`](Self::run) and `dispatch`: they are kept until read.
+    pub fn next_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// How long the loop may sleep before a pool's timer is due (the
+    /// interval, a start timeout, the end of a throttle), or `None`.
+    /// Combine it with [`Reactor::timeout`] using [`earliest`].
+    pub fn timeout(&self) -> Option<Duration> {
+        let now = Instant::now();
+        self.pools
+            .iter()
+            .filter_map(|p| p.core.next_deadline())
+            .min()
+            .map(|at| at.saturating_duration_since(now))
+    }
+
+    /// Reads the workers' reports, runs the timers that are due, and starts
+    /// and signals workers accordingly. Call it whenever `poll` returns.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if a status pipe cannot be read; the other pools were
+    /// still served.
+    pub fn run<C: HasSupervisor>(&mut self, reactor: &mut Reactor<C>) -> Result<()> {
+        // Empty the epoll set's ready list first, then read every pipe to
+        // EAGAIN: a report that comes in between wakes the loop again.
+        let _ = self.poll.poll(&mut self.ready, Some(Duration::ZERO));
+        let mut result = Ok(());
+        for pool in &mut self.pools {
+            let now = Instant::now();
+            let Pool { status, core, .. } = pool;
+            if let Err(e) = status.drain(|token, report| core.report(token, report, now)) {
+                result = Err(e);
+            }
+            core.tick(now);
+            pool.act(reactor, &mut self.events);
+        }
+        self.advance_shutdown(reactor);
+        result
+    }
+
+    /// Starts a new generation of a pool: see the [module docs](self).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Pool`] if there is no such pool; a stopping pool ignores it.
+    pub fn reload<C: HasSupervisor>(&mut self, reactor: &mut Reactor<C>, id: PoolId) -> Result<()> {
+        let pool = self.pools.get_mut(id.0).ok_or(Error::Pool {
+            pool: id.0,
+            reason: "no such pool",
+        })?;
+        pool.core.reload(Instant::now());
+        pool.act(reactor, &mut self.events);
+        Ok(())
+    }
+
+    /// Takes an idle worker of the current generation for a job of the
+    /// parent's: it is `Busy` until it reports idle. `None` if no worker is
+    /// idle (the pool grows as its idle minimum asks).
+    pub fn checkout(&mut self, id: PoolId) -> Option<WorkerInfo> {
+        let pool = self.pools.get_mut(id.0)?;
+        let token = pool.core.checkout()?;
+        pool.flush_notes(&mut self.events);
+        pool.worker(WorkerId { pool: id, token })
+    }
+
+    /// Stops every pool, the last created first: each gets `SIGTERM` for its
+    /// workers, `SIGKILL` after `grace`, and its [`Event::Stopped`] once its
+    /// last worker is reaped; then the next one. Keep running the loop until
+    /// [`is_stopped`](Self::is_stopped). Calling it again changes nothing.
+    pub fn shutdown<C: HasSupervisor>(&mut self, reactor: &mut Reactor<C>, grace: Duration) {
+        if self.stopping.is_none() {
+            self.stopping = Some(grace);
+            self.advance_shutdown(reactor);
+        }
+    }
+
+    /// Whether every pool has stopped (after [`shutdown`](Self::shutdown)).
+    pub fn is_stopped(&self) -> bool {
+        self.stopping.is_some() && self.pools.iter().all(|p| p.is_stopped())
+    }
+
+    /// Shuts down the newest pool that is not stopped, once the ones after
+    /// it have stopped.
+    fn advance_shutdown<C: HasSupervisor>(&mut self, reactor: &mut Reactor<C>) {
+        let Some(grace) = self.stopping else {
+            return;
+        };
+        for pool in self.pools.iter_mut().rev() {
+            if pool.is_stopped() {
+                continue;
+            }
+            if !pool.is_stopping() {
+                pool.core.shutdown(grace);
+                pool.act(reactor, &mut self.events);
+                if pool.is_stopped() {
+                    continue;
+                }
+            }
+            return;
+        }
+    }
+
+    /// A worker's death callback.
+    pub(crate) fn worker_died<C: HasSupervisor>(
+        &mut self,
+        reactor: &mut Reactor<C>,
+        pool: PoolId,
+        token: u64,
+        exit: Exit,
+    ) {
+        if let Some(p) = self.pools.get_mut(pool.0) {
+            p.died(token, exit, &mut self.events);
+            p.act(reactor, &mut self.events);
+        }
+        self.advance_shutdown(reactor);
+    }
+}
+
+/// The supervisor can move to another thread with its application context.
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<Supervisor>();
+};
+
+impl fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("pools", &self.pools)
+            .field("events", &self.events.len())
+            .field("stopping", &self.stopping)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Source for Supervisor {
+    fn register(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interests: Interest,
+    ) -> std::io::Result<()> {
+        SourceFd(&self.poll.as_raw_fd()).register(registry, token, interests)
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interests: Interest,
+    ) -> std::io::Result<()> {
+        SourceFd(&self.poll.as_raw_fd()).reregister(registry, token, interests)
+    }
+
+    fn deregister(&mut self, registry: &Registry) -> std::io::Result<()> {
+        SourceFd(&self.poll.as_raw_fd()).deregister(registry)
+    }
+}
+
+impl AsRawFd for Supervisor {
+    fn as_raw_fd(&self) -> RawFd {
+        self.poll.as_raw_fd()
+    }
+}
