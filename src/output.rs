@@ -1,0 +1,665 @@
+//! Collecting a child's output in the loop: `spawn_output`, the event-loop
+//! equivalent of `Command::output()`.
+//!
+//! The child's stdout and stderr read ends (and its stdin write end, when
+//! the application gives input) go into the reactor's own epoll set, next
+//! to the wake pipe and the pidfds, level-triggered, under a tagged key
+//! (see `poller.rs`). So the application's `Poll` needs no extra token: the
+//! reactor's one descriptor becomes readable when output is there, and
+//! `dispatch` reads it. Both streams are read as they come, so a child that
+//! fills one pipe while we wait on the other never blocks, and without a
+//! thread.
+//!
+//! Cost: reads go straight into the output buffers (64 KiB at a time);
+//! past a stream's cap into one scratch buffer per reactor, made once. At
+//! most 1 MiB per stream per `dispatch`, so a child that writes without
+//! end (`yes`) cannot hold the loop; the reactor wakes itself to go on. No
+//! allocation per wake-up beyond the buffers growing.
+//!
+//! Writing the input: `write(2)` to a pipe whose reader is gone raises
+//! `SIGPIPE`, which kills a process that has not ignored it (a library must
+//! not assume it has). So the writes block `SIGPIPE` in the calling thread
+//! (`pthread_sigmask`), and after an `EPIPE` take the signal they raised
+//! off the thread's pending set (`sigtimedwait` with a zero timeout) before
+//! unblocking: two more system calls per wake-up of a stdin stream.
+
+#![allow(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::process::{Command, Stdio};
+
+use mio::unix::pipe::{Receiver, Sender};
+use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
+use slab::Slab;
+
+use crate::poller::Poller;
+use crate::reactor::Pending;
+use crate::{ChildId, Error, Exit, Reactor, Result};
+
+/// Bytes read at once into an output buffer, and the size of the scratch
+/// buffer for output past a cap.
+const CHUNK: usize = 64 * 1024;
+/// Bytes read from (or written to) one stream in one `dispatch`.
+const BUDGET: usize = 1 << 20;
+
+/// What [`Reactor::spawn_output`] gives the child and keeps of its output.
+///
+/// ```
+/// use evchild::OutputOptions;
+/// // Feed "hello" to the child's stdin; keep at most 1 MiB of each stream.
+/// let options = OutputOptions::new().stdin(b"hello".to_vec()).cap(1 << 20);
+/// # let _ = options;
+/// ```
+#[derive(Clone)]
+pub struct OutputOptions {
+    stdin: Option<Vec<u8>>,
+    caps: [usize; 2],
+}
+
+impl OutputOptions {
+    /// No input (the command's own stdin setting stands), no cap.
+    pub fn new() -> Self {
+        OutputOptions {
+            stdin: None,
+            caps: [usize::MAX; 2],
+        }
+    }
+
+    /// Writes `input` to the child's stdin (a pipe), as the pipe accepts it,
+    /// then closes it, so the child sees end of file. If the child closes
+    /// its stdin before reading it all (`head -c 1`), the rest is dropped:
+    /// that is no error. Without this, the command's stdin is what the
+    /// [`Command`] says (by default, inherited: set `Stdio::null()` for
+    /// none, as `Command::output` does).
+    pub fn stdin(mut self, input: Vec<u8>) -> Self {
+        self.stdin = Some(input);
+        self
+    }
+
+    /// Keeps at most `bytes` of stdout and of stderr each; see
+    /// [`stdout_cap`](Self::stdout_cap).
+    pub fn cap(self, bytes: usize) -> Self {
+        self.stdout_cap(bytes).stderr_cap(bytes)
+    }
+
+    /// Keeps at most `bytes` of stdout. What comes past it is still read
+    /// (the child never blocks on a full pipe) and discarded, and
+    /// [`Output::stdout_truncated`] says so.
+    pub fn stdout_cap(mut self, bytes: usize) -> Self {
+        self.caps[0] = bytes;
+        self
+    }
+
+    /// Keeps at most `bytes` of stderr, as
+    /// [`stdout_cap`](Self::stdout_cap) does for stdout.
+    pub fn stderr_cap(mut self, bytes: usize) -> Self {
+        self.caps[1] = bytes;
+        self
+    }
+}
+
+impl Default for OutputOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for OutputOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutputOptions")
+            .field("stdin", &self.stdin.as_ref().map(Vec::len))
+            .field("stdout_cap", &self.caps[0])
+            .field("stderr_cap", &self.caps[1])
+            .finish()
+    }
+}
+
+/// What a [`spawn_output`](Reactor::spawn_output) child left: its death
+/// report and everything it wrote (up to the caps), in one callback.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Output {
+    /// The child's death report, as a death callback gets it (a
+    /// [`Lost`](crate::Outcome::Lost) child still delivers its output).
+    pub exit: Exit,
+    /// What the child wrote to stdout.
+    pub stdout: Vec<u8>,
+    /// What the child wrote to stderr.
+    pub stderr: Vec<u8>,
+    /// Whether stdout holds less than the child wrote: it went past the cap,
+    /// the reading was stopped ([`Reactor::close_output`]), or reading
+    /// failed.
+    pub stdout_truncated: bool,
+    /// The same for stderr.
+    pub stderr_truncated: bool,
+}
+
+/// The callback of a `spawn_output` child.
+type OnOutput<C> = Box<dyn FnOnce(&mut C, &mut Reactor<C>, Output) + Send>;
+
+/// Stdout, stderr, stdin: the index of a stream in a job.
+const STDOUT: usize = 0;
+const STDERR: usize = 1;
+const STDIN: usize = 2;
+
+#[derive(Debug)]
+enum Pipe {
+    Read(Receiver),
+    Write(Sender),
+}
+
+impl Pipe {
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Pipe::Read(r) => r.as_fd(),
+            Pipe::Write(w) => w.as_fd(),
+        }
+    }
+}
+
+/// A pipe in the reactor's epoll set, under its slab key.
+#[derive(Debug)]
+struct Stream {
+    job: usize,
+    which: usize,
+    pipe: Pipe,
+}
+
+/// One `spawn_output` child, from its start until its callback.
+struct Job<C> {
+    /// `None` only while its start is in progress (or if it failed half-way).
+    id: Option<ChildId>,
+    on_done: OnOutput<C>,
+    /// Its death report, once it came.
+    exit: Option<Exit>,
+    bufs: [Vec<u8>; 2],
+    caps: [usize; 2],
+    truncated: [bool; 2],
+    input: Vec<u8>,
+    written: usize,
+    /// The keys of its streams still open: stdout, stderr, stdin.
+    streams: [Option<usize>; 3],
+    /// Its callback is queued (`complete_if_done`).
+    queued: bool,
+}
+
+impl<C> Job<C> {
+    /// Whether stdout or stderr is still open (stdin does not count: it is
+    /// closed when the rest is done).
+    fn reading(&self) -> bool {
+        self.streams[STDOUT].is_some() || self.streams[STDERR].is_some()
+    }
+}
+
+/// A reactor's `spawn_output` children and their pipes.
+pub(crate) struct Outputs<C> {
+    jobs: Slab<Job<C>>,
+    streams: Slab<Stream>,
+    /// Where output past a cap goes: `CHUNK` bytes, made at first use.
+    discard: Vec<u8>,
+}
+
+impl<C> Default for Outputs<C> {
+    fn default() -> Self {
+        Outputs {
+            jobs: Slab::new(),
+            streams: Slab::new(),
+            discard: Vec::new(),
+        }
+    }
+}
+
+/// How a read or write pass over one stream ended.
+#[derive(PartialEq, Eq)]
+enum Flow {
+    /// Nothing more now (`EAGAIN`).
+    Drained,
+    /// The budget ran out with more to do: the reactor must wake itself.
+    More,
+    /// End of file, everything written, `EPIPE`, or an error: close it.
+    Done,
+}
+
+impl<C> Outputs<C> {
+    /// Takes a stream out of the set and closes it.
+    fn close(&mut self, key: usize, poller: &Poller) {
+        if let Some(stream) = self.streams.try_remove(key) {
+            poller.remove_stream(stream.pipe.fd());
+            if let Some(job) = self.jobs.get_mut(stream.job) {
+                job.streams[stream.which] = None;
+            }
+        }
+    }
+
+    /// Adds `pipe` as stream `which` of job `job`.
+    fn add(&mut self, job: usize, which: usize, pipe: Pipe, poller: &Poller) -> io::Result<()> {
+        let entry = self.streams.vacant_entry();
+        let key = entry.key();
+        poller.add_stream(pipe.fd(), key, matches!(pipe, Pipe::Write(_)))?;
+        entry.insert(Stream { job, which, pipe });
+        self.jobs[job].streams[which] = Some(key);
+        Ok(())
+    }
+
+    /// Removes a finished job (its streams closed) and returns its callback
+    /// and output.
+    fn finish(&mut self, job: usize, exit: Exit, poller: &Poller) -> (OnOutput<C>, Output) {
+        for key in self.jobs[job].streams {
+            if let Some(key) = key {
+                self.close(key, poller);
+            }
+        }
+        let Job {
+            on_done,
+            bufs: [stdout, stderr],
+            truncated,
+            ..
+        } = self.jobs.remove(job);
+        let output = Output {
+            exit,
+            stdout,
+            stderr,
+            stdout_truncated: truncated[STDOUT],
+            stderr_truncated: truncated[STDERR],
+        };
+        (on_done, output)
+    }
+
+    /// If job `job` has its death report and both end-of-files, closes its
+    /// stdin if still open and queues its callback (which finds the job by
+    /// its key: the job stays until then).
+    fn complete_if_done(
+        &mut self,
+        job: usize,
+        poller: &Poller,
+        pending: &mut VecDeque<Pending<C>>,
+    ) {
+        let Some(entry) = self.jobs.get_mut(job) else {
+            return;
+        };
+        if entry.reading() || entry.queued {
+            return;
+        }
+        let Some(exit) = entry.exit.take() else {
+            return;
+        };
+        entry.queued = true;
+        if let Some(key) = entry.streams[STDIN] {
+            self.close(key, poller);
+        }
+        let deliver = move |ctx: &mut C, reactor: &mut Reactor<C>, exit: Exit| {
+            let (on_done, output) = reactor.outputs.finish(job, exit, reactor.watcher.poller());
+            on_done(ctx, reactor, output);
+        };
+        pending.push_back(Pending::Death(Box::new(deliver), exit));
+    }
+
+    /// Reads or writes stream `key` as far as it goes now. Returns whether
+    /// it has more to do at once (its budget ran out).
+    fn service(&mut self, key: usize, poller: &Poller, pending: &mut VecDeque<Pending<C>>) -> bool {
+        let Some(stream) = self.streams.get_mut(key) else {
+            return false; // closed earlier in this pass
+        };
+        let Some(job) = self.jobs.get_mut(stream.job) else {
+            return false;
+        };
+        let flow = match &mut stream.pipe {
+            Pipe::Read(pipe) => {
+                let w = stream.which;
+                let (buf, cap) = (&mut job.bufs[w], job.caps[w]);
+                read(pipe, buf, cap, &mut job.truncated[w], &mut self.discard)
+            }
+            Pipe::Write(pipe) => write(pipe, &job.input, &mut job.written),
+        };
+        if flow == Flow::Done {
+            let job = stream.job;
+            self.close(key, poller);
+            self.complete_if_done(job, poller, pending);
+        }
+        flow == Flow::More
+    }
+
+    /// The job of child `id`.
+    fn find(&self, id: ChildId) -> Option<usize> {
+        self.jobs
+            .iter()
+            .find(|(_, job)| job.id == Some(id) && !job.queued)
+            .map(|(key, _)| key)
+    }
+
+    /// In a forked child: closes this process's copies of the pipes with
+    /// `close(2)` (async-signal-safe) and nothing else. The caller must never
+    /// drop `self` afterwards.
+    pub(crate) fn close_in_forked_child(&self) {
+        for (_, stream) in self.streams.iter() {
+            // SAFETY: this process's copy of a pipe end, closed once: the
+            // caller never drops its owner. No EPOLL_CTL_DEL: the epoll set
+            // is shared with the parent.
+            unsafe { libc::close(stream.pipe.fd().as_raw_fd()) };
+        }
+    }
+}
+
+/// Reads `pipe` into `buf` (up to `cap`, the rest into `discard`) until it
+/// would block, ends, or the budget runs out.
+fn read(
+    pipe: &mut Receiver,
+    buf: &mut Vec<u8>,
+    cap: usize,
+    truncated: &mut bool,
+    discard: &mut Vec<u8>,
+) -> Flow {
+    let mut budget = BUDGET;
+    while budget > 0 {
+        let room = cap.saturating_sub(buf.len());
+        let result = if room > 0 {
+            // Straight into the buffer: grow it (amortised), read, trim.
+            let len = buf.len();
+            buf.resize(len + room.min(CHUNK), 0);
+            let result = pipe.read(&mut buf[len..]);
+            buf.truncate(len + result.as_ref().map_or(0, |&n| n));
+            result
+        } else {
+            if discard.is_empty() {
+                discard.resize(CHUNK, 0);
+            }
+            let result = pipe.read(discard);
+            *truncated |= matches!(result, Ok(n) if n > 0);
+            result
+        };
+        match result {
+            Ok(0) => return Flow::Done,
+            Ok(n) => budget = budget.saturating_sub(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flow::Drained,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                // Not for a pipe we made; whatever it was, nothing more
+                // will come through it.
+                *truncated = true;
+                return Flow::Done;
+            }
+        }
+    }
+    Flow::More
+}
+
+/// Writes `input[*written..]` to `pipe` until it is all written, the pipe
+/// is full, or the budget runs out. `EPIPE` (the child closed its stdin)
+/// ends it, quietly.
+fn write(pipe: &mut Sender, input: &[u8], written: &mut usize) -> Flow {
+    let guard = SigpipeBlocked::new();
+    let mut budget = BUDGET;
+    while *written < input.len() {
+        if budget == 0 {
+            return Flow::More;
+        }
+        let end = input.len().min(*written + budget);
+        match pipe.write(&input[*written..end]) {
+            Ok(n) => {
+                *written += n;
+                budget -= n;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flow::Drained,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                if e.kind() == io::ErrorKind::BrokenPipe {
+                    guard.take_pending();
+                }
+                return Flow::Done;
+            }
+        }
+    }
+    Flow::Done
+}
+
+/// `SIGPIPE` blocked in this thread while it lives (unless it already was).
+struct SigpipeBlocked {
+    /// We blocked it (it was not blocked before), so we unblock it.
+    ours: bool,
+}
+
+impl SigpipeBlocked {
+    fn new() -> Self {
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGPIPE);
+        let mut old = SigSet::empty();
+        let ours = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old)).is_ok()
+            && !old.contains(Signal::SIGPIPE);
+        SigpipeBlocked { ours }
+    }
+
+    /// After `EPIPE`: takes the `SIGPIPE` our write raised off this thread's
+    /// pending set, so unblocking does not deliver it. (Had it been blocked
+    /// before, it stays pending, as the application arranged.)
+    fn take_pending(&self) {
+        if !self.ours {
+            return;
+        }
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGPIPE);
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid signal set and timeout, and a null `siginfo_t`
+        // pointer, which sigtimedwait allows. SIGPIPE is blocked in this
+        // thread (by us), as sigtimedwait requires.
+        unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &zero) };
+    }
+}
+
+impl Drop for SigpipeBlocked {
+    fn drop(&mut self) {
+        if self.ours {
+            let mut set = SigSet::empty();
+            set.add(Signal::SIGPIPE);
+            let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
+        }
+    }
+}
+
+impl<C> Reactor<C> {
+    /// Starts `command` and collects its output in the loop, the event-loop
+    /// `Command::output()`: `on_done` runs once, in `dispatch`, with the
+    /// child's death report and everything it wrote to stdout and stderr.
+    ///
+    /// ```
+    /// use std::process::Command;
+    /// use evchild::{Hooks, Output, OutputOptions, Reactor};
+    ///
+    /// let mut children = Reactor::<Option<Output>>::new(Hooks::default())?;
+    /// children.spawn_output(
+    ///     Command::new("sh").args(["-c", "tr a-z A-Z; echo oops >&2; exit 3"]),
+    ///     OutputOptions::new().stdin(b"hello\n".to_vec()),
+    ///     |done, _, output| *done = Some(output),
+    /// )?;
+    /// let mut done = None;
+    /// while done.is_none() {
+    ///     children.dispatch(&mut done)?; // a real program waits in mio::Poll
+    /// }
+    /// let output = done.unwrap();
+    /// assert_eq!(output.stdout, b"HELLO\n");
+    /// assert_eq!(output.stderr, b"oops\n");
+    /// assert_eq!(output.exit.status().and_then(|s| s.code()), Some(3));
+    /// # Ok::<(), evchild::Error>(())
+    /// ```
+    ///
+    /// The command's stdout and stderr are set to `Stdio::piped()` (and its
+    /// stdin too, with [`OutputOptions::stdin`]; otherwise its stdin is
+    /// what the command says). The pipes go into the reactor's own epoll
+    /// set: the loop needs no other token, the reactor becomes readable
+    /// when output comes, and `dispatch` reads both streams as they fill
+    /// (so a child that fills one while we wait on the other never blocks)
+    /// and feeds the input as the pipe accepts it.
+    ///
+    /// `on_done` runs once the child has been reaped **and** both streams
+    /// reached end of file. A descendant that keeps them open (a
+    /// background job of a shell) delays it until it exits or closes them,
+    /// as with `Command::output`; [`close_output`](Reactor::close_output)
+    /// stops waiting. The child leaves [`len`](Reactor::len) at its death,
+    /// which may come before its callback.
+    ///
+    /// Otherwise it is a child like any other: exactly one report (an
+    /// [`Outcome::Lost`](crate::Outcome::Lost) child still delivers what
+    /// was read), [`kill`](Reactor::kill) and
+    /// [`terminate`](Reactor::terminate) take its id, and dropping the
+    /// reactor applies the [`DropPolicy`](crate::DropPolicy) to it and
+    /// drops `on_done` uncalled. Output is read only by
+    /// [`dispatch`](Reactor::dispatch), in every mode.
+    ///
+    /// # Errors
+    ///
+    /// As for [`spawn`](Reactor::spawn): on [`Error::Spawn`] (program
+    /// missing, ...), [`Error::HandlerConflict`],
+    /// [`Error::TooManyReactors`] and [`Error::ForkedChild`] nothing was
+    /// started and nothing is registered. On [`Error::Io`] the child had
+    /// started (a pipe could not be set up: `fcntl`, or `epoll_ctl` with
+    /// `ENOMEM`/`ENOSPC`) and has been sent `SIGKILL`; `on_done` still
+    /// runs once, with both streams marked truncated.
+    pub fn spawn_output(
+        &mut self,
+        command: &mut Command,
+        options: OutputOptions,
+        on_done: impl FnOnce(&mut C, &mut Reactor<C>, Output) + Send + 'static,
+    ) -> Result<ChildId> {
+        self.check_process()?;
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        if options.stdin.is_some() {
+            command.stdin(Stdio::piped());
+        }
+        let job = self.outputs.jobs.insert(Job {
+            id: None,
+            on_done: Box::new(on_done),
+            exit: None,
+            bufs: [Vec::new(), Vec::new()],
+            caps: options.caps,
+            truncated: [false; 2],
+            input: options.stdin.unwrap_or_default(),
+            written: 0,
+            streams: [None; 3],
+            queued: false,
+        });
+        let serial = self.next_serial;
+        let spawned = self.spawn(command, move |ctx, reactor, exit| {
+            reactor.output_exited(ctx, job, exit);
+        });
+        let spawned = match spawned {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                if self.next_serial == serial {
+                    // Nothing was registered: no death will come.
+                    self.outputs.jobs.remove(job);
+                } else {
+                    // Registered and killed: its death will come, with
+                    // nothing read.
+                    self.outputs.jobs[job].truncated = [true; 2];
+                }
+                return Err(e);
+            }
+        };
+        let id = spawned.id;
+        self.outputs.jobs[job].id = Some(id);
+        let mut added = Ok(());
+        let pipes = [
+            spawned.stdout.map(Pipe::Read),
+            spawned.stderr.map(Pipe::Read),
+            spawned.stdin.map(Pipe::Write),
+        ];
+        for (which, pipe) in pipes.into_iter().enumerate() {
+            let Some(pipe) = pipe else { continue };
+            if added.is_ok() {
+                added = self.outputs.add(job, which, pipe, self.watcher.poller());
+            }
+        }
+        if let Err(e) = added {
+            self.outputs.jobs[job].truncated = [true; 2];
+            for key in self.outputs.jobs[job].streams {
+                if let Some(key) = key {
+                    self.outputs.close(key, self.watcher.poller());
+                }
+            }
+            let _ = self.kill(id, libc::SIGKILL);
+            return Err(Error::io("epoll_ctl", e));
+        }
+        // Input to write: it is written by the first dispatch (the pipe is
+        // writable at once, which makes the reactor readable).
+        Ok(id)
+    }
+
+    /// Stops collecting the output of `id`, a [`spawn_output`](Self::spawn_output)
+    /// child whose callback has not run: closes its pipes now, and marks
+    /// each stream that had not reached end of file truncated. The callback
+    /// runs once the child has died too (in the next `dispatch` if it
+    /// already has), with what was read. The child itself is not signalled:
+    /// a child that writes on gets `SIGPIPE` or `EPIPE`.
+    ///
+    /// For a child that died but left a descendant holding its pipes open.
+    ///
+    /// # Errors
+    ///
+    /// Nothing changed on error.
+    /// * [`Error::UnknownChild`] if `id` is not a `spawn_output` child of
+    ///   this reactor whose callback is still to run.
+    /// * [`Error::ForkedChild`] in a forked child.
+    pub fn close_output(&mut self, id: ChildId) -> Result<()> {
+        self.check_process()?;
+        let job = self
+            .outputs
+            .find(id)
+            .ok_or(Error::UnknownChild { pid: id.pid })?;
+        let poller = self.watcher.poller();
+        let entry = &mut self.outputs.jobs[job];
+        for which in [STDOUT, STDERR] {
+            entry.truncated[which] |= entry.streams[which].is_some();
+        }
+        for key in entry.streams {
+            if let Some(key) = key {
+                self.outputs.close(key, poller);
+            }
+        }
+        let before = self.pending.len();
+        self.outputs
+            .complete_if_done(job, self.watcher.poller(), &mut self.pending);
+        if self.pending.len() > before {
+            self.watcher.wake();
+        }
+        Ok(())
+    }
+
+    /// The death callback of a `spawn_output` child: keeps the report, and
+    /// runs `on_done` now if both streams have ended.
+    fn output_exited(&mut self, ctx: &mut C, job: usize, exit: Exit) {
+        let Some(entry) = self.outputs.jobs.get_mut(job) else {
+            return;
+        };
+        if entry.reading() {
+            entry.exit = Some(exit);
+            return;
+        }
+        let (on_done, output) = self.outputs.finish(job, exit, self.watcher.poller());
+        on_done(ctx, self, output);
+    }
+
+    /// `dispatch`'s step for the output streams that are ready: reads and
+    /// writes them, and queues the callbacks of the children that are done.
+    pub(crate) fn pump_outputs(&mut self) {
+        if self.watcher.streams.is_empty() {
+            return;
+        }
+        let keys = std::mem::take(&mut self.watcher.streams);
+        let mut more = false;
+        for &key in &keys {
+            more |= self
+                .outputs
+                .service(key, self.watcher.poller(), &mut self.pending);
+        }
+        self.watcher.streams = keys;
+        if more {
+            // Data is left in a pipe; no new edge would announce it.
+            self.watcher.wake();
+        }
+    }
+}
