@@ -247,10 +247,8 @@ impl<C> Outputs<C> {
     /// Removes a finished job (its streams closed) and returns its callback
     /// and output.
     fn finish(&mut self, job: usize, exit: Exit, poller: &Poller) -> (OnOutput<C>, Output) {
-        for key in self.jobs[job].streams {
-            if let Some(key) = key {
-                self.close(key, poller);
-            }
+        for key in self.jobs[job].streams.into_iter().flatten() {
+            self.close(key, poller);
         }
         let Job {
             on_done,
@@ -576,10 +574,8 @@ impl<C> Reactor<C> {
         }
         if let Err(e) = added {
             self.outputs.jobs[job].truncated = [true; 2];
-            for key in self.outputs.jobs[job].streams {
-                if let Some(key) = key {
-                    self.outputs.close(key, self.watcher.poller());
-                }
+            for key in self.outputs.jobs[job].streams.into_iter().flatten() {
+                self.outputs.close(key, self.watcher.poller());
             }
             let _ = self.kill(id, libc::SIGKILL);
             return Err(Error::io("epoll_ctl", e));
@@ -615,10 +611,8 @@ impl<C> Reactor<C> {
         for which in [STDOUT, STDERR] {
             entry.truncated[which] |= entry.streams[which].is_some();
         }
-        for key in entry.streams {
-            if let Some(key) = key {
-                self.outputs.close(key, poller);
-            }
+        for key in entry.streams.into_iter().flatten() {
+            self.outputs.close(key, poller);
         }
         let before = self.pending.len();
         self.outputs

@@ -146,7 +146,7 @@ fn a_child_that_closes_stdin_early_is_fine() {
     for script in ["head -c 1", "exec <&-; sleep 0.2; echo closed"] {
         let options = OutputOptions::new().stdin(input.clone());
         reactor
-            .spawn_output(&mut sh(script).stdin(Stdio::null()), options, keep)
+            .spawn_output(&mut sh(script), options, keep)
             .expect("spawn_output");
     }
     run(&mut lp, &mut reactor, &mut outputs, 2);
