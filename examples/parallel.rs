@@ -6,12 +6,12 @@
 //! cargo run --example parallel -- --demo
 //! ```
 //!
-//! `Reactor::spawn_output` reads each command's output in the reactor (no
-//! token of ours) and calls us once with the status and both streams. A
-//! time-out is `terminate_group`; Ctrl-C is a handler writing to a self-pipe
-//! in the same `Poll`. Output held open by something the shell left behind
-//! is waited for until the command's time is up, and at least `GRACE` after
-//! the shell's death; then `close_output` ("output cut").
+//! `Reactor::spawn_output` reads each command's output in the reactor and
+//! calls us once with the status and both streams; a time-out is
+//! `terminate_group`; Ctrl-C is a handler writing to a self-pipe in our
+//! `Poll`. Output held by something the shell left behind is waited for
+//! until the command's time is up, and at least `GRACE` after the shell's
+//! death; then `close_output` ("output cut").
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -29,8 +29,6 @@ const CHILDREN: Token = Token(0);
 const SIGNALS: Token = Token(1);
 /// Between `SIGTERM` and `SIGKILL`; the least wait for output after a death.
 const GRACE: Duration = Duration::from_secs(1);
-/// At most this much of each stream of a command is kept.
-const CAP: usize = 64 << 20;
 const DEMO: &str = "echo hello\nsleep 0.3; echo done\nexit 3\nyes | head -c 1000000\nsleep 30\n\
     trap '' TERM; sleep 30; echo not reached\nls /nonexistent\necho to stderr >&2; echo to stdout";
 const USAGE: &str = "\
@@ -80,14 +78,6 @@ struct Row {
 }
 
 impl Row {
-    fn new(command: &str) -> Row {
-        let command = command.to_string();
-        Row {
-            command,
-            ..Row::default()
-        }
-    }
-
     fn status(&self) -> &str {
         self.end.as_ref().map_or("not run", |end| &end.0)
     }
@@ -118,16 +108,11 @@ impl Row {
         // else, of stdout otherwise.
         let (line, err) = (last_line(&stdout), last_line(&stderr));
         let use_err = !err.is_empty() && (!ok || line.is_empty());
-        let line = if use_err {
-            format!("stderr: {err}")
-        } else {
-            line
+        let line = match use_err {
+            true => format!("stderr: {err}"),
+            false => line,
         };
-        let time = self
-            .started
-            .map(|s| s.elapsed())
-            .unwrap_or_default()
-            .as_secs_f64();
+        let time = self.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
         let bytes = [stdout.len(), stderr.len()].map(human_bytes);
         let ([out, err], time) = (bytes, format!("{time:.2}s"));
         let columns = format!("{time:>7}  {out:>10}  {err:>10}  {}", clip(&line, 60));
@@ -166,7 +151,7 @@ impl Runner {
             let mut command = Command::new("sh");
             // Not our stdin (the list, or the terminal); a group of its own.
             command.args(["-c", &r.command]).stdin(Stdio::null());
-            let options = OutputOptions::new().cap(CAP);
+            let options = OutputOptions::new().cap(64 << 20); // per stream
             let done = move |runner: &mut Runner, reactor: &mut _, out| {
                 runner.complete(row, Ok(out));
                 runner.fill(reactor); // a slot is free: start the next now
@@ -195,16 +180,13 @@ impl Runner {
         }
         self.interrupted |= signal.is_some();
         let (now, grace) = (Instant::now(), Instant::now() + GRACE);
-        for r in self
-            .rows
-            .iter_mut()
-            .filter(|r| r.id.is_some() && r.end.is_none())
-        {
-            let id = r.id.unwrap();
+        for r in &mut self.rows {
+            let Some(id) = r.id.filter(|_| r.end.is_none()) else {
+                continue;
+            };
             if !r.dead && !reactor.contains(id) {
-                // Its output may still be on the way, or held by something
-                // it left behind: wait until its time is up, and at least
-                // `GRACE`; without limit if it has none.
+                // Its output may be held by something it left behind: wait
+                // until its time is up, and at least `GRACE`.
                 r.dead = true;
                 let until = r.deadline.map(|d| d.max(grace));
                 r.deadline = r.stopped.map(|_| grace).or(until);
@@ -316,7 +298,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let default = Duration::from_secs(if demo { 1 } else { 10 });
     let timeout = Some(timeout.unwrap_or(default)).filter(|t| !t.is_zero());
     let lines = input.lines().filter(|l| !blank(l.as_bytes()));
-    let rows: Vec<Row> = lines.map(Row::new).collect();
+    let rows = lines.map(|command| Row {
+        command: command.into(),
+        ..Row::default()
+    });
+    let rows: Vec<Row> = rows.collect();
     let limit = timeout.map_or("none".to_string(), |t| format!("{:.1}s", t.as_secs_f64()));
     let n = rows.len();
     eprintln!("parallel: {n} command(s), up to {jobs} at a time, time-out {limit}");
