@@ -6,12 +6,9 @@
 //! cargo run --example parallel -- --demo
 //! ```
 //!
-//! `Reactor::spawn_output` reads each command's output in the reactor and
-//! calls us once with the status and both streams; a time-out is
-//! `terminate_group`; Ctrl-C is a handler writing to a self-pipe in our
-//! `Poll`. Output held by something the shell left behind is waited for
-//! until the command's time is up, and at least `GRACE` after the shell's
-//! death; then `close_output` ("output cut").
+//! `Reactor::spawn_output` reads each command's output and calls us once
+//! with the status and both streams; `terminate_group` stops a command that
+//! runs too long; Ctrl-C is a handler writing to a self-pipe in our `Poll`.
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -23,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use evchild::{ChildId, DropPolicy, Hooks, Output, OutputOptions, Reactor};
 use mio::{unix::pipe, Events, Interest, Poll, Token};
-use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::signal::{signal, SigHandler, Signal};
 
 const CHILDREN: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -45,20 +42,13 @@ Exits with 1 if any command failed, timed out or was not run (Ctrl-C),
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
 
-/// The `SIGINT`/`SIGTERM` handler, async-signal-safe: it stores the signal
-/// in an atomic and writes one byte to a non-blocking pipe (a full pipe is
-/// readable anyway), saving and restoring `errno` around the `write`.
+/// Async-signal-safe: stores the signal, writes a byte, keeps `errno`.
 extern "C" fn on_signal(signal: libc::c_int) {
     let saved = nix::errno::Errno::last_raw();
     SIGNAL.store(signal, Relaxed);
-    // SAFETY: a one-byte write from a live buffer to a descriptor that stays
-    // open until the process exits (see `main`).
+    // SAFETY: a one-byte write from a live buffer to a descriptor left open.
     unsafe { libc::write(SIGNAL_PIPE.load(Relaxed), [0u8].as_ptr().cast(), 1) };
     nix::errno::Errno::set_raw(saved);
-}
-
-fn blank(line: &[u8]) -> bool {
-    line.iter().all(u8::is_ascii_whitespace)
 }
 
 /// One line of input, and everything the table says about it.
@@ -67,8 +57,7 @@ struct Row {
     command: String,
     id: Option<ChildId>,
     started: Option<Instant>,
-    /// While it lives, when it times out; once dead (the reactor no longer
-    /// has it, but its output is open), when we stop waiting for output.
+    /// When it times out; once dead, when we stop waiting for its output.
     deadline: Option<Instant>,
     dead: bool,
     /// Why we stopped it: "timed out" or "interrupted".
@@ -82,7 +71,6 @@ impl Row {
         self.end.as_ref().map_or("not run", |end| &end.0)
     }
 
-    /// Its output came (`Ok`), or it did not start.
     fn complete(&mut self, end: Result<Output, String>) {
         let (mut status, ok, cut, [stdout, stderr]) = match end {
             Err(why) => (why, false, false, [Vec::new(), Vec::new()]),
@@ -104,14 +92,10 @@ impl Row {
             status = format!("{why} ({status})");
         }
         status += if cut { ", output cut" } else { "" };
-        // The last non-blank line of stderr if it failed or wrote nothing
-        // else, of stdout otherwise.
-        let (line, err) = (last_line(&stdout), last_line(&stderr));
-        let use_err = !err.is_empty() && (!ok || line.is_empty());
-        let line = match use_err {
-            true => format!("stderr: {err}"),
-            false => line,
-        };
+        let (mut line, err) = (last_line(&stdout), last_line(&stderr));
+        if !err.is_empty() && (!ok || line.is_empty()) {
+            line = format!("stderr: {err}");
+        }
         let time = self.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
         let bytes = [stdout.len(), stderr.len()].map(human_bytes);
         let ([out, err], time) = (bytes, format!("{time:.2}s"));
@@ -120,11 +104,10 @@ impl Row {
     }
 }
 
-/// The last line of `s` that is not blank, without control characters.
 fn last_line(s: &[u8]) -> String {
-    let mut lines = s.split(|&b| b == b'\n');
-    let line = lines.rfind(|l| !blank(l)).unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
+    let blank = |l: &&[u8]| l.iter().all(u8::is_ascii_whitespace);
+    let line = s.split(|&b| b == b'\n').rfind(|l| !blank(l));
+    let line = String::from_utf8_lossy(line.unwrap_or_default());
     line.trim().replace(char::is_control, " ")
 }
 
@@ -132,9 +115,7 @@ fn last_line(s: &[u8]) -> String {
 #[derive(Default)]
 struct Runner {
     rows: Vec<Row>,
-    /// How many rows are running (started, not complete), and complete.
     running: usize,
-    done: usize,
     next: usize,
     jobs: usize,
     timeout: Option<Duration>,
@@ -142,7 +123,6 @@ struct Runner {
 }
 
 impl Runner {
-    /// Starts commands until `jobs` are running or none is left.
     fn fill(&mut self, reactor: &mut Reactor<Runner>) {
         while self.running < self.jobs && self.next < self.rows.len() && !self.interrupted {
             let (row, now) = (self.next, Instant::now());
@@ -164,10 +144,9 @@ impl Runner {
         }
     }
 
-    /// `row` is complete: say so.
     fn complete(&mut self, row: usize, end: Result<Output, String>) {
-        (self.running, self.done) = (self.running - 1, self.done + 1);
-        let (done, total) = (self.done, self.rows.len());
+        self.running -= 1;
+        let (done, total) = (self.next - self.running, self.rows.len());
         let (r, width) = (&mut self.rows[row], total.to_string().len());
         r.complete(end);
         eprintln!("[{done:>width$}/{total}] {:<24} {}", r.status(), r.command);
@@ -180,16 +159,12 @@ impl Runner {
         }
         self.interrupted |= signal.is_some();
         let (now, grace) = (Instant::now(), Instant::now() + GRACE);
-        for r in &mut self.rows {
-            let Some(id) = r.id.filter(|_| r.end.is_none()) else {
-                continue;
-            };
+        for r in self.rows.iter_mut().filter(|r| r.end.is_none()) {
+            let Some(id) = r.id else { continue };
             if !r.dead && !reactor.contains(id) {
-                // Its output may be held by something it left behind: wait
-                // until its time is up, and at least `GRACE`.
-                r.dead = true;
+                // Something it left behind may hold its output: wait a bit.
                 let until = r.deadline.map(|d| d.max(grace));
-                r.deadline = r.stopped.map(|_| grace).or(until);
+                (r.dead, r.deadline) = (true, r.stopped.map(|_| grace).or(until));
             }
             // Ctrl-C: every command's time is up (output: in `GRACE`).
             if signal.is_some() && r.dead {
@@ -197,18 +172,15 @@ impl Runner {
             } else if signal.is_some() && r.stopped.is_none() {
                 (r.stopped, r.deadline) = (Some("interrupted"), Some(now));
             }
-            if !r.deadline.is_some_and(|d| d <= now) {
-                continue;
-            }
-            r.deadline = None;
-            let stopped = match r.dead {
-                true => reactor.close_output(id), // its callback comes next
-                // SIGTERM to its group, SIGKILL after `GRACE` (`dispatch`).
-                false => reactor.terminate_group(id, GRACE),
-            };
-            r.stopped = r.stopped.or((!r.dead).then_some("timed out"));
-            if let Err(e) = stopped {
-                eprintln!("parallel: cannot stop {}: {e}", r.command);
+            if r.deadline.is_some_and(|d| d <= now) {
+                r.deadline = None;
+                let stopped = match r.dead {
+                    true => reactor.close_output(id), // its callback comes next
+                    // SIGTERM to its group, SIGKILL after `GRACE` (`dispatch`).
+                    false => reactor.terminate_group(id, GRACE),
+                };
+                r.stopped = r.stopped.or((!r.dead).then_some("timed out"));
+                stopped.unwrap_or_else(|e| eprintln!("parallel: cannot stop {}: {e}", r.command));
             }
         }
     }
@@ -219,23 +191,17 @@ fn parse_args() -> Result<(usize, Option<Duration>, bool), String> {
     let (mut jobs, mut timeout, mut demo) = (4, None, false);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let flag = match arg.as_str() {
-            "--demo" => {
-                demo = true;
-                continue;
-            }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                exit(0);
-            }
-            a => match a.get(..2) {
-                Some(flag @ ("-j" | "-t")) => flag,
-                _ => return Err(format!("unknown argument {a:?}")),
-            },
-        };
-        let value = match &arg[2..] {
-            "" => args.next().ok_or_else(|| format!("{flag} needs a value"))?,
-            inline => inline.to_string(), // `-j4`
+        if arg == "-h" || arg == "--help" {
+            println!("{USAGE}");
+            exit(0);
+        }
+        demo |= arg == "--demo";
+        let flag = arg.get(..2).unwrap_or_default();
+        let value = match (arg.as_str(), flag) {
+            ("--demo", _) => continue,
+            (_, "-j" | "-t") if arg.len() > 2 => arg[2..].to_string(), // `-j4`
+            (_, "-j" | "-t") => args.next().ok_or_else(|| format!("{flag} needs a value"))?,
+            _ => return Err(format!("unknown argument {arg:?}")),
         };
         let bad = || format!("{flag}: bad value {value:?}");
         if flag == "-j" {
@@ -256,14 +222,11 @@ fn human_bytes(n: usize) -> String {
     }
 }
 
-/// At most `width` characters of `s`.
 fn clip(s: &str, width: usize) -> String {
-    let mut clipped: String = s.chars().take(width).collect();
-    if clipped.len() < s.len() {
-        clipped.pop();
-        clipped.push('…');
+    match s.chars().nth(width) {
+        None => s.to_string(),
+        Some(_) => s.chars().take(width - 1).chain(['…']).collect(),
     }
-    clipped
 }
 
 fn print_table(rows: &[Row]) {
@@ -272,7 +235,7 @@ fn print_table(rows: &[Row]) {
     let sw = width(|r| r.status().chars().count()).max(6);
     let n = rows.len().to_string().len();
     let (h0, h1, h2, h3, h4, h5) = ("#", "command", "status", "time", "stdout", "stderr");
-    println!("{h0:>n$}  {h1:<cw$}  {h2:<sw$}  {h3:>7}  {h4:>10}  {h5:>10}  last line");
+    println!("\n{h0:>n$}  {h1:<cw$}  {h2:<sw$}  {h3:>7}  {h4:>10}  {h5:>10}  last line");
     let never = format!("{:>7}  {:>10}  {:>10}", "-", "0 B", "0 B");
     for (i, r) in rows.iter().enumerate() {
         let (i, command, status) = (i + 1, clip(&r.command, cw), r.status());
@@ -287,22 +250,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("parallel: {e}\n{USAGE}");
         exit(2);
     });
-    let demo = demo || io::stdin().is_terminal();
-    let input = match demo {
-        true => DEMO.to_string(),
-        false => io::read_to_string(io::stdin())?,
+    let (input, default) = match demo || io::stdin().is_terminal() {
+        true => (DEMO.to_string(), 1),
+        false => (io::read_to_string(io::stdin())?, 10),
     };
-    if demo {
+    if default == 1 {
         eprintln!("parallel: running the built-in demo (see --help)");
     }
-    let default = Duration::from_secs(if demo { 1 } else { 10 });
-    let timeout = Some(timeout.unwrap_or(default)).filter(|t| !t.is_zero());
-    let lines = input.lines().filter(|l| !blank(l.as_bytes()));
-    let rows = lines.map(|command| Row {
+    let timeout = Some(timeout.unwrap_or(Duration::from_secs(default))).filter(|t| !t.is_zero());
+    let lines = input
+        .lines()
+        .filter(|l| !l.trim_matches([' ', '\t', '\r', '\x0c']).is_empty());
+    let row = |command: &str| Row {
         command: command.into(),
         ..Row::default()
-    });
-    let rows: Vec<Row> = rows.collect();
+    };
+    let rows: Vec<Row> = lines.map(row).collect();
     let limit = timeout.map_or("none".to_string(), |t| format!("{:.1}s", t.as_secs_f64()));
     let n = rows.len();
     eprintln!("parallel: {n} command(s), up to {jobs} at a time, time-out {limit}");
@@ -311,15 +274,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut reactor = Reactor::<Runner>::new(Hooks::default())?;
     // Should an error below end the loop early, kill and reap what is left.
     reactor.set_drop_policy(DropPolicy::KillAndReap(GRACE));
-    // The signal pipe: non-blocking, close-on-exec; the write end is leaked
-    // on purpose (the handler may run until the process exits).
     let (sender, mut signals) = pipe::new()?;
     SIGNAL_PIPE.store(sender.into_raw_fd(), Relaxed);
-    let handler = SigHandler::Handler(on_signal);
-    let action = SigAction::new(handler, SaFlags::SA_RESTART, SigSet::empty());
-    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
         // SAFETY: `on_signal` is async-signal-safe (see there).
-        unsafe { sigaction(signal, &action) }?;
+        unsafe { signal(sig, SigHandler::Handler(on_signal)) }?;
     }
     let registry = poll.registry();
     registry.register(&mut reactor, CHILDREN, Interest::READABLE)?;
@@ -335,26 +294,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let ours = ours.map(|d| d.saturating_duration_since(Instant::now()));
         let wait = [reactor.timeout(), ours].into_iter().flatten().min();
         match poll.poll(&mut events, wait) {
-            // Signal handlers interrupt epoll_wait; their pipes wake the
-            // next poll.
+            // A signal handler ran; its pipe wakes the next poll.
             Err(e) if e.kind() == ErrorKind::Interrupted => events.clear(),
             other => other?,
         }
-        // After *every* return of poll: it reads the output, reaps, sends
-        // terminate_group's SIGKILLs, and runs our callbacks.
+        // After *every* poll: reads output, reaps, sends SIGKILLs, calls us.
         reactor.dispatch(&mut runner)?;
         let signal = events.iter().any(|e| e.token() == SIGNALS);
-        // Empty the pipe (`mio` is edge-triggered; never at end of file).
         while signal && signals.read(&mut [0; 64]).is_ok_and(|n| n > 0) {}
         runner.check(&mut reactor, signal.then(|| SIGNAL.load(Relaxed)));
     }
 
-    println!();
     print_table(&runner.rows);
     let (total, elapsed) = (runner.rows.len(), started.elapsed().as_secs_f64());
     let ok = |r: &&Row| matches!(r.end, Some((_, true, _)));
     let failed = runner.rows.iter().filter(|r| !ok(r)).count();
-    let ok = total - failed;
-    println!("\n{total} command(s) in {elapsed:.2}s: {ok} succeeded, {failed} failed");
+    let summary = format!("{} succeeded, {failed} failed", total - failed);
+    println!("\n{total} command(s) in {elapsed:.2}s: {summary}");
     exit(if failed > 0 { 1 } else { 0 });
 }
