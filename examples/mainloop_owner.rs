@@ -168,7 +168,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let on_death = |app: &mut App, _: &mut Reactor<App>, exit: Exit| {
         let how = exit.status().map_or("status unknown".into(), describe);
-        println!("evchild: death callback for pid {}: {how}", exit.pid);
+        println!("evchild: death callback for pid {}: {how}", exit.id.pid());
         app.evchild_deaths += 1;
     };
     for exec in [false, true] {

@@ -105,7 +105,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!(
             "{:>4} ms  child  pid {} {how} (death callback)",
             sup.ms(),
-            exit.pid
+            exit.id.pid()
         );
         sup.child_done = true;
     };

@@ -76,7 +76,7 @@ impl Tour {
         };
         println!(
             "died     pid {:>7}  {name:<8} {how}{extra}  (lived {} ms)",
-            exit.pid,
+            exit.id.pid(),
             born.elapsed().as_millis()
         );
         name

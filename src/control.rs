@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use crate::timer::Target;
-use crate::{ChildId, ChildState, Error, Reactor, Result, SigchldOwner};
+use crate::{ChildId, ChildState, Error, Reactor, Result, SigchldOwner, Signal};
 
 impl<C> Reactor<C> {
     /// `Ok(())` if `id` is a live child of this reactor; otherwise the error
@@ -21,14 +21,28 @@ impl<C> Reactor<C> {
         } else if id.reactor == self.number {
             Err(Error::AlreadyReaped { pid: id.pid })
         } else {
-            Err(Error::UnknownChild { pid: id.pid })
+            Err(Error::ForeignId { id })
         }
     }
 
-    /// `kill(pid, signal)` for a live registered child.
+    /// Sends `signal` to a live registered child.
     ///
-    /// `signal` is a signal number such as `libc::SIGTERM`; 0 checks that the
-    /// child can be signalled without sending anything.
+    /// `signal` is a [`Signal`], or anything that converts into one: a
+    /// `nix::sys::signal::Signal`, or a raw number such as `libc::SIGTERM`
+    /// (checked: a number that is no signal is [`Error::InvalidSignal`],
+    /// before anything is sent). Real-time signals are fine
+    /// ([`Signal::realtime`]); [`Signal::CHECK`] (0) checks that the child
+    /// can be signalled without sending anything.
+    ///
+    /// ```no_run
+    /// # use evchild::{Hooks, Reactor, Signal};
+    /// # let mut children = Reactor::<()>::new(Hooks::default())?;
+    /// # let id = children.spawn(&mut std::process::Command::new("sleep"), |_, _, _| {})?.id;
+    /// children.kill(id, Signal::TERM)?;
+    /// children.kill(id, libc::SIGUSR1)?; // checked, then sent
+    /// children.kill(id, nix::sys::signal::Signal::SIGCONT)?;
+    /// # Ok::<(), evchild::Error>(())
+    /// ```
     ///
     /// A child with a pidfd (the `Pidfd` backend) is signalled through it
     /// (`pidfd_send_signal`): if other code reaped it, the call fails with
@@ -45,13 +59,40 @@ impl<C> Reactor<C> {
     /// Nothing is signalled on error.
     /// * [`Error::AlreadyReaped`] if the child's death has been reported (or
     ///   is about to be, in this `dispatch`): the pid may have been recycled.
-    /// * [`Error::UnknownChild`] if `id` comes from another reactor.
-    /// * [`Error::Io`] from `kill(2)`: `EINVAL` for a bad signal number.
+    /// * [`Error::ForeignId`] if `id` comes from another reactor.
+    /// * [`Error::InvalidSignal`] for a number that is no signal.
+    /// * [`Error::Io`] from `pidfd_send_signal(2)` or `kill(2)`: `ESRCH`
+    ///   from the pidfd if other code reaped the child (it is reported
+    ///   `Lost` by the next `dispatch`), `EPERM`.
     /// * [`Error::ForkedChild`] in a forked child.
-    pub fn kill(&mut self, id: ChildId, signal: libc::c_int) -> Result<()> {
+    pub fn kill<S>(&mut self, id: ChildId, signal: S) -> Result<()>
+    where
+        S: TryInto<Signal>,
+        Error: From<S::Error>,
+    {
+        self.send(id, signal.try_into()?)
+    }
+
+    /// [`kill`](Reactor::kill) with a checked signal.
+    pub(crate) fn send(&mut self, id: ChildId, signal: Signal) -> Result<()> {
         self.check_live(id)?;
         let entry = self.entry(id).ok_or(Error::AlreadyReaped { pid: id.pid })?;
-        self.watcher.signal(id.pid, &entry.watch, signal)
+        self.watcher.signal(id.pid, &entry.watch, signal.as_raw())
+    }
+
+    /// The child's pidfd, if it is watched through one (the `Pidfd`
+    /// backend), borrowed: for `pidfd_getfd(2)`, `process_madvise(2)` and
+    /// the like. Do not wait on it or close it (the reactor reaps the
+    /// child); `None` for a child without one.
+    ///
+    /// # Errors
+    ///
+    /// As for [`kill`](Reactor::kill): the child must be live and ours.
+    pub fn pidfd(&self, id: ChildId) -> Result<Option<std::os::fd::BorrowedFd<'_>>> {
+        self.check_live(id)?;
+        Ok(self
+            .entry(id)
+            .and_then(|entry| entry.watch.pidfd_borrowed()))
     }
 
     /// Asks for reports of the child's stops and continues
@@ -127,9 +168,22 @@ impl<C> Reactor<C> {
     ///
     /// As for [`kill`](Reactor::kill); nothing is sent and no deadline is set.
     pub fn terminate(&mut self, id: ChildId, grace: Duration) -> Result<()> {
-        self.kill(id, libc::SIGTERM)?;
+        self.send(id, Signal::TERM)?;
         self.add_deadline(id, grace, Target::Child);
         Ok(())
+    }
+
+    /// Cancels the `SIGKILL` deadlines that [`terminate`](Reactor::terminate)
+    /// and [`terminate_group`](Reactor::terminate_group) set for `id` (the
+    /// child promised to exit, say): it will not be killed by them. Returns
+    /// whether there was one. The `SIGTERM` already sent stays sent.
+    ///
+    /// # Errors
+    ///
+    /// As for [`kill`](Reactor::kill): the child must be live and ours.
+    pub fn cancel_terminate(&mut self, id: ChildId) -> Result<bool> {
+        self.check_live(id)?;
+        Ok(self.deadlines.remove(id))
     }
 
     /// [`terminate`](Reactor::terminate) for the whole process group a child
@@ -148,7 +202,7 @@ impl<C> Reactor<C> {
     /// As for [`kill_group`](Reactor::kill_group); nothing is sent and no
     /// deadline is set.
     pub fn terminate_group(&mut self, id: ChildId, grace: Duration) -> Result<()> {
-        self.kill_group(id, libc::SIGTERM)?;
+        self.send_group(id, Signal::TERM)?;
         self.add_deadline(id, grace, Target::Group);
         Ok(())
     }
@@ -207,9 +261,9 @@ impl<C> Reactor<C> {
             if target == Target::Group {
                 // ESRCH if the leader has left its group since: the
                 // leader itself still gets the SIGKILL below.
-                let _ = self.kill_group(id, libc::SIGKILL);
+                let _ = self.send_group(id, Signal::KILL);
             }
-            let _ = self.kill(id, libc::SIGKILL);
+            let _ = self.send(id, Signal::KILL);
         }
         let Reactor {
             deadlines,
@@ -239,13 +293,21 @@ impl<C> Reactor<C> {
     ///   you.
     /// * [`Error::NotAGroupLeader`] if the child does not lead a process
     ///   group (`getpgid(pid) != pid`).
-    pub fn kill_group(&mut self, id: ChildId, signal: libc::c_int) -> Result<()> {
+    pub fn kill_group<S>(&mut self, id: ChildId, signal: S) -> Result<()>
+    where
+        S: TryInto<Signal>,
+        Error: From<S::Error>,
+    {
+        self.send_group(id, signal.try_into()?)
+    }
+
+    fn send_group(&mut self, id: ChildId, signal: Signal) -> Result<()> {
         // Through the pidfd where there is one: the leader is still ours
         // and unreaped, so its pid still names the group.
-        self.kill(id, 0)?;
+        self.send(id, Signal::CHECK)?;
         if crate::sys::getpgid(id.pid).map_err(|e| Error::io("getpgid", e))? != id.pid {
             return Err(Error::NotAGroupLeader { pid: id.pid });
         }
-        crate::sys::kill_group(id.pid, signal).map_err(|e| Error::io("killpg", e))
+        crate::sys::kill_group(id.pid, signal.as_raw()).map_err(|e| Error::io("killpg", e))
     }
 }

@@ -66,6 +66,11 @@ impl<C> Reactor<C> {
             .watcher
             .collect()
             .map_err(|e| Error::io("epoll_wait/read(wake pipe)", e));
+        // Children of dropped reactors that died since (none: one atomic
+        // load).
+        let mut orphans = SysReap::default();
+        crate::routes::reap_orphans(&mut orphans);
+        self.stats.wait_calls += orphans.calls;
         // 2. Reap; outcomes leave the table and join the queue. Nothing
         //    woke us: no wait call at all.
         let reaped = match woken {
@@ -140,6 +145,39 @@ impl<C> Reactor<C> {
     ///   children there; the application must not).
     /// * [`Error::ForkedChild`] in a forked child.
     pub fn reaped(&mut self, ctx: &mut C, pid: Pid, status: ExitStatus) -> Result<()> {
+        self.reaped_with_usage(ctx, pid, status, None)
+    }
+
+    /// [`reaped`](Reactor::reaped), with the resource usage the application
+    /// got from its own `wait4(2)` (or `waitid(2)`), which the death
+    /// callback then finds in [`Exit::usage`].
+    ///
+    /// ```no_run
+    /// # use evchild::{Hooks, Pid, Reactor, SigchldOwner};
+    /// # use std::os::unix::process::ExitStatusExt;
+    /// # let mut children = Reactor::<()>::new(Hooks::new(SigchldOwner::Mainloop))?;
+    /// let mut status = 0;
+    /// // SAFETY: all-zero is a valid `rusage`; wait4 fills it in.
+    /// let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    /// // SAFETY: valid out-pointers for the call.
+    /// let pid = unsafe { libc::wait4(-1, &mut status, libc::WNOHANG, &mut usage) };
+    /// if pid > 0 {
+    ///     let status = std::process::ExitStatus::from_raw(status);
+    ///     let _ = children.reaped_with_usage(&mut (), Pid::from_raw(pid), status, Some(usage.into()));
+    /// }
+    /// # Ok::<(), evchild::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As for [`reaped`](Reactor::reaped).
+    pub fn reaped_with_usage(
+        &mut self,
+        ctx: &mut C,
+        pid: Pid,
+        status: ExitStatus,
+        usage: Option<crate::ResourceUsage>,
+    ) -> Result<()> {
         self.check_mainloop("reaped")?;
         let entry = self
             .children
@@ -151,7 +189,7 @@ impl<C> Reactor<C> {
         crate::routes::release(pid, self.number);
         self.pending.push_back(Pending::Death(
             entry.on_death,
-            Exit::reaped(id, status.into_raw(), None),
+            Exit::reaped(id, status.into_raw(), usage),
         ));
         self.deliver(ctx);
         Ok(())
@@ -337,7 +375,7 @@ impl<C> Reactor<C> {
 
     /// In `Library` mode the handler is needed only while some child is
     /// watched through it.
-    fn release_idle_handler(&mut self) {
+    pub(crate) fn release_idle_handler(&mut self) {
         let Reactor {
             watcher, children, ..
         } = self;

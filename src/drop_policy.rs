@@ -16,11 +16,15 @@ use crate::Reactor;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DropPolicy {
-    /// Leave them running (libxl's behaviour). They stay children of the
-    /// process: whoever reaps next gets their statuses, and until then each
-    /// that dies is a zombie. Choose it when the process is about to exit,
-    /// when another reactor (or a `LibraryAlways` one) will adopt them with
-    /// [`watch`](Reactor::watch), or when they must outlive the reactor.
+    /// Leave them running (libxl's behaviour). In `Library` and
+    /// `LibraryAlways` mode they go on the process's orphan list: any later
+    /// [`dispatch`](Reactor::dispatch) of any reactor of the process reaps
+    /// those that have died since (by pidfd where they had one), so they do
+    /// not stay zombies; until such a dispatch, one that died is a zombie.
+    /// (A `LibraryAlways` reactor reaps them anyway, as strangers.) In
+    /// `Mainloop` mode they are left to the application, which reaps.
+    /// Choose it when the process is about to exit, or when the children
+    /// must outlive the reactor.
     #[default]
     Leave,
     /// Send each `SIGKILL` and do not wait. Each is a zombie until something
@@ -55,7 +59,7 @@ impl<C> Reactor<C> {
     /// is never signalled by pid.
     fn drop_children(&mut self) {
         let within = match self.drop_policy {
-            DropPolicy::Leave => return,
+            DropPolicy::Leave => return self.orphan_children(),
             DropPolicy::Kill => None,
             DropPolicy::KillAndReap(within) => Some(within),
         };
@@ -79,6 +83,25 @@ impl<C> Reactor<C> {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+}
+
+impl<C> Reactor<C> {
+    /// `DropPolicy::Leave`: the children go on the process's orphan list,
+    /// so that a later `dispatch` of any reactor reaps them once they die.
+    /// Not in `Mainloop` mode, where the application reaps.
+    fn orphan_children(&mut self) {
+        if self.mode() == crate::SigchldOwner::Mainloop || self.children.is_empty() {
+            return;
+        }
+        let Reactor {
+            children, watcher, ..
+        } = self;
+        let orphans: Vec<_> = children
+            .drain()
+            .map(|(pid, entry)| (pid, watcher.unwatch_keep_pidfd(entry.watch)))
+            .collect();
+        crate::routes::adopt_orphans(orphans);
     }
 }
 

@@ -4,7 +4,7 @@
 //! says what that is. A call that returns an error changed nothing, unless its
 //! documentation says otherwise.
 
-use crate::Pid;
+use crate::{ChildId, Pid};
 
 /// What went wrong, and what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -23,17 +23,31 @@ pub enum Error {
         live: usize,
     },
 
-    /// The child is not one of this reactor's.
-    ///
-    /// From `kill`, `kill_group`, `terminate` and `terminate_group`: the
-    /// [`ChildId`](crate::ChildId)
-    /// was issued by another reactor; ask that one. From `reaped` (`Mainloop`
-    /// mode): the pid is not a registered child, so its status is the
+    /// From [`reaped`](crate::Reactor::reaped) (`Mainloop` mode): the pid
+    /// is not a child registered with this reactor, so its status is the
     /// application's own.
-    #[error("pid {pid} is not a child registered with this reactor (ask the reactor that started it, or, from reaped, handle the status yourself)")]
+    #[error(
+        "pid {pid} is not a child registered with this reactor: its status is yours to handle"
+    )]
     UnknownChild {
         /// The pid the caller named.
         pid: Pid,
+    },
+
+    /// The [`ChildId`](crate::ChildId) was issued by another reactor: ask
+    /// that one.
+    #[error("{id} belongs to another reactor; call the reactor that started it")]
+    ForeignId {
+        /// The id the caller named.
+        id: ChildId,
+    },
+
+    /// The number is not a signal `kill(2)` accepts (see
+    /// [`Signal`](crate::Signal)). Nothing was sent.
+    #[error("{signal} is not a signal number (0, 1 to 31, or SIGRTMIN..=SIGRTMAX)")]
+    InvalidSignal {
+        /// The number the caller gave.
+        signal: libc::c_int,
     },
 
     /// [`Reactor::spawn`](crate::Reactor::spawn) could not start the

@@ -36,6 +36,18 @@ impl From<u32> for Pid {
     }
 }
 
+impl From<nix::unistd::Pid> for Pid {
+    fn from(pid: nix::unistd::Pid) -> Self {
+        Pid(pid.as_raw())
+    }
+}
+
+impl From<Pid> for nix::unistd::Pid {
+    fn from(pid: Pid) -> Self {
+        nix::unistd::Pid::from_raw(pid.0)
+    }
+}
+
 impl fmt::Debug for Pid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&self.0, f)
@@ -93,6 +105,14 @@ pub struct ResourceUsage {
     pub max_rss_kib: u64,
 }
 
+impl From<libc::rusage> for ResourceUsage {
+    /// From the `struct rusage` that `wait4(2)`, `waitid(2)` or
+    /// `getrusage(2)` filled in (for [`Reactor::reaped_with_usage`](crate::Reactor::reaped_with_usage)).
+    fn from(ru: libc::rusage) -> Self {
+        ResourceUsage::from_rusage(&ru)
+    }
+}
+
 impl ResourceUsage {
     pub(crate) fn from_rusage(ru: &libc::rusage) -> Self {
         let time = |tv: libc::timeval| {
@@ -137,15 +157,16 @@ pub enum Outcome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Exit {
-    /// The pid the child had. It no longer names the child: do not signal it.
-    pub pid: Pid,
-    /// The child's id, as its start returned it.
+    /// The child's id, as its start returned it. Its pid
+    /// ([`ChildId::pid`]) no longer names the child: do not signal it.
     pub id: ChildId,
     /// How the child ended.
     pub outcome: Outcome,
-    /// What the child used, when evchild reaped it (with `wait4`); `None`
-    /// for a [`Outcome::Lost`] child and for a status the application
-    /// reported with [`Reactor::reaped`](crate::Reactor::reaped).
+    /// What the child used, when evchild reaped it (or a `LibraryAlways`
+    /// reactor did and routed it here), or what the application passed to
+    /// [`Reactor::reaped_with_usage`](crate::Reactor::reaped_with_usage);
+    /// `None` for a [`Outcome::Lost`] child and for a status reported with
+    /// [`Reactor::reaped`](crate::Reactor::reaped).
     pub usage: Option<ResourceUsage>,
 }
 
@@ -157,7 +178,6 @@ impl Exit {
     ) -> Self {
         use std::os::unix::process::ExitStatusExt;
         Exit {
-            pid: id.pid,
             id,
             outcome: Outcome::Reaped(ExitStatus::from_raw(raw_status)),
             usage,
@@ -166,7 +186,6 @@ impl Exit {
 
     pub(crate) fn lost(id: ChildId) -> Self {
         Exit {
-            pid: id.pid,
             id,
             outcome: Outcome::Lost,
             usage: None,
@@ -179,9 +198,9 @@ impl Exit {
     /// # fn f(exit: evchild::Exit) {
     /// use std::os::unix::process::ExitStatusExt;
     /// match exit.status() {
-    ///     Some(s) if s.success() => println!("{} succeeded", exit.pid),
-    ///     Some(s) => println!("{} failed: code {:?} signal {:?}", exit.pid, s.code(), s.signal()),
-    ///     None => println!("{} was reaped by someone else", exit.pid),
+    ///     Some(s) if s.success() => println!("{} succeeded", exit.id),
+    ///     Some(s) => println!("{} failed: code {:?} signal {:?}", exit.id, s.code(), s.signal()),
+    ///     None => println!("{} was reaped by someone else", exit.id),
     /// }
     /// # }
     /// ```

@@ -10,7 +10,7 @@
 #![allow(unsafe_code)]
 
 use crate::reactor::OnDeath;
-use crate::{Error, Exit, Forked, Reactor, Result};
+use crate::{ChildId, Error, Exit, Forked, Reactor, Result};
 
 impl<C> Reactor<C> {
     /// `fork(2)` as an event source (libxl's `libxl__ev_child_fork`): starts a
@@ -114,6 +114,69 @@ impl<C> Reactor<C> {
             Err(e) => {
                 self.watcher.abort_start(acquired);
                 Err(Error::io("fork", e))
+            }
+        }
+    }
+
+    /// [`fork`](Reactor::fork) for a child that runs `child` and never
+    /// comes back: in the new process, `child` runs under `catch_unwind`,
+    /// and the process then ends with `_exit(code)`, `code` being what
+    /// `child` returned (no `atexit` handlers run and no Rust buffers are
+    /// flushed: flush what you wrote). A panic aborts the process
+    /// (`SIGABRT`, which its death callback in the parent reports) instead
+    /// of unwinding into the caller's frames, where an application's own
+    /// `catch_unwind` could catch it and run the parent's loop in the child.
+    /// Returns the child's id in the parent.
+    ///
+    /// ```
+    /// use evchild::{Hooks, Reactor};
+    /// use std::os::unix::process::ExitStatusExt;
+    /// let mut children = Reactor::<Option<i32>>::new(Hooks::default())?;
+    /// // SAFETY: the child only returns a number, which `fork_with` passes to
+    /// // `_exit`, which is async-signal-safe.
+    /// let id = unsafe {
+    ///     children.fork_with(
+    ///         || 4,
+    ///         |code, _, exit| *code = exit.status().and_then(|s| s.code()),
+    ///     )
+    /// }?;
+    /// let mut code = None;
+    /// children.wait_for(&mut code, id, None)?;
+    /// assert_eq!(code, Some(4));
+    /// # Ok::<(), evchild::Error>(())
+    /// ```
+    ///
+    /// # Safety
+    ///
+    /// As for [`fork`](Reactor::fork): `child` runs in the forked process,
+    /// under the same rules (only async-signal-safe functions if the parent
+    /// has other threads). A panic there is no exception to them: the panic
+    /// machinery formats a message and takes the standard error lock before
+    /// the abort, so in the child of a multi-threaded process a panic may
+    /// deadlock instead of aborting. Write the child so that it does not
+    /// panic; the abort is the backstop that keeps it out of the parent's
+    /// code.
+    ///
+    /// # Errors
+    ///
+    /// As for [`fork`](Reactor::fork).
+    pub unsafe fn fork_with(
+        &mut self,
+        child: impl FnOnce() -> i32,
+        on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + Send + 'static,
+    ) -> Result<ChildId> {
+        // SAFETY: forwarded to our caller, who upholds `fork`'s contract.
+        match unsafe { self.fork(on_death) }? {
+            Forked::Parent(id) => Ok(id),
+            Forked::Child => {
+                // If `child` unwinds, end the process here rather than in
+                // the parent's frames.
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)) {
+                    // SAFETY: `_exit(2)` is async-signal-safe and ends the
+                    // process at once.
+                    Ok(code) => unsafe { libc::_exit(code) },
+                    Err(_) => std::process::abort(),
+                }
             }
         }
     }

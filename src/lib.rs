@@ -24,7 +24,7 @@
 //! let mut app = App { running: 0 };
 //! // SAFETY: the child calls only `_exit`, which is async-signal-safe.
 //! match unsafe { children.fork(|app: &mut App, _children, exit| {
-//!     println!("child {} ended: {:?}", exit.pid, exit.status());
+//!     println!("child {} ended: {:?}", exit.id, exit.status());
 //!     app.running -= 1;
 //! }) }? {
 //!     Forked::Child => unsafe { libc::_exit(3) },
@@ -61,14 +61,31 @@
 //!   pipeline.
 //! * [`Reactor::watch`] adopts a child the process started some other way.
 //! * `unsafe` [`Reactor::fork`] is libxl's raw primitive, for children that
-//!   run Rust code of their own.
+//!   run Rust code of their own; `unsafe` [`Reactor::fork_with`] runs a
+//!   closure in the child and aborts it if the closure panics, so a panic
+//!   never unwinds into the parent's code in the child.
 //!
-//! Each returns a [`ChildId`]. [`Reactor::kill`], [`Reactor::kill_group`]
-//! and [`Reactor::terminate`] (`SIGTERM`, then `SIGKILL` after a grace
-//! period) take it, and refuse a child whose death has been reported.
-//! Deadlines need no runtime: pass [`Reactor::timeout`] to `poll` and call
-//! `dispatch` whenever `poll` returns. What dropping the reactor does to
-//! live children is the application's choice ([`DropPolicy`]).
+//! Each returns a [`ChildId`], which the per-child calls take, refusing a
+//! child whose death has been reported ([`Error::AlreadyReaped`]):
+//!
+//! * [`Reactor::kill`] and [`Reactor::kill_group`], with a checked
+//!   [`Signal`] (standard, real-time, or a raw number that is checked);
+//!   [`Reactor::terminate`] and [`Reactor::terminate_group`] (`SIGTERM`,
+//!   then `SIGKILL` after a grace period), and
+//!   [`Reactor::cancel_terminate`]. Deadlines need no runtime: pass
+//!   [`Reactor::timeout`] to `poll` and call `dispatch` whenever `poll`
+//!   returns.
+//! * [`Reactor::try_wait`] says whether a child runs, is dead with its
+//!   report pending, or was reported, and never reaps;
+//!   [`Reactor::wait_for`] blocks (with a time-out) until a child's
+//!   callback has run, dispatching meanwhile.
+//! * [`Reactor::forget`] lets go of a live child without reaping it (its
+//!   callback never runs; its pid and pidfd come back);
+//!   [`Reactor::pidfd`] lends the child's pidfd.
+//!
+//! What dropping the reactor does to live children is the application's
+//! choice ([`DropPolicy`]); children left running are reaped, once they
+//! die, by a later `dispatch` of any reactor (the orphan list).
 //!
 //! # The loop
 //!
@@ -318,6 +335,7 @@ mod fork;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+mod lifecycle;
 mod mode;
 mod output;
 mod pidfd;
@@ -327,6 +345,7 @@ mod reap;
 mod routes;
 mod selfpipe;
 mod sigchld;
+mod signal;
 mod spawn;
 mod stdio;
 mod sys;
@@ -337,8 +356,10 @@ mod watcher;
 pub use drop_policy::DropPolicy;
 pub use error::{Error, Result};
 pub use exit::{ChildId, ChildState, Exit, Outcome, Pid, ResourceUsage};
+pub use lifecycle::{ChildStatus, Forgotten};
 pub use mode::{Backend, Claim, Forked, Hooks, SigchldOwner};
 pub use output::{Output, OutputOptions};
 pub use reactor::{Reactor, Stats};
+pub use signal::Signal;
 pub use spawn::Spawned;
 pub use stdio::IntoStdio;

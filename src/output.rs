@@ -597,15 +597,17 @@ impl<C> Reactor<C> {
     /// # Errors
     ///
     /// Nothing changed on error.
-    /// * [`Error::UnknownChild`] if `id` is not a `spawn_output` child of
-    ///   this reactor whose callback is still to run.
+    /// * [`Error::AlreadyReaped`] if the child's output callback has run
+    ///   (or is queued), or `id` is not a `spawn_output` child.
+    /// * [`Error::ForeignId`] if `id` comes from another reactor.
     /// * [`Error::ForkedChild`] in a forked child.
     pub fn close_output(&mut self, id: ChildId) -> Result<()> {
         self.check_process()?;
-        let job = self
-            .outputs
-            .find(id)
-            .ok_or(Error::UnknownChild { pid: id.pid })?;
+        let job = match self.outputs.find(id) {
+            Some(job) => job,
+            None if id.reactor == self.number => return Err(Error::AlreadyReaped { pid: id.pid }),
+            None => return Err(Error::ForeignId { id }),
+        };
         let poller = self.watcher.poller();
         let entry = &mut self.outputs.jobs[job];
         for which in [STDOUT, STDERR] {

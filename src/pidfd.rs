@@ -117,10 +117,17 @@ impl Polled {
     pub(crate) fn raw(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
-}
 
-impl Drop for Polled {
-    fn drop(&mut self) {
+    /// Takes the pidfd out of the epoll set and hands it over.
+    pub(crate) fn into_fd(self) -> OwnedFd {
+        let this = std::mem::ManuallyDrop::new(self);
+        this.remove();
+        // SAFETY: `this` is never dropped, so `fd` is read out exactly once
+        // and owned by the caller alone.
+        unsafe { std::ptr::read(&this.fd) }
+    }
+
+    fn remove(&self) {
         // SAFETY: integers only; a null event is allowed for EPOLL_CTL_DEL.
         // Both descriptors are open: `fd` is ours, and the set outlives
         // every `Polled` (the reactor's field order). An error (ENOENT)
@@ -133,5 +140,11 @@ impl Drop for Polled {
                 std::ptr::null_mut(),
             )
         };
+    }
+}
+
+impl Drop for Polled {
+    fn drop(&mut self) {
+        self.remove();
     }
 }

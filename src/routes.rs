@@ -24,6 +24,16 @@
 //! waits for any reap-all pass still running (the pass may have reaped the
 //! child and not yet routed it: [`PASSES`]), then looks in the inbox.
 //!
+//! # Orphans
+//!
+//! Children a `Library` or `LibraryAlways` reactor still had when it was
+//! dropped with [`DropPolicy::Leave`](crate::DropPolicy::Leave) go on an
+//! orphan list (with their pidfds, where they had one), and any later
+//! `dispatch` of any reactor of the process reaps those that have died
+//! since (one `waitid(WNOHANG)` each, by pidfd where there is one), so they
+//! do not stay zombies (tokio's orphan queue). A dispatch with no orphans
+//! pays one atomic load.
+//!
 //! # Fork safety
 //!
 //! The state sits behind a spin lock, not a `Mutex`, so that a forked child
@@ -38,10 +48,12 @@
 use std::cell::UnsafeCell;
 use std::collections::HashMap;
 use std::mem::ManuallyDrop;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use crate::reap::Waited;
+use nix::errno::Errno;
+
+use crate::reap::{Reap, Target, Waited};
 use crate::Pid;
 
 /// Who registered a pid.
@@ -65,6 +77,8 @@ struct Routes {
     inbox: HashMap<Pid, (u32, Waited)>,
     /// The reap-all reactor's wake pipe, if there is one.
     reap_all_wake: Option<RawFd>,
+    /// Children of dropped reactors, reaped when they die.
+    orphans: Vec<(Pid, Option<OwnedFd>)>,
 }
 
 struct Shared {
@@ -84,6 +98,8 @@ static SHARED: Shared = Shared {
 
 /// Reap-all passes running (reaped, not yet routed).
 static PASSES: AtomicUsize = AtomicUsize::new(0);
+/// Whether the orphan list may be non-empty (checked without the lock).
+static ORPHANS: AtomicBool = AtomicBool::new(false);
 
 struct Guard {
     routes: &'static mut Routes,
@@ -142,6 +158,44 @@ fn lock() -> Guard {
 pub(crate) fn after_fork_in_child() {
     SHARED.locked.store(false, Ordering::Release);
     PASSES.store(0, Ordering::Release);
+    // The parent's orphans are not this process's children.
+    ORPHANS.store(false, Ordering::Release);
+}
+
+/// Puts children of a dropped reactor on the orphan list.
+pub(crate) fn adopt_orphans(children: impl IntoIterator<Item = (Pid, Option<OwnedFd>)>) {
+    let mut routes = lock();
+    let before = routes.orphans.len();
+    routes.orphans.extend(children);
+    if routes.orphans.len() > before {
+        ORPHANS.store(true, Ordering::Release);
+    }
+}
+
+/// Reaps the orphans that have died (see the module docs) with `sys`.
+pub(crate) fn reap_orphans(sys: &mut impl Reap) {
+    if !ORPHANS.load(Ordering::Acquire) {
+        return;
+    }
+    let mut routes = lock();
+    routes.orphans.retain(|(pid, pidfd)| {
+        let target = Target {
+            pid: *pid,
+            pidfd: pidfd.as_ref().map(AsRawFd::as_raw_fd),
+        };
+        loop {
+            match sys.reap(target) {
+                Err(Errno::EINTR) => continue,
+                // Dead and reaped now (or reaped by someone else: ECHILD).
+                Ok(Some(status)) if status.is_death() => return false,
+                Err(Errno::ECHILD) => return false,
+                _ => return true,
+            }
+        }
+    });
+    if routes.orphans.is_empty() {
+        ORPHANS.store(false, Ordering::Release);
+    }
 }
 
 fn wake(fd: RawFd) {

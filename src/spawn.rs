@@ -138,7 +138,7 @@ impl<C> Reactor<C> {
             Err(e) => {
                 // The caller gets no id, so it could not stop a child it
                 // cannot talk to: end it now. Its death is still reported.
-                let _ = self.kill(id, libc::SIGKILL);
+                let _ = self.send(id, crate::Signal::KILL);
                 Err(e)
             }
         }

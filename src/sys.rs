@@ -214,6 +214,31 @@ pub(crate) fn kill_and_reap(pid: Pid) {
     }
 }
 
+/// `poll(2)` for readability of `fd`, for at most `timeout` (`None`: no
+/// limit). `EINTR` counts as a return: the caller looks again anyway.
+pub(crate) fn wait_readable(
+    fd: std::os::fd::BorrowedFd<'_>,
+    timeout: Option<std::time::Duration>,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let ms = timeout.map_or(-1, |t| {
+        // Round up, so a short wait is not a busy loop.
+        let ms = t.as_micros().div_ceil(1000);
+        libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
+    });
+    let mut pollfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid `pollfd` for the duration of the call.
+    match unsafe { libc::poll(&mut pollfd, 1, ms) } {
+        -1 if Errno::last() == Errno::EINTR => Ok(()),
+        -1 => Err(std::io::Error::last_os_error()),
+        _ => Ok(()),
+    }
+}
+
 /// `fork(2)`.
 ///
 /// # Safety

@@ -44,6 +44,13 @@ impl Deadlines {
         }
     }
 
+    /// Removes every deadline of `id`; whether there was one.
+    pub(crate) fn remove(&mut self, id: crate::ChildId) -> bool {
+        let before = self.heap.len();
+        self.heap.retain(|Reverse((_, of, _))| *of != id);
+        self.heap.len() != before
+    }
+
     /// Drops earliest deadlines while `stale` says their child is gone.
     pub(crate) fn prune(&mut self, mut stale: impl FnMut(ChildId) -> bool) {
         while let Some(Reverse((_, id, _))) = self.heap.peek() {

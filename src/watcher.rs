@@ -11,7 +11,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use crate::pidfd::Polled;
 use crate::poller::Poller;
@@ -36,6 +36,10 @@ pub(crate) struct Watch {
 impl Watch {
     pub(crate) fn pidfd(&self) -> Option<RawFd> {
         self.pidfd.as_ref().map(Polled::raw)
+    }
+
+    pub(crate) fn pidfd_borrowed(&self) -> Option<BorrowedFd<'_>> {
+        self.pidfd.as_ref().map(|p| p.fd().as_fd())
     }
 }
 
@@ -235,6 +239,14 @@ impl Watcher {
                 }
             }
         }
+    }
+
+    /// [`unwatch`](Self::unwatch) for a child the caller takes over: its
+    /// pidfd, out of the epoll set, is handed back.
+    pub(crate) fn unwatch_keep_pidfd(&mut self, mut watch: Watch) -> Option<std::os::fd::OwnedFd> {
+        let pidfd = watch.pidfd.take().map(Polled::into_fd);
+        self.unwatch(watch);
+        pidfd
     }
 
     /// Stop/continue reports for `pid`: they come through `SIGCHLD`

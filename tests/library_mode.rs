@@ -298,7 +298,7 @@ fn callbacks_fork_and_kill() {
                 assert!(!r.children().any(|id| id == exit.id));
                 assert!(matches!(
                     r.kill(exit.id, 0),
-                    Err(Error::AlreadyReaped { pid }) if pid == exit.pid
+                    Err(Error::AlreadyReaped { pid }) if pid == exit.id.pid()
                 ));
                 record(d, r, exit);
                 // A child started from a callback, whose own callback kills
@@ -524,7 +524,7 @@ fn set_mode_refused_with_live_children() {
 }
 
 /// 7. `kill` refuses what it must: a reaped child's id (`AlreadyReaped`),
-///    an id issued by another reactor (`UnknownChild`, while that child lives
+///    an id issued by another reactor (`ForeignId`, while that child lives
 ///    and after it is gone), and an invalid signal number (`Io` with
 ///    `EINVAL`, the child untouched). `terminate` refuses the same ids, and
 ///    sets no deadline for them. Pids that were never registered (this
@@ -561,7 +561,7 @@ fn kill_refusals() {
             reactor.terminate(theirs, Duration::ZERO),
         ] {
             match result {
-                Err(Error::UnknownChild { pid }) => assert_eq!(pid, theirs.pid()),
+                Err(Error::ForeignId { id }) => assert_eq!(id, theirs),
                 other => panic!("kill({theirs}) of another reactor's child: {other:?}"),
             }
         }
@@ -576,17 +576,16 @@ fn kill_refusals() {
             .expect("kill through its reactor");
         other_lp.run_until(&mut other, &mut other_deaths, LIMIT, |d| d.total() == 1);
         other_deaths.assert_signal(theirs, libc::SIGKILL);
-        // Gone: still not ours, so still UnknownChild here.
+        // Gone: still not ours, so still ForeignId here.
         assert!(matches!(
             reactor.kill(theirs, 0),
-            Err(Error::UnknownChild { pid }) if pid == theirs.pid()
+            Err(Error::ForeignId { id }) if id == theirs
         ));
 
-        for bad in [1000, -1, libc::SIGRTMAX() + 1] {
+        // A number that is no signal is a typed error; nothing is sent.
+        for bad in [1000, -1, 32, libc::SIGRTMAX() + 1] {
             match reactor.kill(alive, bad) {
-                Err(Error::Io { source, .. }) => {
-                    assert_eq!(source.raw_os_error(), Some(libc::EINVAL), "signal {bad}")
-                }
+                Err(Error::InvalidSignal { signal }) => assert_eq!(signal, bad),
                 other => panic!("kill with signal {bad}: {other:?}"),
             }
         }

@@ -306,10 +306,8 @@ fn kill_after_reap_is_refused() {
 
     reactor.kill(id, 0).expect("signal 0 to a live child");
     match reactor.kill(id, 12_345) {
-        Err(Error::Io { source, .. }) => {
-            assert_eq!(source.raw_os_error(), Some(libc::EINVAL), "{source}");
-        }
-        other => panic!("expected Io(EINVAL), got {other:?}"),
+        Err(Error::InvalidSignal { signal: 12_345 }) => {}
+        other => panic!("expected InvalidSignal, got {other:?}"),
     }
     assert!(!has_exited(id.pid()));
     reactor.kill(id, libc::SIGUSR1).expect("kill");
@@ -345,7 +343,7 @@ fn kill_after_reap_is_refused() {
     check.finish();
 }
 
-/// An id from another reactor is `UnknownChild` and signals nothing.
+/// An id from another reactor is `ForeignId` and signals nothing.
 #[test]
 fn kill_with_another_reactors_id_is_refused() {
     let check = Check::start();
@@ -360,8 +358,8 @@ fn kill_with_another_reactors_id_is_refused() {
         other.terminate_group(id, Duration::ZERO),
     ] {
         match result {
-            Err(Error::UnknownChild { pid }) => assert_eq!(pid, id.pid()),
-            other => panic!("expected UnknownChild, got {other:?}"),
+            Err(Error::ForeignId { id: foreign }) => assert_eq!(foreign, id),
+            other => panic!("expected ForeignId, got {other:?}"),
         }
     }
     assert_eq!(other.timeout(), None);

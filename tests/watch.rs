@@ -35,7 +35,7 @@ fn watch_std_child_reports_its_code() {
     lp.run_until(&mut reactor, &mut deaths, LIMIT, |d| !d.is_empty());
     assert_eq!(only_death(&deaths), (Some(5), None));
     assert_eq!(deaths[0].id, id);
-    assert_eq!(deaths[0].pid, pid);
+    assert_eq!(deaths[0].id.pid(), pid);
     assert!(reactor.is_empty());
 
     drop((lp, reactor));
