@@ -504,8 +504,10 @@ impl<C> Reactor<C> {
     /// [`Outcome::Lost`](crate::Outcome::Lost) child still delivers what
     /// was read), [`kill`](Reactor::kill) and
     /// [`terminate`](Reactor::terminate) take its id, and dropping the
-    /// reactor applies the [`DropPolicy`](crate::DropPolicy) to it and
-    /// drops `on_done` uncalled. Output is read only by
+    /// reactor applies the [`DropPolicy`](crate::DropPolicy) to it, closes
+    /// its pipes (a child that writes on gets `SIGPIPE`) and drops
+    /// `on_done` uncalled ([`forget`](Reactor::forget) does the same,
+    /// and closes the pipes). Output is read only by
     /// [`dispatch`](Reactor::dispatch), in every mode.
     ///
     /// # Errors
@@ -623,6 +625,17 @@ impl<C> Reactor<C> {
             self.watcher.wake();
         }
         Ok(())
+    }
+
+    /// [`forget`](Reactor::forget) let go of `id`: its output job goes
+    /// too (pipes closed, `on_done` dropped uncalled), if it had one.
+    pub(crate) fn forget_output(&mut self, id: ChildId) {
+        if let Some(job) = self.outputs.find(id) {
+            for key in self.outputs.jobs[job].streams.into_iter().flatten() {
+                self.outputs.close(key, self.watcher.poller());
+            }
+            self.outputs.jobs.remove(job);
+        }
     }
 
     /// The death callback of a `spawn_output` child: keeps the report, and

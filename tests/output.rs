@@ -397,3 +397,27 @@ fn close_output_gives_up_on_a_descendant_holding_the_pipes() {
     drop((outputs, lp, reactor));
     check.finish();
 }
+
+#[test]
+fn forget_drops_the_output_and_closes_the_pipes() {
+    let check = Check::start();
+    let _kill = KillOnPanic;
+    let (mut reactor, mut lp, mut outputs) = util::library_loop::<Outputs>();
+    let id = reactor
+        .spawn_output(
+            &mut sh("read line; echo got $line"),
+            OutputOptions::new(),
+            keep,
+        )
+        .expect("spawn_output");
+    let forgotten = reactor.forget(id).expect("forget");
+    drop(forgotten.pidfd);
+    // We reap it ourselves. Its pipes were closed: its `echo` got SIGPIPE.
+    let status = util::reap_child(id.pid());
+    assert_eq!(status.signal(), Some(libc::SIGPIPE), "{status}");
+    lp.run_with(&mut reactor, &mut outputs, LIMIT, |_, _, _| {}, |_, _| true);
+    reactor.dispatch(&mut outputs).expect("dispatch");
+    assert!(outputs.is_empty(), "no callback for a forgotten child");
+    drop((outputs, lp, reactor));
+    check.finish();
+}
