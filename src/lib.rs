@@ -348,6 +348,7 @@ mod sigchld;
 mod signal;
 mod spawn;
 mod stdio;
+mod streams;
 mod sys;
 mod table;
 mod timer;

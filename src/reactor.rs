@@ -136,7 +136,7 @@ pub struct Reactor<C> {
     pub(crate) drop_policy: DropPolicy,
     pub(crate) stats: Stats,
     /// `spawn_output` children and their pipes (in the watcher's set).
-    pub(crate) outputs: ManuallyDrop<crate::output::Outputs<C>>,
+    pub(crate) outputs: ManuallyDrop<crate::streams::Outputs<C>>,
     /// Dropped after `children` (whose pidfds sit in its epoll set).
     pub(crate) watcher: ManuallyDrop<Watcher>,
 }
