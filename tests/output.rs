@@ -404,11 +404,7 @@ fn forget_drops_the_output_and_closes_the_pipes() {
     let _kill = KillOnPanic;
     let (mut reactor, mut lp, mut outputs) = util::library_loop::<Outputs>();
     let id = reactor
-        .spawn_output(
-            &mut sh("read line; echo got $line"),
-            OutputOptions::new(),
-            keep,
-        )
+        .spawn_output(&mut sh("sleep 0.5; echo late"), OutputOptions::new(), keep)
         .expect("spawn_output");
     let forgotten = reactor.forget(id).expect("forget");
     drop(forgotten.pidfd);
