@@ -1,83 +1,33 @@
-//! A small parallel command runner, like `xargs -P`: children's deaths,
-//! their output, their time-outs and Ctrl-C in one `mio` loop.
+//! A small parallel command runner, like `xargs -P`: children, their output,
+//! their time-outs and Ctrl-C in one `mio` loop.
 //!
 //! ```text
 //! printf 'echo hi\nsleep 5\nfalse\n' | cargo run --example parallel -- -j 2 -t 1
 //! cargo run --example parallel -- --demo
 //! ```
 //!
-//! It reads standard input to the end, runs each non-blank line with
-//! `sh -c LINE`, `-j N` at a time (default 4), stops any that runs longer
-//! than `-t SECONDS` (default 10; 0: no limit), and prints a table: status,
-//! time, bytes of stdout and stderr, last line of output. It exits with 1 if
-//! any command failed, timed out or was stopped or skipped by Ctrl-C, 2 on
-//! bad arguments, 0 otherwise. `--demo`, or a terminal as standard input,
-//! runs a built-in list with a 1 s time-out.
-//!
-//! What it shows:
-//! * `Reactor::spawn` (std's fast `posix_spawn` path), with stdout and stderr
-//!   as non-blocking pipes in the reactor's `mio::Poll`, read to end-of-file;
-//! * death callbacks that get our context (`&mut Runner`) and the reactor,
-//!   and start the next command. A row is complete once the death report
-//!   and both end-of-files have come, in any order;
-//! * time-outs without a runtime: `poll` sleeps until the earlier of
-//!   `Reactor::timeout` and our own deadlines, and `dispatch` runs after
-//!   every `poll`. Each command leads its own process group, and
-//!   `Reactor::terminate_group` stops all of it: `SIGTERM` to the group, and
-//!   `SIGKILL` to the group if the shell is still alive after `GRACE`;
-//! * Ctrl-C as one more event: a `SIGINT`/`SIGTERM` handler writes to a
-//!   self-pipe in the same `Poll`. Handled signals are reset at exec, so the
-//!   commands start with default dispositions and an empty mask, and need no
-//!   `pre_exec` hook (which would make std `fork` instead of `posix_spawn`).
-//!   In groups of their own, they do not get the terminal's Ctrl-C: we stop
-//!   them, start no more, and still print the table.
-//!
-//! A process that outlives its shell (it ignored the `SIGTERM` the shell
-//! obeyed, or ran in the background) is left alone: once the shell is
-//! reaped, the group's id may be reused. Its output is read until the
-//! command's time is up; then the row says "output cut".
+//! `Reactor::spawn_output` reads each command's output and calls us once
+//! with the status and both streams; `terminate_group` stops a command that
+//! runs too long; Ctrl-C is a handler writing to a self-pipe in our `Poll`.
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 use std::io::{self, ErrorKind, IsTerminal, Read};
-use std::os::fd::IntoRawFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::os::{fd::IntoRawFd, unix::process::CommandExt, unix::process::ExitStatusExt};
+use std::process::{exit, Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use evchild::{ChildId, DropPolicy, Exit, Hooks, Reactor, SigchldOwner};
-use mio::unix::pipe::{self, Receiver};
-use mio::{Events, Interest, Poll, Registry, Token};
-use nix::errno::Errno;
-use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use evchild::{ChildId, DropPolicy, Hooks, Output, OutputOptions, Reactor};
+use mio::{unix::pipe, Events, Interest, Poll, Token};
+use nix::sys::signal::{signal, SigHandler, Signal};
 
 const CHILDREN: Token = Token(0);
 const SIGNALS: Token = Token(1);
-/// Stream `s` (0: stdout, 1: stderr) of row `r` is `Token(FIRST_PIPE + 2 * r + s)`.
-const FIRST_PIPE: usize = 2;
-
-/// How long a stopped command has between `SIGTERM` and `SIGKILL`, and the
-/// least time we read its pipes after its death.
+/// Between `SIGTERM` and `SIGKILL`; the least wait for output after a death.
 const GRACE: Duration = Duration::from_secs(1);
-/// At most this many bytes are read from one pipe in one pass of the loop:
-/// a command that writes without end (`yes`) must not hold up the time-outs.
-const READ_BUDGET: usize = 1 << 20;
-/// How much of a command's output is kept to find its last line in.
-const TAIL: usize = 4096;
-
-const DEMO: &[&str] = &[
-    "echo hello",
-    "sleep 0.3; echo done",
-    "exit 3",
-    "yes | head -c 1000000",
-    "sleep 30",
-    "trap '' TERM; sleep 30; echo not reached",
-    "ls /nonexistent",
-    "echo to stderr >&2; echo to stdout",
-];
-const DEMO_TIMEOUT: Duration = Duration::from_secs(1);
-
+const DEMO: &str = "echo hello\nsleep 0.3; echo done\nexit 3\nyes | head -c 1000000\nsleep 30\n\
+    trap '' TERM; sleep 30; echo not reached\nls /nonexistent\necho to stderr >&2; echo to stdout";
 const USAGE: &str = "\
 usage: parallel [-j N] [-t SECONDS] [--demo] < commands
   Runs each line of standard input with `sh -c LINE`, N at a time.
@@ -88,363 +38,152 @@ usage: parallel [-j N] [-t SECONDS] [--demo] < commands
 Exits with 1 if any command failed, timed out or was not run (Ctrl-C),
 0 otherwise.";
 
-/// The write end of the signal pipe, for the handler. Never closed.
+/// The write end of the signal pipe (never closed), and the last signal.
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
 
-/// The `SIGINT`/`SIGTERM` handler, async-signal-safe: it saves `errno`
-/// (`write` may change it under the code it interrupted), loads an atomic (no
-/// lock), writes the signal's number as one byte to a non-blocking pipe
-/// (ignoring `EAGAIN`: a full pipe is readable anyway), and restores `errno`.
+/// Async-signal-safe: stores the signal, writes a byte, keeps `errno`.
 extern "C" fn on_signal(signal: libc::c_int) {
-    let saved = Errno::last_raw();
-    let byte = [signal as u8];
-    // SAFETY: a one-byte write from a live local buffer, to a descriptor that
-    // stays open until the process exits (see `catch_signals`).
-    unsafe { libc::write(SIGNAL_PIPE.load(Ordering::Relaxed), byte.as_ptr().cast(), 1) };
-    Errno::set_raw(saved);
-}
-
-/// Installs `on_signal`; returns the read end of its pipe, for the loop.
-fn catch_signals() -> io::Result<Receiver> {
-    // Non-blocking, and close-on-exec: the commands do not inherit it.
-    let (sender, receiver) = pipe::new()?;
-    // Leaked on purpose: the handler may run until the process exits.
-    SIGNAL_PIPE.store(sender.into_raw_fd(), Ordering::Relaxed);
-    let handler = SigHandler::Handler(on_signal);
-    let action = SigAction::new(handler, SaFlags::SA_RESTART, SigSet::empty());
-    for signal in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: `on_signal` is async-signal-safe (see there).
-        unsafe { sigaction(signal, &action) }?;
-    }
-    Ok(receiver)
-}
-
-/// Empties the signal pipe (`mio` is edge-triggered): its last signal.
-fn take_signal(pipe: &mut Receiver) -> io::Result<Option<i32>> {
-    let (mut buf, mut last) = ([0u8; 16], None);
-    loop {
-        match pipe.read(&mut buf) {
-            Ok(n) if n > 0 => last = Some(i32::from(buf[n - 1])),
-            Err(e) if e.kind() != ErrorKind::WouldBlock => return Err(e),
-            _ => return Ok(last), // empty (the write end is never closed)
-        }
-    }
-}
-
-/// How much a command wrote to one stream, and the end of it.
-#[derive(Debug, Default)]
-struct Capture {
-    bytes: u64,
-    /// The last `TAIL` bytes.
-    tail: Vec<u8>,
-}
-
-impl Capture {
-    fn feed(&mut self, chunk: &[u8]) {
-        self.bytes += chunk.len() as u64;
-        let chunk = &chunk[chunk.len().saturating_sub(TAIL)..];
-        let excess = (self.tail.len() + chunk.len()).saturating_sub(TAIL);
-        self.tail.drain(..excess);
-        self.tail.extend_from_slice(chunk);
-    }
-
-    /// The last line that is not blank.
-    fn last_line(&self) -> &[u8] {
-        let mut lines = self.tail.split(|&b| b == b'\n');
-        lines.rfind(|line| !is_blank(line)).unwrap_or_default()
-    }
-}
-
-fn is_blank(line: &[u8]) -> bool {
-    line.iter().all(u8::is_ascii_whitespace)
+    let saved = nix::errno::Errno::last_raw();
+    SIGNAL.store(signal, Relaxed);
+    // SAFETY: a one-byte write from a live buffer to a descriptor left open.
+    unsafe { libc::write(SIGNAL_PIPE.load(Relaxed), [0u8].as_ptr().cast(), 1) };
+    nix::errno::Errno::set_raw(saved);
 }
 
 /// One line of input, and everything the table says about it.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Row {
     command: String,
-    /// Set when it starts (but see the rare case in `start`).
     id: Option<ChildId>,
     started: Option<Instant>,
-    /// When the command was dead and its pipes closed: the row is complete.
-    finished: Option<Instant>,
-    /// While the command lives: when it times out. After its death, while a
-    /// pipe is open: when we stop reading.
+    /// When it times out; once dead, when we stop waiting for its output.
     deadline: Option<Instant>,
-    /// Set at its death or failed start: its status, or why there is none.
-    end: Option<Result<ExitStatus, String>>,
+    dead: bool,
     /// Why we stopped it: "timed out" or "interrupted".
     stopped: Option<&'static str>,
-    /// Its stdout and stderr while they are open.
-    pipes: [Option<Receiver>; 2],
-    /// What its stdout and stderr carried.
-    output: [Capture; 2],
-    /// We stopped reading before end-of-file.
-    output_cut: bool,
+    /// Once complete: its status, success, and the table's last columns.
+    end: Option<(String, bool, String)>,
 }
 
 impl Row {
-    fn pipes_closed(&self) -> bool {
-        self.pipes.iter().all(Option::is_none)
+    fn status(&self) -> &str {
+        self.end.as_ref().map_or("not run", |end| &end.0)
     }
 
-    fn succeeded(&self) -> bool {
-        let exit_0 = matches!(self.end, Some(Ok(status)) if status.success());
-        exit_0 && self.stopped.is_none() && !self.output_cut
-    }
-
-    fn status(&self) -> String {
-        let mut status = match &self.end {
-            Some(Ok(status)) => match status.code() {
-                Some(code) => format!("exit {code}"),
-                None => format!("signal {}", status.signal().unwrap_or(0)),
-            },
-            Some(Err(why)) => why.clone(),
-            None => "not run".to_string(),
+    fn complete(&mut self, end: Result<Output, String>) {
+        let (mut status, ok, cut, [stdout, stderr]) = match end {
+            Err(why) => (why, false, false, [Vec::new(), Vec::new()]),
+            Ok(out) => {
+                // Lost (reaped by other code) cannot happen: nothing else waits.
+                let s = out.exit.status();
+                let status = match s.map(|s| (s.code(), s.signal())) {
+                    Some((Some(code), _)) => format!("exit {code}"),
+                    Some((None, signal)) => format!("signal {}", signal.unwrap_or(0)),
+                    None => "lost".to_string(),
+                };
+                let cut = out.stdout_truncated || out.stderr_truncated;
+                let ok = s.is_some_and(|s| s.success());
+                (status, ok, cut, [out.stdout, out.stderr])
+            }
         };
+        let ok = ok && self.stopped.is_none() && !cut;
         if let Some(why) = self.stopped {
             status = format!("{why} ({status})");
         }
-        if self.output_cut {
-            status.push_str(", output cut");
+        status += if cut { ", output cut" } else { "" };
+        let (mut line, err) = (last_line(&stdout), last_line(&stderr));
+        if !err.is_empty() && (!ok || line.is_empty()) {
+            line = format!("stderr: {err}");
         }
-        status
-    }
-
-    /// The last line of stderr if the command failed or wrote nothing else,
-    /// of stdout otherwise.
-    fn last_line(&self) -> String {
-        let [out, err] = &self.output;
-        let (out, err) = (out.last_line(), err.last_line());
-        let (line, mark) = if !err.is_empty() && (!self.succeeded() || out.is_empty()) {
-            (err, "stderr: ")
-        } else {
-            (out, "")
-        };
-        // Tabs and other control characters would upset the table.
-        let line = String::from_utf8_lossy(line)
-            .trim()
-            .replace(char::is_control, " ");
-        format!("{mark}{line}")
+        let time = self.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        let bytes = [stdout.len(), stderr.len()].map(human_bytes);
+        let ([out, err], time) = (bytes, format!("{time:.2}s"));
+        let columns = format!("{time:>7}  {out:>10}  {err:>10}  {}", clip(&line, 60));
+        (self.deadline, self.end) = (None, Some((status, ok, columns)));
     }
 }
 
-/// Our context: `dispatch(&mut runner)` hands it to every death callback.
+fn last_line(s: &[u8]) -> String {
+    let blank = |l: &&[u8]| l.iter().all(u8::is_ascii_whitespace);
+    let line = s.split(|&b| b == b'\n').rfind(|l| !blank(l));
+    let line = String::from_utf8_lossy(line.unwrap_or_default());
+    line.trim().replace(char::is_control, " ")
+}
+
+/// Our context: `dispatch(&mut runner)` hands it to every callback.
+#[derive(Default)]
 struct Runner {
-    /// To register the pipes of commands started from death callbacks.
-    registry: Registry,
     rows: Vec<Row>,
-    /// Rows started and not complete.
-    active: Vec<usize>,
-    /// The next row to start.
+    running: usize,
     next: usize,
     jobs: usize,
     timeout: Option<Duration>,
-    /// After Ctrl-C: start nothing more.
     interrupted: bool,
-    /// Pipes whose read budget ran out: read them again before sleeping.
-    backlog: Vec<Token>,
-    buf: Box<[u8]>,
 }
 
 impl Runner {
-    /// Starts commands until `jobs` are running or none is left. (In a death
-    /// callback, the dead child is no longer counted in `reactor.len()`.)
     fn fill(&mut self, reactor: &mut Reactor<Runner>) {
-        while reactor.len() < self.jobs && self.next < self.rows.len() && !self.interrupted {
+        while self.running < self.jobs && self.next < self.rows.len() && !self.interrupted {
+            let (row, now) = (self.next, Instant::now());
             self.next += 1;
-            self.start(reactor, self.next - 1);
-        }
-    }
-
-    fn start(&mut self, reactor: &mut Reactor<Runner>, row: usize) {
-        let mut command = Command::new("sh");
-        command
-            .args(["-c", &self.rows[row].command])
-            // Not our stdin: that is the list of commands, or the terminal.
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // A group of its own, so it can be stopped as a whole.
-            .process_group(0);
-        let now = Instant::now();
-        let registered = reactor.len();
-        let spawned = reactor.spawn(&mut command, move |runner, reactor, exit| {
-            runner.died(reactor, row, exit);
-        });
-        let r = &mut self.rows[row];
-        r.started = Some(now);
-        match spawned {
-            Ok(spawned) => {
-                r.id = Some(spawned.id);
-                r.deadline = self.timeout.and_then(|t| now.checked_add(t));
-                self.active.push(row);
-                self.watch(row, 0, spawned.stdout);
-                self.watch(row, 1, spawned.stderr);
-            }
-            // Started, but its pipes could not be made non-blocking (not on
-            // Linux): `spawn` has killed it, and its death callback will come.
-            Err(e) if reactor.len() > registered => {
-                eprintln!("parallel: {}: started without output: {e}", r.command);
-                r.output_cut = true;
-                self.active.push(row);
-            }
-            Err(e) => {
-                r.end = Some(Err(format!("not started: {e}")));
-                self.complete(row);
-            }
-        }
-    }
-
-    /// Registers one output pipe of `row` in the loop.
-    fn watch(&mut self, row: usize, stream: usize, pipe: Option<Receiver>) {
-        let Some(mut pipe) = pipe else { return };
-        let token = Token(FIRST_PIPE + 2 * row + stream);
-        match self.registry.register(&mut pipe, token, Interest::READABLE) {
-            Ok(()) => self.rows[row].pipes[stream] = Some(pipe),
-            // Dropping the pipe closes it: the command gets SIGPIPE if it
-            // writes there, which the table shows.
-            Err(e) => {
-                eprintln!("parallel: cannot watch a pipe: {e}");
-                self.rows[row].output_cut = true;
-            }
-        }
-    }
-
-    /// The death callback of `row`'s command.
-    fn died(&mut self, reactor: &mut Reactor<Runner>, row: usize, exit: Exit) {
-        let r = &mut self.rows[row];
-        // Lost (reaped by other code) cannot happen: nothing else here waits.
-        r.end = Some(exit.status().ok_or_else(|| "lost".to_string()));
-        if r.pipes_closed() {
-            self.complete(row);
-        } else {
-            // Its last output may still be on the way, or held by something
-            // it left behind: read on until its time is up, and for at least
-            // `GRACE`; without limit if it has no time limit.
-            let grace = Instant::now() + GRACE;
-            r.deadline = match r.stopped {
-                Some(_) => Some(grace),
-                None => r.deadline.map(|d| d.max(grace)),
+            let r = &mut self.rows[row];
+            let mut command = Command::new("sh");
+            // Not our stdin (the list, or the terminal); a group of its own.
+            command.args(["-c", &r.command]).stdin(Stdio::null());
+            let options = OutputOptions::new().cap(64 << 20); // per stream
+            let done = move |runner: &mut Runner, reactor: &mut _, out| {
+                runner.complete(row, Ok(out));
+                runner.fill(reactor); // a slot is free: start the next now
             };
-        }
-        // A slot is free: the next command starts now, from the callback.
-        self.fill(reactor);
-    }
-
-    /// Reads a pipe until it would block, it ends, or the budget runs out.
-    fn read(&mut self, token: Token) {
-        let (row, stream) = ((token.0 - FIRST_PIPE) / 2, (token.0 - FIRST_PIPE) % 2);
-        let r = &mut self.rows[row];
-        let Some(pipe) = &mut r.pipes[stream] else {
-            return; // closed earlier in this pass
-        };
-        let mut budget = READ_BUDGET;
-        loop {
-            if budget == 0 {
-                // Other pipes and the deadlines first. No new edge will come
-                // for the data already waiting, so remember to read on.
-                self.backlog.push(token);
-                return;
-            }
-            match pipe.read(&mut self.buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    r.output[stream].feed(&self.buf[..n]);
-                    budget = budget.saturating_sub(n);
-                }
-                // Edge-triggered: we are called again when more comes.
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => {
-                    eprintln!("parallel: reading a pipe: {e}");
-                    r.output_cut = true;
-                    break;
-                }
+            (r.started, self.running) = (Some(now), self.running + 1);
+            match reactor.spawn_output(command.process_group(0), options, done) {
+                Ok(id) => (r.id, r.deadline) = (Some(id), self.timeout.map(|t| now + t)),
+                Err(e) => self.complete(row, Err(format!("not started: {e}"))),
             }
         }
-        self.close(row, stream); // end-of-file (or an error): nothing more will come
     }
 
-    /// Closes a pipe; completes its row if that was all the row waited for.
-    fn close(&mut self, row: usize, stream: usize) {
-        let r = &mut self.rows[row];
-        let Some(mut pipe) = r.pipes[stream].take() else {
-            return; // closed already
-        };
-        let _ = self.registry.deregister(&mut pipe); // closing does it too
-        if r.end.is_some() && r.pipes_closed() {
-            self.complete(row);
-        }
-    }
-
-    /// The row has all it will get: mark it complete and say so.
-    fn complete(&mut self, row: usize) {
-        self.active.retain(|&a| a != row);
-        // Every row before `next` is active or complete.
-        let (done, total) = (self.next - self.active.len(), self.rows.len());
-        let r = &mut self.rows[row];
-        r.deadline = None;
-        r.finished = Some(Instant::now());
-        let width = digits(total);
+    fn complete(&mut self, row: usize, end: Result<Output, String>) {
+        self.running -= 1;
+        let (done, total) = (self.next - self.running, self.rows.len());
+        let (r, width) = (&mut self.rows[row], total.to_string().len());
+        r.complete(end);
         eprintln!("[{done:>width$}/{total}] {:<24} {}", r.status(), r.command);
     }
 
-    /// Acts on the rows whose deadline has come.
-    fn check_deadlines(&mut self, reactor: &mut Reactor<Runner>) {
-        let now = Instant::now();
-        // A copy: closing pipes can complete rows, which leave `active`.
-        for row in self.active.clone() {
-            let r = &mut self.rows[row];
-            if !r.deadline.is_some_and(|d| d <= now) {
-                continue;
-            }
-            r.deadline = None;
-            if r.end.is_some() {
-                // Dead, but something it left behind holds its pipes open.
-                r.output_cut = true;
-                self.close(row, 0);
-                self.close(row, 1);
-                continue;
-            }
-            // Alive: SIGTERM to its group now, and SIGKILL to the group after
-            // `GRACE` if the shell is still alive (`dispatch` sends it). Its
-            // death has not been reported, so the shell still leads its group.
-            r.stopped.get_or_insert("timed out");
-            let Some(id) = r.id else { continue };
-            if let Err(e) = reactor.terminate_group(id, GRACE) {
-                eprintln!("parallel: cannot stop {}: {e}", r.command);
-            }
-        }
-    }
-
-    /// Ctrl-C (or `SIGTERM`): start nothing more; every command's time is up.
-    fn interrupt(&mut self, signal: i32) {
-        if !self.interrupted {
+    /// Notes deaths, Ctrl-C (`signal`), and acts on the deadlines that came.
+    fn check(&mut self, reactor: &mut Reactor<Runner>, signal: Option<i32>) {
+        if let Some(signal) = signal.filter(|_| !self.interrupted) {
             eprintln!("parallel: got signal {signal}: stopping the commands that run");
         }
-        self.interrupted = true;
-        let now = Instant::now();
-        let grace = now + GRACE;
-        for &row in &self.active {
-            let r = &mut self.rows[row];
-            if r.end.is_some() {
-                // Dead, but its pipes are open: read them for `GRACE` at most.
+        self.interrupted |= signal.is_some();
+        let (now, grace) = (Instant::now(), Instant::now() + GRACE);
+        for r in self.rows.iter_mut().filter(|r| r.end.is_none()) {
+            let Some(id) = r.id else { continue };
+            if !r.dead && !reactor.contains(id) {
+                // Something it left behind may hold its output: wait a bit.
+                let until = r.deadline.map(|d| d.max(grace));
+                (r.dead, r.deadline) = (true, r.stopped.map(|_| grace).or(until));
+            }
+            // Ctrl-C: every command's time is up (output: in `GRACE`).
+            if signal.is_some() && r.dead {
                 r.deadline = Some(r.deadline.map_or(grace, |d| d.min(grace)));
-            } else if r.stopped.is_none() {
-                r.stopped = Some("interrupted");
-                r.deadline = Some(now);
+            } else if signal.is_some() && r.stopped.is_none() {
+                (r.stopped, r.deadline) = (Some("interrupted"), Some(now));
+            }
+            if r.deadline.is_some_and(|d| d <= now) {
+                r.deadline = None;
+                let stopped = match r.dead {
+                    true => reactor.close_output(id), // its callback comes next
+                    // SIGTERM to its group, SIGKILL after `GRACE` (`dispatch`).
+                    false => reactor.terminate_group(id, GRACE),
+                };
+                r.stopped = r.stopped.or((!r.dead).then_some("timed out"));
+                stopped.unwrap_or_else(|e| eprintln!("parallel: cannot stop {}: {e}", r.command));
             }
         }
     }
-
-    fn finished(&self) -> bool {
-        self.active.is_empty() && (self.interrupted || self.next == self.rows.len())
-    }
-}
-
-fn digits(n: usize) -> usize {
-    n.to_string().len()
 }
 
 /// `-j`, `-t` (`None` if not given; zero for no limit) and `--demo`.
@@ -452,40 +191,30 @@ fn parse_args() -> Result<(usize, Option<Duration>, bool), String> {
     let (mut jobs, mut timeout, mut demo) = (4, None, false);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let flag = match arg.as_str() {
-            "--demo" => {
-                demo = true;
-                continue;
-            }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            a => match a.get(..2) {
-                Some(flag @ ("-j" | "-t")) => flag,
-                _ => return Err(format!("unknown argument {a:?}")),
-            },
-        };
-        // `-j 4` or `-j4`.
-        let value = match &arg[2..] {
-            "" => args.next().ok_or_else(|| format!("{flag} needs a value"))?,
-            inline => inline.to_string(),
+        if arg == "-h" || arg == "--help" {
+            println!("{USAGE}");
+            exit(0);
+        }
+        demo |= arg == "--demo";
+        let flag = arg.get(..2).unwrap_or_default();
+        let value = match (arg.as_str(), flag) {
+            ("--demo", _) => continue,
+            (_, "-j" | "-t") if arg.len() > 2 => arg[2..].to_string(), // `-j4`
+            (_, "-j" | "-t") => args.next().ok_or_else(|| format!("{flag} needs a value"))?,
+            _ => return Err(format!("unknown argument {arg:?}")),
         };
         let bad = || format!("{flag}: bad value {value:?}");
         if flag == "-j" {
             jobs = value.parse().ok().filter(|&n| n > 0).ok_or_else(bad)?;
         } else {
-            let seconds = value
-                .parse()
-                .ok()
-                .and_then(|s| Duration::try_from_secs_f64(s).ok());
-            timeout = Some(seconds.ok_or_else(bad)?);
+            let seconds = value.parse().map(Duration::try_from_secs_f64);
+            timeout = Some(seconds.ok().and_then(Result::ok).ok_or_else(bad)?);
         }
     }
     Ok((jobs, timeout, demo))
 }
 
-fn human_bytes(n: u64) -> String {
+fn human_bytes(n: usize) -> String {
     match n {
         0..=1023 => format!("{n} B"),
         1024..=1_048_575 => format!("{:.1} KiB", n as f64 / 1024.0),
@@ -493,38 +222,25 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
-/// At most `width` characters of `s`.
 fn clip(s: &str, width: usize) -> String {
-    if s.chars().count() <= width {
-        return s.to_string();
+    match s.chars().nth(width) {
+        None => s.to_string(),
+        Some(_) => s.chars().take(width - 1).chain(['…']).collect(),
     }
-    let clipped: String = s.chars().take(width.saturating_sub(1)).collect();
-    clipped + "…"
 }
 
 fn print_table(rows: &[Row]) {
     let width = |f: fn(&Row) -> usize| rows.iter().map(f).max().unwrap_or(0);
-    let command_width = width(|r| r.command.chars().count()).clamp(7, 40);
-    let status_width = width(|r| r.status().chars().count()).max(6);
-    let n = digits(rows.len());
-    println!(
-        "{:>n$}  {:<command_width$}  {:<status_width$}  {:>7}  {:>10}  {:>10}  last line",
-        "#", "command", "status", "time", "stdout", "stderr"
-    );
+    let cw = width(|r| r.command.chars().count()).clamp(7, 40);
+    let sw = width(|r| r.status().chars().count()).max(6);
+    let n = rows.len().to_string().len();
+    let (h0, h1, h2, h3, h4, h5) = ("#", "command", "status", "time", "stdout", "stderr");
+    println!("\n{h0:>n$}  {h1:<cw$}  {h2:<sw$}  {h3:>7}  {h4:>10}  {h5:>10}  last line");
+    let never = format!("{:>7}  {:>10}  {:>10}", "-", "0 B", "0 B");
     for (i, r) in rows.iter().enumerate() {
-        let time = match (r.started, r.finished) {
-            (Some(s), Some(f)) => format!("{:.2}s", (f - s).as_secs_f64()),
-            _ => "-".to_string(),
-        };
-        let line = format!(
-            "{:>n$}  {:<command_width$}  {:<status_width$}  {time:>7}  {:>10}  {:>10}  {}",
-            i + 1,
-            clip(&r.command, command_width),
-            r.status(),
-            human_bytes(r.output[0].bytes),
-            human_bytes(r.output[1].bytes),
-            clip(&r.last_line(), 60),
-        );
+        let (i, command, status) = (i + 1, clip(&r.command, cw), r.status());
+        let columns = r.end.as_ref().map_or(&never, |end| &end.2);
+        let line = format!("{i:>n$}  {command:<cw$}  {status:<sw$}  {columns}");
         println!("{}", line.trim_end());
     }
 }
@@ -532,100 +248,68 @@ fn print_table(rows: &[Row]) {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (jobs, timeout, demo) = parse_args().unwrap_or_else(|e| {
         eprintln!("parallel: {e}\n{USAGE}");
-        std::process::exit(2);
+        exit(2);
     });
-    let (commands, timeout): (Vec<String>, _) = if demo || io::stdin().is_terminal() {
-        eprintln!("parallel: running the built-in demo (see --help)");
-        let commands = DEMO.iter().map(|&c| c.to_string()).collect();
-        (commands, timeout.unwrap_or(DEMO_TIMEOUT))
-    } else {
-        let input = io::read_to_string(io::stdin())?;
-        let lines = input.lines().filter(|line| !is_blank(line.as_bytes()));
-        (
-            lines.map(str::to_string).collect(),
-            timeout.unwrap_or(Duration::from_secs(10)),
-        )
+    let (input, default) = match demo || io::stdin().is_terminal() {
+        true => (DEMO.to_string(), 1),
+        false => (io::read_to_string(io::stdin())?, 10),
     };
-    let timeout = (!timeout.is_zero()).then_some(timeout);
+    if default == 1 {
+        eprintln!("parallel: running the built-in demo (see --help)");
+    }
+    let timeout = Some(timeout.unwrap_or(Duration::from_secs(default))).filter(|t| !t.is_zero());
+    let lines = input
+        .lines()
+        .filter(|l| !l.trim_matches([' ', '\t', '\r', '\x0c']).is_empty());
+    let row = |command: &str| Row {
+        command: command.into(),
+        ..Row::default()
+    };
+    let rows: Vec<Row> = lines.map(row).collect();
     let limit = timeout.map_or("none".to_string(), |t| format!("{:.1}s", t.as_secs_f64()));
-    let n = commands.len();
+    let n = rows.len();
     eprintln!("parallel: {n} command(s), up to {jobs} at a time, time-out {limit}");
 
-    let mut poll = Poll::new()?;
-    let mut events = Events::with_capacity(256);
-    let mut reactor = Reactor::<Runner>::new(Hooks::new(SigchldOwner::Library))?;
+    let (mut poll, mut events) = (Poll::new()?, Events::with_capacity(64));
+    let mut reactor = Reactor::<Runner>::new(Hooks::default())?;
     // Should an error below end the loop early, kill and reap what is left.
     reactor.set_drop_policy(DropPolicy::KillAndReap(GRACE));
-    let mut signals = catch_signals()?;
+    let (sender, mut signals) = pipe::new()?;
+    SIGNAL_PIPE.store(sender.into_raw_fd(), Relaxed);
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: `on_signal` is async-signal-safe (see there).
+        unsafe { signal(sig, SigHandler::Handler(on_signal)) }?;
+    }
     let registry = poll.registry();
     registry.register(&mut reactor, CHILDREN, Interest::READABLE)?;
     registry.register(&mut signals, SIGNALS, Interest::READABLE)?;
 
-    let row = |command| Row {
-        command,
-        ..Row::default()
-    };
-    let mut runner = Runner {
-        registry: registry.try_clone()?,
-        rows: commands.into_iter().map(row).collect(),
-        active: Vec::new(),
-        next: 0,
-        jobs,
-        timeout,
-        interrupted: false,
-        backlog: Vec::new(),
-        buf: vec![0; 64 * 1024].into_boxed_slice(),
-    };
+    let mut runner = Runner::default();
+    (runner.rows, runner.jobs, runner.timeout) = (rows, jobs, timeout);
     let started = Instant::now();
     runner.fill(&mut reactor);
-
-    while !runner.finished() {
-        // Sleep until the reactor's next SIGKILL or our next deadline, or not
-        // at all if a pipe has data waiting. (`Option::min` would pick
-        // `None`, which means no limit.)
-        let ours = runner
-            .active
-            .iter()
-            .filter_map(|&row| runner.rows[row].deadline)
-            .min()
-            .map(|d| d.saturating_duration_since(Instant::now()));
-        let busy = (!runner.backlog.is_empty()).then_some(Duration::ZERO);
-        let wait = [reactor.timeout(), ours, busy].into_iter().flatten().min();
+    while runner.running > 0 || (!runner.interrupted && runner.next < runner.rows.len()) {
+        // Sleep until the reactor's next SIGKILL or our next deadline.
+        let ours = runner.rows.iter().filter_map(|r| r.deadline).min();
+        let ours = ours.map(|d| d.saturating_duration_since(Instant::now()));
+        let wait = [reactor.timeout(), ours].into_iter().flatten().min();
         match poll.poll(&mut events, wait) {
-            Ok(()) => {}
-            // Signal handlers (ours, evchild's SIGCHLD one) interrupt
-            // epoll_wait; their pipes wake the next poll.
+            // A signal handler ran; its pipe wakes the next poll.
             Err(e) if e.kind() == ErrorKind::Interrupted => events.clear(),
-            Err(e) => return Err(e.into()),
+            other => other?,
         }
-        // After *every* return of poll: this also sends terminate_group's
-        // SIGKILLs. Death callbacks run in here, and start the next commands.
+        // After *every* poll: reads output, reaps, sends SIGKILLs, calls us.
         reactor.dispatch(&mut runner)?;
-        // Pipes left unfinished last time; this pass's go to the next.
-        let backlog = std::mem::take(&mut runner.backlog);
-        for event in &events {
-            match event.token() {
-                CHILDREN => {} // dispatched above
-                SIGNALS => {
-                    if let Some(signal) = take_signal(&mut signals)? {
-                        runner.interrupt(signal);
-                    }
-                }
-                token => runner.read(token),
-            }
-        }
-        for token in backlog {
-            runner.read(token);
-        }
-        runner.check_deadlines(&mut reactor);
+        let signal = events.iter().any(|e| e.token() == SIGNALS);
+        while signal && signals.read(&mut [0; 64]).is_ok_and(|n| n > 0) {}
+        runner.check(&mut reactor, signal.then(|| SIGNAL.load(Relaxed)));
     }
 
-    debug_assert!(reactor.is_empty() && runner.rows.iter().all(Row::pipes_closed));
-    println!();
     print_table(&runner.rows);
     let (total, elapsed) = (runner.rows.len(), started.elapsed().as_secs_f64());
-    let failed = runner.rows.iter().filter(|r| !r.succeeded()).count();
-    let ok = total - failed;
-    println!("\n{total} command(s) in {elapsed:.2}s: {ok} succeeded, {failed} failed");
-    std::process::exit(if failed > 0 { 1 } else { 0 });
+    let ok = |r: &&Row| matches!(r.end, Some((_, true, _)));
+    let failed = runner.rows.iter().filter(|r| !ok(r)).count();
+    let summary = format!("{} succeeded, {failed} failed", total - failed);
+    println!("\n{total} command(s) in {elapsed:.2}s: {summary}");
+    exit(if failed > 0 { 1 } else { 0 });
 }

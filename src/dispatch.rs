@@ -81,6 +81,9 @@ impl<C> Reactor<C> {
             // Work may be left that no new event will announce.
             self.watcher.wake();
         }
+        // 2b. Output streams of `spawn_output` children that are ready:
+        // read and write them; children done are queued.
+        self.pump_outputs();
         // 3. Grace periods that ran out: SIGKILL, now that the reap has
         // removed every child that already died.
         self.fire_deadlines();

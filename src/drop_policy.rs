@@ -122,6 +122,7 @@ impl<C> Drop for Reactor<C> {
                     unsafe { libc::close(fd) };
                 }
             }
+            self.outputs.close_in_forked_child();
             self.watcher.close_in_forked_child();
             return;
         }
@@ -133,6 +134,7 @@ impl<C> Drop for Reactor<C> {
         // before closing its wake pipe.
         unsafe {
             ManuallyDrop::drop(&mut self.children);
+            ManuallyDrop::drop(&mut self.outputs);
             ManuallyDrop::drop(&mut self.pending);
             ManuallyDrop::drop(&mut self.scratch);
             ManuallyDrop::drop(&mut self.deadlines);

@@ -173,6 +173,7 @@ impl<C> Reactor<C> {
         crate::routes::release(id.pid, self.number);
         let pidfd = self.watcher.unwatch_keep_pidfd(entry.watch);
         drop(entry.on_death);
+        self.forget_output(id);
         self.release_idle_handler();
         Ok(Forgotten { pid: id.pid, pidfd })
     }

@@ -1,5 +1,6 @@
-//! The reactor's one descriptor: an epoll set holding its wake pipe and,
-//! with the pidfd backend, each child's pidfd.
+//! The reactor's one descriptor: an epoll set holding its wake pipe, with
+//! the pidfd backend each child's pidfd, and the pipes of children whose
+//! output the reactor collects (`spawn_output`).
 //!
 //! The loop watches only the epoll descriptor, which is readable whenever
 //! anything inside is; so the descriptor never changes whatever the backend,
@@ -17,8 +18,13 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 
 use crate::Pid;
 
-/// The epoll data of the wake pipe; pidfds carry their (positive) pid.
+/// The epoll data of the wake pipe. Pidfds carry their (positive, so
+/// below 2^31) pid; output streams carry [`STREAM`] plus their slab key.
 const PIPE: u64 = u64::MAX;
+/// The tag bit of an output stream's epoll data; the bits below it are the
+/// stream's key (`output.rs`). Above every pid, and `PIPE` is told apart
+/// first.
+const STREAM: u64 = 1 << 40;
 
 #[derive(Debug)]
 pub(crate) struct Poller {
@@ -53,10 +59,42 @@ impl Poller {
         Ok(crate::pidfd::Polled::new(pidfd, self.epoll.0.as_raw_fd()))
     }
 
+    /// Watches an output stream (a child's stdout or stderr read end, for
+    /// `EPOLLIN`, or its stdin write end, for `EPOLLOUT`), level-triggered,
+    /// under `key`, until [`remove_stream`](Self::remove_stream).
+    pub(crate) fn add_stream(
+        &self,
+        fd: BorrowedFd<'_>,
+        key: usize,
+        writable: bool,
+    ) -> io::Result<()> {
+        let key = u64::try_from(key).ok().filter(|&k| k < STREAM);
+        let data = STREAM | key.ok_or(Errno::EINVAL)?;
+        let flags = if writable {
+            EpollFlags::EPOLLOUT
+        } else {
+            EpollFlags::EPOLLIN
+        };
+        self.epoll.add(fd, EpollEvent::new(flags, data))?;
+        Ok(())
+    }
+
+    /// Takes a stream out of the set, before it is closed (a forked child may
+    /// hold a copy of the descriptor, which would keep it in the set).
+    pub(crate) fn remove_stream(&self, fd: BorrowedFd<'_>) {
+        // ENOENT would only mean it was not in the set.
+        let _ = self.epoll.delete(fd);
+    }
+
     /// The pids whose pidfds are ready now (`epoll_wait` with no timeout),
-    /// into `out`, and whether the wake pipe is readable. Reads until the
-    /// kernel has nothing more, so nothing stays ready unseen.
-    pub(crate) fn ready(&mut self, out: &mut Vec<Pid>) -> io::Result<bool> {
+    /// into `out`, the keys of the ready output streams into `streams`, and
+    /// whether the wake pipe is readable. Reads until the kernel has nothing
+    /// more, so nothing stays ready unseen.
+    pub(crate) fn ready(
+        &mut self,
+        out: &mut Vec<Pid>,
+        streams: &mut Vec<usize>,
+    ) -> io::Result<bool> {
         if self.events.is_empty() {
             self.events.resize(64, EpollEvent::empty());
         }
@@ -67,13 +105,16 @@ impl Poller {
                 Err(e) => return Err(e.into()),
             };
             let pipe = self.events[..n].iter().any(|e| e.data() == PIPE);
-            out.extend(
-                self.events[..n]
-                    .iter()
-                    .map(EpollEvent::data)
-                    .filter(|&d| d != PIPE)
-                    .filter_map(|d| libc::pid_t::try_from(d).ok().map(Pid::from_raw)),
-            );
+            for data in self.events[..n].iter().map(EpollEvent::data) {
+                if data == PIPE {
+                    continue;
+                }
+                if data & STREAM != 0 {
+                    streams.extend(usize::try_from(data & (STREAM - 1)).ok());
+                } else {
+                    out.extend(libc::pid_t::try_from(data).ok().map(Pid::from_raw));
+                }
+            }
             // A full buffer may have left more behind; the ones returned are
             // reaped before the next call, so it cannot return them again,
             // but the caller reaps only after we return: ask once with a
@@ -84,6 +125,7 @@ impl Poller {
             let bigger = self.events.len() * 2;
             self.events.resize(bigger, EpollEvent::empty());
             out.clear();
+            streams.clear();
         }
     }
 }

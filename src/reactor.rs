@@ -135,6 +135,8 @@ pub struct Reactor<C> {
     pub(crate) deadlines: ManuallyDrop<Deadlines>,
     pub(crate) drop_policy: DropPolicy,
     pub(crate) stats: Stats,
+    /// `spawn_output` children and their pipes (in the watcher's set).
+    pub(crate) outputs: ManuallyDrop<crate::streams::Outputs<C>>,
     /// Dropped after `children` (whose pidfds sit in its epoll set).
     pub(crate) watcher: ManuallyDrop<Watcher>,
 }
@@ -172,6 +174,7 @@ impl<C> Reactor<C> {
             deadlines: ManuallyDrop::default(),
             drop_policy: DropPolicy::Leave,
             stats: Stats::default(),
+            outputs: ManuallyDrop::default(),
             watcher: ManuallyDrop::new(Watcher::new()?),
         };
         reactor.apply(hooks)?;

@@ -75,6 +75,8 @@ pub(crate) struct Watcher {
     pub(crate) stateful: Vec<Pid>,
     /// Pids whose pidfds are ready, reused between dispatches.
     pub(crate) ready: Vec<Pid>,
+    /// Keys of the output streams that are ready (`output.rs`), reused.
+    pub(crate) streams: Vec<usize>,
     /// Strangers of a reap-all pass being routed, reused.
     pub(crate) strangers: Vec<(Pid, crate::reap::Waited)>,
     /// The descriptor the loop watches: an epoll set holding `pipe` (and
@@ -96,6 +98,7 @@ impl Watcher {
             stops: 0,
             stateful: Vec::new(),
             ready: Vec::new(),
+            streams: Vec::new(),
             strangers: Vec::new(),
             poller,
             pipe,
@@ -282,14 +285,21 @@ impl Watcher {
     /// with no timeout on the inner set. Drains the wake pipe if it had
     /// bytes (before any reaping: a `SIGCHLD` that lands during the reap
     /// writes a new byte, so the loop wakes again), and leaves the pids of
-    /// ready pidfds in `self.ready`.
+    /// ready pidfds in `self.ready` and the keys of ready output streams in
+    /// `self.streams`.
     pub(crate) fn collect(&mut self) -> io::Result<Woken> {
         self.ready.clear();
-        let pipe = self.poller.ready(&mut self.ready)?;
+        self.streams.clear();
+        let pipe = self.poller.ready(&mut self.ready, &mut self.streams)?;
         if pipe {
             self.pipe.drain()?;
         }
         Ok(Woken { pipe })
+    }
+
+    /// The reactor's epoll set, for the output streams (`output.rs`).
+    pub(crate) fn poller(&self) -> &Poller {
+        &self.poller
     }
 
     /// Whether a pipe wake-up calls for a `SIGCHLD`-driven pass over the
