@@ -135,7 +135,9 @@ fn foreign_sig_ign(reactor: &mut Reactor<Deaths>, what: &str) -> Vec<String> {
 fn foreign_sig_ign_with_sigchld_backends() {
     let check = Check::start();
     let _kill = KillOnPanic;
-    let _restore = RestoreDefault;
+    // Reset SIGCHLD before `finish` releases the lock: a later reset would
+    // land in the middle of the next test.
+    let restore = RestoreDefault;
     let mut problems = Vec::new();
     for backend in SIGCHLD_BACKENDS {
         let mut reactor = util::library_with::<Deaths>(backend);
@@ -144,6 +146,7 @@ fn foreign_sig_ign_with_sigchld_backends() {
         set_disposition(libc::SIG_DFL, 0);
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+    drop(restore);
     check.finish();
 }
 
@@ -151,7 +154,9 @@ fn foreign_sig_ign_with_sigchld_backends() {
 fn foreign_sig_ign_with_library_always() {
     let check = Check::start();
     let _kill = KillOnPanic;
-    let _restore = RestoreDefault;
+    // Reset SIGCHLD before `finish` releases the lock: a later reset would
+    // land in the middle of the next test.
+    let restore = RestoreDefault;
     let mut reactor = Reactor::<Deaths>::new(Hooks::new(SigchldOwner::LibraryAlways))
         .expect("Reactor::new(LibraryAlways)");
     // It wakes itself at creation: take that wake-up first.
@@ -159,6 +164,7 @@ fn foreign_sig_ign_with_library_always() {
     let problems = foreign_sig_ign(&mut reactor, "LibraryAlways");
     drop(reactor);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+    drop(restore);
     check.finish();
 }
 
@@ -166,8 +172,11 @@ fn foreign_sig_ign_with_library_always() {
 fn foreign_sig_ign_with_pidfd_refuses_new_children() {
     let check = Check::start();
     let _kill = KillOnPanic;
-    let _restore = RestoreDefault;
+    // Reset SIGCHLD before `finish` releases the lock: a later reset would
+    // land in the middle of the next test.
+    let restore = RestoreDefault;
     if !regress_common::pidfd_or_skip("SIG_IGN") {
+        drop(restore);
         return check.finish();
     }
     let mut reactor = util::library_with::<Deaths>(Backend::Pidfd);
@@ -176,5 +185,6 @@ fn foreign_sig_ign_with_pidfd_refuses_new_children() {
     set_disposition(libc::SIG_DFL, 0);
     drop(reactor);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+    drop(restore);
     check.finish();
 }
