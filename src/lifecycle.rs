@@ -94,10 +94,12 @@ impl<C> Reactor<C> {
         })
     }
 
-    /// Blocks until `id`'s death callback has run, or `timeout` has passed
-    /// (`None`: no limit), dispatching meanwhile: the other callbacks that
-    /// fall due run too, with `ctx`, and `terminate` deadlines fire. For
-    /// shutdown paths and tests; a loop should not block in it.
+    /// Blocks until `id`'s death callback has run (for a
+    /// [`spawn_output`](Reactor::spawn_output) child, its `on_done`, which
+    /// may come after the death), or `timeout` has passed (`None`: no
+    /// limit), dispatching meanwhile: the other callbacks that fall due run
+    /// too, with `ctx`, and `terminate` deadlines fire. For shutdown paths
+    /// and tests; a loop should not block in it.
     ///
     /// Returns `true` once the callback has run (at once if it already had),
     /// `false` on time-out.
@@ -133,7 +135,8 @@ impl<C> Reactor<C> {
         }
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
-            if !self.contains(id) && self.queued(id).is_none() {
+            let reading = self.outputs.find(id).is_some();
+            if !self.contains(id) && self.queued(id).is_none() && !reading {
                 return Ok(true);
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));

@@ -417,3 +417,31 @@ fn forget_drops_the_output_and_closes_the_pipes() {
     drop((outputs, lp, reactor));
     check.finish();
 }
+
+/// `wait_for` on a `spawn_output` child waits for `on_done`, not just the
+/// death: here a grandchild keeps stdout open after the child exited.
+#[test]
+fn wait_for_waits_for_on_done() {
+    let check = Check::start();
+    let _kill = KillOnPanic;
+    {
+        let mut reactor = util::library::<Outputs>();
+        let mut outputs = Outputs::new();
+        let id = reactor
+            .spawn_output(
+                &mut sh("(sleep 0.3; echo late) & echo early"),
+                OutputOptions::new(),
+                keep,
+            )
+            .expect("spawn_output");
+        assert!(reactor
+            .wait_for(&mut outputs, id, Some(LIMIT))
+            .expect("wait_for"));
+        assert_eq!(outputs.len(), 1, "wait_for returned before on_done");
+        assert_eq!(code(&outputs[0]), Some(0));
+        assert_eq!(outputs[0].stdout, b"early\nlate\n");
+        // The grandchild was reparented (to init or a sub-reaper) once the
+        // shell exited; it is not ours to reap.
+    }
+    check.finish();
+}
