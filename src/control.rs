@@ -159,8 +159,9 @@ impl<C> Reactor<C> {
     /// The death callback still fires exactly once, with the true status:
     /// signal 15 if the child obeyed (or died otherwise), 9 if it had to be
     /// killed. The `SIGKILL` is sent by the first [`dispatch`](Reactor::dispatch)
-    /// at or after the deadline; see [`timeout`](Reactor::timeout) for the
-    /// loop that makes that happen on time. Calling it again for the same
+    /// at or after the deadline; the reactor's descriptor becomes readable
+    /// then (see [`timeout`](Reactor::timeout)), so a loop that dispatches
+    /// on its events makes that happen on time. Calling it again for the same
     /// child sends another `SIGTERM` and adds another deadline; the earliest
     /// wins.
     ///
@@ -183,7 +184,9 @@ impl<C> Reactor<C> {
     /// As for [`kill`](Reactor::kill): the child must be live and ours.
     pub fn cancel_terminate(&mut self, id: ChildId) -> Result<bool> {
         self.check_live(id)?;
-        Ok(self.deadlines.remove(id))
+        let removed = self.deadlines.remove(id);
+        self.watcher.arm(self.deadlines.next());
+        Ok(removed)
     }
 
     /// [`terminate`](Reactor::terminate) for the whole process group a child
@@ -211,13 +214,19 @@ impl<C> Reactor<C> {
         // A grace too long to represent never runs out.
         if let Some(at) = Instant::now().checked_add(grace) {
             self.deadlines.push(at, id, target);
+            self.watcher.arm(self.deadlines.next());
         }
     }
 
     /// How long the loop may sleep in `poll` before the reactor has a
     /// deadline due, or `None` if it has none. Zero means one is due now.
     ///
-    /// A loop that passes this to `poll` and calls
+    /// The reactor's descriptor also becomes readable when a deadline is
+    /// due (a `timerfd` in its own epoll set), so a loop that dispatches on
+    /// the reactor's events needs no timer of its own. This is for loops
+    /// that prefer to sleep no longer than the next deadline anyway, and
+    /// the fallback if the process could not spare a descriptor for the
+    /// timer: a loop that passes this to `poll` and calls
     /// [`dispatch`](Reactor::dispatch) whenever `poll` returns (on an event
     /// for the reactor *or* on time-out) needs nothing else for the
     /// reactor's timers. A loop with deadlines of its own sleeps for the
@@ -275,6 +284,7 @@ impl<C> Reactor<C> {
                 .get(id.pid)
                 .is_some_and(|entry| entry.serial == id.serial)
         });
+        self.watcher.arm(self.deadlines.next());
     }
 
     /// `kill(-pgid, signal)`: signals the process group a child leads, for a

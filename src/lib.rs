@@ -90,12 +90,15 @@
 //! # The loop
 //!
 //! Register the reactor for `READABLE` (it is edge-triggered safe: `dispatch`
-//! empties it), pass [`Reactor::timeout`] to `poll`, and call
-//! [`Reactor::dispatch`] when `poll` returns with the reactor's event or on
-//! time-out (calling it after every return is simplest and cheap: a
+//! empties it) and call [`Reactor::dispatch`] when `poll` returns with the
+//! reactor's event (calling it after every return is simplest and cheap: a
 //! `dispatch` that nothing woke makes one `epoll_wait` with no timeout on
 //! the reactor's own set, and no wait call, whatever the number of
-//! children).
+//! children). `terminate` deadlines need nothing more: the reactor's own
+//! set holds a `timerfd` (made at the first deadline), so the descriptor
+//! becomes readable when one is due. Passing [`Reactor::timeout`] to `poll`
+//! as well does no harm, and is the fallback should the timer not be had
+//! (`EMFILE`).
 //!
 //! While evchild's handler is installed (see *SIGCHLD ownership*), a
 //! `SIGCHLD` can make a blocking call fail with `EINTR` in **whichever

@@ -173,6 +173,7 @@ impl<C> Reactor<C> {
             .remove(id.pid)
             .ok_or(Error::AlreadyReaped { pid: id.pid })?;
         self.deadlines.remove(id);
+        self.watcher.arm(self.deadlines.next());
         crate::routes::release(id.pid, self.number);
         let pidfd = self.watcher.unwatch_keep_pidfd(entry.watch);
         drop(entry.on_death);

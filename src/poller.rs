@@ -21,10 +21,21 @@ use crate::Pid;
 /// The epoll data of the wake pipe. Pidfds carry their (positive, so
 /// below 2^31) pid; output streams carry [`STREAM`] plus their slab key.
 const PIPE: u64 = u64::MAX;
+/// The epoll data of the deadline timer (`timerfd`).
+const TIMER: u64 = u64::MAX - 1;
 /// The tag bit of an output stream's epoll data; the bits below it are the
 /// stream's key (`output.rs`). Above every pid, and `PIPE` is told apart
 /// first.
 const STREAM: u64 = 1 << 40;
+
+/// What the inner set said besides pidfds and streams.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Woken {
+    /// The wake pipe has bytes (a `SIGCHLD`, or a self-wake).
+    pub(crate) pipe: bool,
+    /// The deadline timer expired.
+    pub(crate) timer: bool,
+}
 
 #[derive(Debug)]
 pub(crate) struct Poller {
@@ -81,6 +92,13 @@ impl Poller {
 
     /// Takes a stream out of the set, before it is closed (a forked child may
     /// hold a copy of the descriptor, which would keep it in the set).
+    /// Watches the deadline timer (a `timerfd`) for as long as it is open.
+    pub(crate) fn add_timer(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.epoll
+            .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, TIMER))?;
+        Ok(())
+    }
+
     pub(crate) fn remove_stream(&self, fd: BorrowedFd<'_>) {
         // ENOENT would only mean it was not in the set.
         let _ = self.epoll.delete(fd);
@@ -94,7 +112,7 @@ impl Poller {
         &mut self,
         out: &mut Vec<Pid>,
         streams: &mut Vec<usize>,
-    ) -> io::Result<bool> {
+    ) -> io::Result<Woken> {
         if self.events.is_empty() {
             self.events.resize(64, EpollEvent::empty());
         }
@@ -104,9 +122,12 @@ impl Poller {
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(e.into()),
             };
-            let pipe = self.events[..n].iter().any(|e| e.data() == PIPE);
+            let woken = Woken {
+                pipe: self.events[..n].iter().any(|e| e.data() == PIPE),
+                timer: self.events[..n].iter().any(|e| e.data() == TIMER),
+            };
             for data in self.events[..n].iter().map(EpollEvent::data) {
-                if data == PIPE {
+                if data == PIPE || data == TIMER {
                     continue;
                 }
                 if data & STREAM != 0 {
@@ -120,7 +141,7 @@ impl Poller {
             // but the caller reaps only after we return: ask once with a
             // bigger buffer instead.
             if n < self.events.len() {
-                return Ok(pipe);
+                return Ok(woken);
             }
             let bigger = self.events.len() * 2;
             self.events.resize(bigger, EpollEvent::empty());

@@ -14,7 +14,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use crate::pidfd::Polled;
-use crate::poller::Poller;
+use crate::poller::{Poller, Woken};
 use crate::reap::Watched;
 use crate::selfpipe::SelfPipe;
 use crate::sigchld::{self, ReapAllToken, Registration};
@@ -49,14 +49,6 @@ impl Watched for Watch {
     }
 }
 
-/// What [`Watcher::collect`] found.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Woken {
-    /// The wake pipe had bytes: a `SIGCHLD` or a self-wake, so the
-    /// `SIGCHLD`-driven passes are due.
-    pub(crate) pipe: bool,
-}
-
 /// A reactor's watching machinery; see the module docs.
 #[derive(Debug)]
 pub(crate) struct Watcher {
@@ -79,6 +71,11 @@ pub(crate) struct Watcher {
     pub(crate) streams: Vec<usize>,
     /// Strangers of a reap-all pass being routed, reused.
     pub(crate) strangers: Vec<(Pid, crate::reap::Waited)>,
+    /// The `terminate` deadline timer, made at the first deadline; closed
+    /// (so out of the epoll set) before the set.
+    timer: Option<std::os::fd::OwnedFd>,
+    /// The deadline the timer is set for, if any.
+    armed: Option<std::time::Instant>,
     /// The descriptor the loop watches: an epoll set holding `pipe` (and
     /// pidfds).
     poller: Poller,
@@ -100,6 +97,8 @@ impl Watcher {
             ready: Vec::new(),
             streams: Vec::new(),
             strangers: Vec::new(),
+            timer: None,
+            armed: None,
             poller,
             pipe,
         })
@@ -290,11 +289,54 @@ impl Watcher {
     pub(crate) fn collect(&mut self) -> io::Result<Woken> {
         self.ready.clear();
         self.streams.clear();
-        let pipe = self.poller.ready(&mut self.ready, &mut self.streams)?;
-        if pipe {
+        let woken = self.poller.ready(&mut self.ready, &mut self.streams)?;
+        if woken.pipe {
             self.pipe.drain()?;
         }
-        Ok(Woken { pipe })
+        if woken.timer {
+            if let Some(timer) = &self.timer {
+                crate::sys::timer_drain(timer.as_fd());
+            }
+            // The expiry is spent: `arm` sets the next one.
+            self.armed = None;
+        }
+        Ok(woken)
+    }
+
+    /// Keeps the deadline timer (a `timerfd` in the reactor's epoll set,
+    /// made at the first deadline) set for `next`, the earliest `terminate`
+    /// deadline, so the reactor's descriptor becomes readable when it is
+    /// due and a loop needs no timer of its own. A system call only when
+    /// `next` changes. If the timer cannot be had (`EMFILE`), nothing
+    /// breaks: [`Reactor::timeout`](crate::Reactor::timeout) still tells
+    /// the loop when to call `dispatch`.
+    pub(crate) fn arm(&mut self, next: Option<std::time::Instant>) {
+        if next == self.armed {
+            return;
+        }
+        if self.timer.is_none() {
+            if next.is_none() {
+                return;
+            }
+            let made = crate::sys::timer_create().and_then(|fd| {
+                self.poller.add_timer(fd.as_fd())?;
+                Ok(fd)
+            });
+            match made {
+                Ok(fd) => self.timer = Some(fd),
+                Err(_e) => {
+                    #[cfg(feature = "log")]
+                    log::warn!("evchild: no timerfd for terminate deadlines ({_e}); use timeout()");
+                    return;
+                }
+            }
+        }
+        if let Some(timer) = &self.timer {
+            let after = next.map(|at| at.saturating_duration_since(std::time::Instant::now()));
+            if crate::sys::timer_set(timer.as_fd(), after).is_ok() {
+                self.armed = next;
+            }
+        }
     }
 
     /// The reactor's epoll set, for the output streams (`output.rs`).
@@ -353,11 +395,15 @@ impl Watcher {
     /// never drop `self` (its owned descriptors would be closed twice, and
     /// its registration and vectors would be freed).
     pub(crate) fn close_in_forked_child(&self) {
+        let timer = self.timer.as_ref().map(AsRawFd::as_raw_fd);
         for fd in [
             self.poller.fd().as_raw_fd(),
             self.pipe.read_fd().as_raw_fd(),
             self.pipe.write_raw(),
-        ] {
+        ]
+        .into_iter()
+        .chain(timer)
+        {
             // SAFETY: close(2) on descriptors this process holds copies of;
             // the caller guarantees the owners are never dropped, so nothing
             // closes them again.

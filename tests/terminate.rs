@@ -373,3 +373,46 @@ fn kill_with_another_reactors_id_is_refused() {
     drop((lp, reactor));
     check.finish();
 }
+
+/// The deadline wakes the reactor by itself: a loop that never asks for
+/// `timeout()` (it polls with no limit) still gets the `SIGKILL` on time,
+/// because the reactor's descriptor becomes readable when it is due.
+#[test]
+fn deadline_wakes_a_loop_that_ignores_timeout() {
+    let check = Check::start();
+    let _kill = KillOnPanic;
+    {
+        let mut reactor = util::library::<App>();
+        let mut app = App::default();
+        let mut poll = mio::Poll::new().expect("poll");
+        poll.registry()
+            .register(&mut reactor, mio::Token(0), mio::Interest::READABLE)
+            .expect("register");
+        let mut events = mio::Events::with_capacity(8);
+        let id = reactor
+            .spawn(&mut util::quiet_sh("trap '' TERM; sleep 30"), record)
+            .expect("spawn")
+            .id;
+        // Let the shell set its trap before the SIGTERM.
+        std::thread::sleep(Duration::from_millis(100));
+        let grace = Duration::from_millis(200);
+        let started = std::time::Instant::now();
+        reactor.terminate(id, grace).expect("terminate");
+        while reactor.contains(id) {
+            assert!(started.elapsed() < Duration::from_secs(20), "never killed");
+            // No limit: only the reactor's own readiness wakes us.
+            match poll.poll(&mut events, None) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                other => other.expect("poll"),
+            }
+            reactor.dispatch(&mut app).expect("dispatch");
+        }
+        assert!(
+            started.elapsed() >= grace,
+            "killed before the grace ran out"
+        );
+        assert_eq!(only_death(&app, id).0, Some(libc::SIGKILL));
+        drop(poll);
+    }
+    check.finish();
+}
