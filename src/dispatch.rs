@@ -33,7 +33,10 @@ impl<C> Reactor<C> {
     ///    its own set: the wake pipe, which is emptied *before* reaping (a
     ///    `SIGCHLD` that lands during the reap writes a new byte, so the
     ///    loop wakes again), and the pidfds that are readable. Nothing woke
-    ///    it: no wait call at all.
+    ///    it: no wait call for its own children at all. (Children that a
+    ///    dropped reactor left running, the orphan list, are looked at by
+    ///    every `dispatch`, one wait each, until they have died: see
+    ///    [`DropPolicy::Leave`](crate::DropPolicy::Leave).)
     /// 2. Reap: `Library`, by backend (see the crate docs): the children
     ///    whose pidfds are readable, one `waitid(P_PIDFD)` each, and after a
     ///    `SIGCHLD` the peek or the scan over the children without a pidfd,

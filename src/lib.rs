@@ -94,7 +94,8 @@
 //! reactor's event (calling it after every return is simplest and cheap: a
 //! `dispatch` that nothing woke makes one `epoll_wait` with no timeout on
 //! the reactor's own set, and no wait call, whatever the number of
-//! children). `terminate` deadlines need nothing more: the reactor's own
+//! children; only orphans that dropped reactors left running are looked
+//! at, one wait each, until they die). `terminate` deadlines need nothing more: the reactor's own
 //! set holds a `timerfd` (made at the first deadline), so the descriptor
 //! becomes readable when one is due. Passing [`Reactor::timeout`] to `poll`
 //! as well does no harm, and is the fallback should the timer not be had
@@ -307,11 +308,11 @@
 //! | | |
 //! |---|---|
 //! | wake-up | one `SIGCHLD` handler per process, installed once; one self-pipe per reactor, registered in a fixed table of 256 slots while the reactor needs the handler |
-//! | descriptor | an epoll set holding the wake pipe, with `Pidfd` one pidfd per child, and the pipes of `spawn_output` children (tagged epoll data: a stream bit plus a slab key) |
+//! | descriptor | an epoll set holding the wake pipe, with `Pidfd` one pidfd per child, the pipes of `spawn_output` children (tagged epoll data: a stream bit plus a slab key), and from the first `terminate` on a `timerfd` for the deadlines |
 //! | `Library` reaping | see *Backends* |
 //! | `LibraryAlways` reaping | `wait4(-1, WNOHANG)` until nothing is left: k+1 calls for k exits |
 //! | cost of a start | one `sigaction(SIGCHLD, NULL)` query (see *Coexistence*); with `Pidfd`, `pidfd_open` and `EPOLL_CTL_ADD`; two uncontended lock round trips to claim the pid (see `LibraryAlways`) |
-//! | timers | a binary heap of `terminate` deadlines, fired by `dispatch`: O(log n) each |
+//! | timers | a binary heap of `terminate` deadlines, fired by `dispatch`: O(log n) each; the `timerfd` is set (one `timerfd_settime`) only when the earliest deadline changes |
 //! | per wake-up allocation | none in steady state (the report queue and scratch space are reused); `spawn_output` reads straight into the output buffers, at most 1 MiB per stream per `dispatch` |
 //! | platform | Linux; other Unix systems with `pipe2` untested |
 //!

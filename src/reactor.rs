@@ -61,7 +61,9 @@ pub struct Stats {
     /// ones included.
     pub dispatches: u64,
     /// Wait-family system calls (`waitid`, `wait4`) the reactor made, for
-    /// reaping and for probing. A `dispatch` that nothing woke makes none.
+    /// reaping and for probing. A `dispatch` that nothing woke makes none
+    /// for the reactor's own children (orphans of dropped reactors aside:
+    /// see [`DropPolicy::Leave`](crate::DropPolicy::Leave)).
     pub wait_calls: u64,
 }
 
@@ -106,10 +108,11 @@ static REACTORS: AtomicU32 = AtomicU32::new(0);
 /// `SIGCHLD` registration (the handler itself stays installed for the life
 /// of the process), gives up `LibraryAlways`, closes its
 /// descriptors and drops the callbacks of children still alive without
-/// calling them. Children left alone remain children of the process, and
-/// whoever reaps them next gets their status: keep the reactor until its
-/// children are gone, or choose [`DropPolicy::KillAndReap`], to avoid
-/// zombies.
+/// calling them. Children left running (`Leave`) go on the process's
+/// orphan list, and a later `dispatch` of any reactor reaps them once they
+/// die; children killed but not reaped (`Kill`) stay zombies until
+/// something reaps them. Keep the reactor until its children are gone, or
+/// choose [`DropPolicy::KillAndReap`], to be sure no zombie is left.
 ///
 /// Dropped in a forked child, it only closes that process's copies of its
 /// descriptors (`close(2)`, async-signal-safe) and neither allocates nor

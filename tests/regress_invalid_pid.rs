@@ -99,23 +99,34 @@ fn fork_replacement_returning_an_invalid_pid_is_refused() {
                 )),
                 Err(_) => problems.push(format!("{what}: fork panicked")),
             }
-            if !reactor.is_empty() {
-                problems.push(format!(
-                    "{what}: {} child(ren) registered after the refusal",
-                    reactor.len()
-                ));
-            }
-            for p in dispatch_a_few(&mut reactor) {
-                problems.push(format!("{what}: {p}"));
-            }
-            drop(reactor);
-            let mut mine = Vec::new();
-            check_bystander(child, &mut mine);
-            problems.extend(mine.into_iter().map(|p| format!("{what}: {p}")));
+            after_refusal(reactor, child, &what, &mut problems);
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     check.finish();
+}
+
+/// After a refused call: nothing registered, dispatch is quiet, and the
+/// bystander child was neither reaped nor signalled.
+fn after_refusal(
+    mut reactor: evchild::Reactor<Vec<evchild::Exit>>,
+    child: std::process::Child,
+    what: &str,
+    problems: &mut Vec<String>,
+) {
+    if !reactor.is_empty() {
+        problems.push(format!(
+            "{what}: {} child(ren) registered after the refusal",
+            reactor.len()
+        ));
+    }
+    for p in dispatch_a_few(&mut reactor) {
+        problems.push(format!("{what}: {p}"));
+    }
+    drop(reactor);
+    let mut mine = Vec::new();
+    check_bystander(child, &mut mine);
+    problems.extend(mine.into_iter().map(|p| format!("{what}: {p}")));
 }
 
 #[test]
@@ -137,16 +148,7 @@ fn watch_of_an_invalid_pid_is_refused() {
                 )),
                 Err(_) => problems.push(format!("{what}: watch panicked")),
             }
-            if !reactor.is_empty() {
-                problems.push(format!("{what}: {} child(ren) registered", reactor.len()));
-            }
-            for p in dispatch_a_few(&mut reactor) {
-                problems.push(format!("{what}: {p}"));
-            }
-            drop(reactor);
-            let mut mine = Vec::new();
-            check_bystander(child, &mut mine);
-            problems.extend(mine.into_iter().map(|p| format!("{what}: {p}")));
+            after_refusal(reactor, child, &what, &mut problems);
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
