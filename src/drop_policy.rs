@@ -19,7 +19,8 @@ pub enum DropPolicy {
     /// Leave them running (libxl's behaviour). In `Library` and
     /// `LibraryAlways` mode they go on the process's orphan list: any later
     /// [`dispatch`](Reactor::dispatch) of any reactor of the process reaps
-    /// those that have died since (by pidfd where they had one), so they do
+    /// those that have died since (by pidfd wherever the system has pidfds,
+    /// whatever the backend; by pid elsewhere), so they do
     /// not stay zombies; until such a dispatch, one that died is a zombie.
     /// (A `LibraryAlways` reactor reaps them anyway, as strangers.) In
     /// `Mainloop` mode they are left to the application, which reaps.
@@ -97,9 +98,20 @@ impl<C> Reactor<C> {
         let Reactor {
             children, watcher, ..
         } = self;
+        // Each orphan is named by a pidfd where the system has them, even
+        // if the reactor watched it through `SIGCHLD`: it may die long
+        // after, and a pid alone could by then name another child of the
+        // process, which the orphan reaper would take.
         let orphans: Vec<_> = children
             .drain()
-            .map(|(pid, entry)| (pid, watcher.unwatch_keep_pidfd(entry.watch)))
+            .map(|(pid, entry)| {
+                let pidfd = watcher.unwatch_keep_pidfd(entry.watch).or_else(|| {
+                    crate::pidfd::supported()
+                        .then(|| crate::pidfd::open(pid).ok())
+                        .flatten()
+                });
+                (pid, pidfd)
+            })
             .collect();
         crate::routes::adopt_orphans(orphans);
     }

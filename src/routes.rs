@@ -28,9 +28,10 @@
 //!
 //! Children a `Library` or `LibraryAlways` reactor still had when it was
 //! dropped with [`DropPolicy::Leave`](crate::DropPolicy::Leave) go on an
-//! orphan list (with their pidfds, where they had one), and any later
-//! `dispatch` of any reactor of the process reaps those that have died
-//! since (one `waitid(WNOHANG)` each, by pidfd where there is one), so they
+//! orphan list (each with a pidfd wherever the system has them, opened at
+//! the drop if the reactor had none for it), and any later `dispatch` of
+//! any reactor of the process reaps those that have died since (one
+//! `waitid(WNOHANG)` each, by pidfd where there is one), so they
 //! do not stay zombies (tokio's orphan queue). A dispatch with no orphans
 //! pays one atomic load.
 //!

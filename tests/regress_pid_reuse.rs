@@ -299,3 +299,40 @@ fn drop_policy_case(backends: &[Backend]) {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// The orphan list (`DropPolicy::Leave`) names each orphan by a pidfd even
+/// when its reactor watched it through `SIGCHLD`: A, orphaned by a `Peek`
+/// or `Scan` reactor, is stolen and its pid given to B; a later dispatch of
+/// another reactor must not reap B in A's place.
+#[test]
+fn orphan_reaper_never_reaps_the_new_owner_of_a_stolen_pid() {
+    let check = Check::start();
+    let _kill = KillOnPanic;
+    if !can_force("orphan_reaper_never_reaps_the_new_owner_of_a_stolen_pid")
+        || !pidfd_or_skip("the orphan reaper by pidfd")
+    {
+        return check.finish();
+    }
+    for backend in util::SIGCHLD_BACKENDS {
+        let mut reactor = util::library_with::<Deaths>(backend);
+        let a = spawn_a(&mut reactor);
+        drop(reactor); // Leave: A goes on the orphan list
+        nix::sys::signal::kill(a.pid().into(), nix::sys::signal::Signal::SIGKILL).expect("kill A");
+        wait_zombie(a.pid());
+        assert_eq!(reap_child(a.pid()), signaled(libc::SIGKILL), "the steal");
+        let Some(mut b) = b_under(a, "sleep 0.2; exit 7") else {
+            continue;
+        };
+        let mut other = util::library_with::<Deaths>(backend);
+        let mut deaths = Deaths::default();
+        let until = Instant::now() + Duration::from_millis(600);
+        while Instant::now() < until {
+            other.dispatch(&mut deaths).expect("dispatch");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let status = b.wait().expect("B's own wait: the orphan reaper took B");
+        assert_eq!(status, exited(7), "{backend:?}");
+        drop(other);
+    }
+    check.finish();
+}
