@@ -190,8 +190,10 @@
 //!   children the kernel reaped meanwhile are reported `Lost` by the next
 //!   `dispatch`. An unexpected error in the middle of a pass also leaves the
 //!   reactor readable, so the work left is not forgotten.
-//! * `Library` mode never reaps, waits for or signals a pid it did not
-//!   register.
+//! * `Library` mode never reaps, waits for or signals a pid that no reactor
+//!   of the process registered. (A reactor reaps only its own children,
+//!   and, in any `dispatch`, the orphans that dropped reactors left on the
+//!   process's orphan list: see [`DropPolicy::Leave`].)
 //! * Every misuse is an [`Error`] and changes nothing; nothing reachable from
 //!   the API panics on bad input (a pid ≤ 0 or the process's own, from a
 //!   fork replacement or `watch`, is [`Error::InvalidPid`]).
