@@ -332,42 +332,22 @@
 #![deny(missing_docs, missing_debug_implementations, unsafe_code)]
 #![warn(rust_2018_idioms, clippy::undocumented_unsafe_blocks)]
 
-mod control;
-mod dispatch;
-mod drop_policy;
-mod error;
-mod exit;
-mod fork;
-#[cfg(any(test, feature = "fuzzing"))]
-#[doc(hidden)]
-pub mod fuzzing;
-mod lifecycle;
-mod mode;
-mod output;
-mod pidfd;
-mod poller;
+mod process;
 mod reactor;
 mod reap;
-mod routes;
-mod selfpipe;
-mod sigchld;
-mod signal;
-mod spawn;
-mod stdio;
-mod streams;
 pub mod supervise;
 mod sys;
-mod table;
-mod timer;
-mod watcher;
+mod types;
+mod watch;
 
-pub use drop_policy::DropPolicy;
-pub use error::{Error, Result};
-pub use exit::{ChildId, ChildState, Exit, Outcome, Pid, ResourceUsage};
-pub use lifecycle::{ChildStatus, Forgotten};
-pub use mode::{Backend, Claim, Forked, Hooks, SigchldOwner};
-pub use output::{Output, OutputOptions};
-pub use reactor::{Reactor, Stats};
-pub use signal::Signal;
-pub use spawn::Spawned;
-pub use stdio::IntoStdio;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub use reap::model as fuzzing;
+
+pub use reactor::{
+    ChildStatus, DropPolicy, Forgotten, IntoStdio, Output, OutputOptions, Reactor, Spawned, Stats,
+};
+pub use types::{
+    Backend, ChildId, ChildState, Claim, Error, Exit, Forked, Hooks, Outcome, Pid, ResourceUsage,
+    Result, SigchldOwner, Signal,
+};

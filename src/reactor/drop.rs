@@ -106,14 +106,14 @@ impl<C> Reactor<C> {
             .drain()
             .map(|(pid, entry)| {
                 let pidfd = watcher.unwatch_keep_pidfd(entry.watch).or_else(|| {
-                    crate::pidfd::supported()
-                        .then(|| crate::pidfd::open(pid).ok())
+                    crate::watch::pidfd::supported()
+                        .then(|| crate::watch::pidfd::open(pid).ok())
                         .flatten()
                 });
                 (pid, pidfd)
             })
             .collect();
-        crate::routes::adopt_orphans(orphans);
+        crate::process::routes::adopt_orphans(orphans);
     }
 }
 

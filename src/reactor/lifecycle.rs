@@ -174,7 +174,7 @@ impl<C> Reactor<C> {
             .ok_or(Error::AlreadyReaped { pid: id.pid })?;
         self.deadlines.remove(id);
         self.watcher.arm(self.deadlines.next());
-        crate::routes::release(id.pid, self.number);
+        crate::process::routes::release(id.pid, self.number);
         let pidfd = self.watcher.unwatch_keep_pidfd(entry.watch);
         drop(entry.on_death);
         self.forget_output(id);

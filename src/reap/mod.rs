@@ -38,12 +38,16 @@
 //! status. Any other errno stops the pass and is returned; the children not
 //! yet looked at stay registered for the next pass.
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod model;
+pub(crate) mod table;
+
 use std::io;
 use std::os::fd::RawFd;
 
 use nix::errno::Errno;
 
-use crate::table::ChildTable;
+use crate::reap::table::ChildTable;
 use crate::{Pid, ResourceUsage};
 
 /// A wait status, with the child's resource usage where the OS gave it.
@@ -412,7 +416,7 @@ fn retry_eintr<T>(mut f: impl FnMut() -> Result<T, Errno>) -> Result<T, Errno> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fuzzing::Procs;
+    use crate::reap::model::Procs;
 
     fn pid(raw: libc::pid_t) -> Pid {
         Pid::from_raw(raw)
@@ -601,7 +605,7 @@ mod tests {
 
     #[test]
     fn a_ptrace_stop_is_never_a_death() {
-        use crate::fuzzing::TRAP_STATUS;
+        use crate::reap::model::TRAP_STATUS;
         for pass in ["scan", "peek", "listed", "all"] {
             let (mut procs, mut table) = world(2);
             procs.trap(pid(1));

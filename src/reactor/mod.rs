@@ -6,6 +6,23 @@
 //! file holds creation, mode changes, registration and the `mio`
 //! integration.
 
+mod control;
+mod deadlines;
+mod dispatch;
+mod drop;
+mod fork;
+mod lifecycle;
+mod output;
+mod spawn;
+mod stdio;
+pub(crate) mod streams;
+
+pub use drop::DropPolicy;
+pub use lifecycle::{ChildStatus, Forgotten};
+pub use output::{Output, OutputOptions};
+pub use spawn::Spawned;
+pub use stdio::IntoStdio;
+
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
@@ -17,14 +34,12 @@ use mio::event::Source;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
-use crate::mode::{ForkFn, UnknownFn};
+use crate::reactor::deadlines::Deadlines;
+use crate::reap::table::ChildTable;
 use crate::reap::Watched;
-use crate::table::ChildTable;
-use crate::timer::Deadlines;
-use crate::watcher::{Watch, Watcher};
-use crate::{
-    Backend, ChildId, ChildState, DropPolicy, Error, Exit, Hooks, Pid, Result, SigchldOwner,
-};
+use crate::types::{ForkFn, UnknownFn};
+use crate::watch::{Watch, Watcher};
+use crate::{Backend, ChildId, ChildState, Error, Exit, Hooks, Pid, Result, SigchldOwner};
 
 /// A death callback: runs once, in [`Reactor::dispatch`] (or `reaped` /
 /// `sigchld_occurred`), after the child has left the reactor's tables. It
@@ -139,7 +154,7 @@ pub struct Reactor<C> {
     pub(crate) drop_policy: DropPolicy,
     pub(crate) stats: Stats,
     /// `spawn_output` children and their pipes (in the watcher's set).
-    pub(crate) outputs: ManuallyDrop<crate::streams::Outputs<C>>,
+    pub(crate) outputs: ManuallyDrop<crate::reactor::streams::Outputs<C>>,
     /// Dropped after `children` (whose pidfds sit in its epoll set).
     pub(crate) watcher: ManuallyDrop<Watcher>,
 }
@@ -163,10 +178,10 @@ impl<C> Reactor<C> {
     ///   the process is in that mode; [`Error::HandlerConflict`] if `SIGCHLD`
     ///   is ignored or has `SA_NOCLDWAIT`; [`Error::TooManyReactors`].
     pub fn new(hooks: Hooks<C>) -> Result<Self> {
-        crate::sigchld::init();
+        crate::process::init();
         let mut reactor = Reactor {
             owner: Pid::this(),
-            generation: crate::sigchld::fork_generation(),
+            generation: crate::process::fork_generation(),
             fork_replacement: ManuallyDrop::new(None),
             unknown_child: ManuallyDrop::new(None),
             number: REACTORS.fetch_add(1, Ordering::Relaxed),
@@ -239,7 +254,7 @@ impl<C> Reactor<C> {
             // routed its status here) or code that broke the contract.
             let stale_id = self.id(pid, stale.serial);
             self.watcher.unwatch(stale.watch);
-            let exit = match crate::routes::collect(pid, self.number) {
+            let exit = match crate::process::routes::collect(pid, self.number) {
                 Some(status) => {
                     self.stats.reaped += 1;
                     Exit::reaped(stale_id, status.raw, status.usage)
@@ -261,7 +276,7 @@ impl<C> Reactor<C> {
     /// is returned.
     pub(crate) fn register_started(
         &mut self,
-        start: crate::routes::Start,
+        start: crate::process::routes::Start,
         pid: Pid,
         on_death: OnDeath<C>,
     ) -> Result<ChildId> {
@@ -341,7 +356,7 @@ impl<C> Reactor<C> {
     /// reactor: one atomic load of the fork generation, no system call.
     /// Allocation-free, so it is fine to call in a forked child.
     pub(crate) fn check_process(&self) -> Result<()> {
-        if self.generation == crate::sigchld::fork_generation() {
+        if self.generation == crate::process::fork_generation() {
             Ok(())
         } else {
             Err(Error::ForkedChild {

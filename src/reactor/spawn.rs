@@ -108,7 +108,7 @@ impl<C> Reactor<C> {
         let on_death: OnDeath<C> = Box::new(on_death);
         self.children.reserve_one();
         let acquired = self.watcher.before_start()?;
-        let start = crate::routes::Start::begin();
+        let start = crate::process::routes::Start::begin();
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(source) => {
@@ -177,7 +177,7 @@ impl<C> Reactor<C> {
         self.children.reserve_one();
         // Handler first: a child that dies after the probe must wake us.
         let acquired = self.watcher.before_start()?;
-        let start = crate::routes::Start::begin();
+        let start = crate::process::routes::Start::begin();
         let registered = match crate::sys::probe_child(pid) {
             Ok(()) => self.register(pid, on_death).inspect(|_| {
                 start.finish(pid, self.number, self.watcher.wake_fd());

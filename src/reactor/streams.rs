@@ -25,9 +25,9 @@ use mio::unix::pipe::{Receiver, Sender};
 use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
 use slab::Slab;
 
-use crate::output::Output;
-use crate::poller::Poller;
+use crate::reactor::output::Output;
 use crate::reactor::Pending;
+use crate::watch::poller::Poller;
 use crate::{ChildId, Exit, Reactor};
 
 /// Bytes read at once into an output buffer, and the size of the scratch

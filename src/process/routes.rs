@@ -136,7 +136,7 @@ fn lock() -> Guard {
     // SAFETY: we hold the lock, so no other reference to the contents
     // exists until the guard releases it.
     let slot = unsafe { &mut *SHARED.routes.get() };
-    let generation = crate::sigchld::fork_generation();
+    let generation = crate::process::fork_generation();
     match slot {
         Some(routes) if routes.generation == generation => {}
         _ => {

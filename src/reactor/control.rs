@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::timer::Target;
+use crate::reactor::deadlines::Target;
 use crate::{ChildId, ChildState, Error, Reactor, Result, SigchldOwner, Signal};
 
 impl<C> Reactor<C> {

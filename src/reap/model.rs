@@ -32,10 +32,10 @@ use nix::errno::Errno;
 
 use std::os::fd::RawFd;
 
+use crate::reap::table::ChildTable;
 use crate::reap::{
     reap_all, reap_listed, reap_peek, reap_scan, reap_states, Reap, Reaped, Target, Waited, Watched,
 };
-use crate::table::ChildTable;
 use crate::Pid;
 
 /// The calls a pass may make, checked by [`Procs`] as they come.
@@ -581,13 +581,13 @@ pub mod sigchld {
     /// How many times evchild has called `sigaction(SIGCHLD, &new, ..)` to
     /// install or refresh its handler in this process.
     pub fn installs() -> u64 {
-        crate::sigchld::debug::installs()
+        crate::process::debug::installs()
     }
 
     /// How many `SIGCHLD` registrations (reactors whose wake pipe the
     /// handler writes to) are live in this process.
     pub fn registrations() -> usize {
-        crate::sigchld::debug::registrations()
+        crate::process::debug::registrations()
     }
 }
 

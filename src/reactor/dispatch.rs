@@ -14,10 +14,10 @@ use std::process::ExitStatus;
 use std::collections::VecDeque;
 
 use crate::reactor::{Entry, Pending};
+use crate::reap::table::ChildTable;
 use crate::reap::{self, Reaped};
 use crate::sys::SysReap;
-use crate::table::ChildTable;
-use crate::watcher::Watcher;
+use crate::watch::Watcher;
 use crate::{
     Backend, ChildId, ChildState, Claim, Error, Exit, Pid, Reactor, Result, SigchldOwner, Stats,
 };
@@ -72,7 +72,7 @@ impl<C> Reactor<C> {
         // Children of dropped reactors that died since (none: one atomic
         // load).
         let mut orphans = SysReap::default();
-        crate::routes::reap_orphans(&mut orphans);
+        crate::process::routes::reap_orphans(&mut orphans);
         self.stats.wait_calls += orphans.calls;
         // 2. Reap; outcomes leave the table and join the queue. Nothing
         //    woke us: no wait call at all.
@@ -189,7 +189,7 @@ impl<C> Reactor<C> {
         self.stats.reaped += 1;
         let id = self.id(pid, entry.serial);
         self.watcher.unwatch(entry.watch);
-        crate::routes::release(pid, self.number);
+        crate::process::routes::release(pid, self.number);
         self.pending.push_back(Pending::Death(
             entry.on_death,
             Exit::reaped(id, status.into_raw(), usage),
@@ -272,7 +272,7 @@ impl<C> Reactor<C> {
     /// other reactors registered get their status routed to them, and only
     /// the rest go to the unknown-child hook (see `routes.rs`).
     fn reap_everything(&mut self) -> Result<()> {
-        let routing = crate::routes::Pass::begin();
+        let routing = crate::process::routes::Pass::begin();
         let before = self.pending.len();
         let reaped = self.pass("wait4(-1)", |sys, table, _, out| {
             reap::reap_all(sys, table, out)
@@ -404,7 +404,7 @@ fn queue<C>(
             stats.reaped += 1;
             let exit = Exit::reaped(id(pid, entry.serial), status.raw, status.usage);
             watcher.unwatch(entry.watch);
-            crate::routes::release(pid, reactor);
+            crate::process::routes::release(pid, reactor);
             pending.push_back(Pending::Death(entry.on_death, exit));
         }
         Reaped::Lost(pid, entry) => {
@@ -413,10 +413,10 @@ fn queue<C>(
             // reactor itself has nobody to route to it.)
             let routed = match watcher.mode() {
                 SigchldOwner::LibraryAlways => {
-                    crate::routes::release(pid, reactor);
+                    crate::process::routes::release(pid, reactor);
                     None
                 }
-                _ => crate::routes::collect(pid, reactor),
+                _ => crate::process::routes::collect(pid, reactor),
             };
             let exit = match routed {
                 Some(status) => {

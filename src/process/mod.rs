@@ -5,7 +5,7 @@
 //! `SIGCHLD` is a process-wide resource, so all reactors of the process share
 //! one handler. A reactor that needs it (`Library` mode with a `SIGCHLD`
 //! backend and live children, `LibraryAlways` from creation to drop) holds a
-//! [`Registration`]: a slot in a fixed table of `registry::CAPACITY` (256) wake-pipe write
+//! [`Registration`]: a slot in a fixed table of `handler::CAPACITY` (256) wake-pipe write
 //! ends ([`registry`]). Cost: the handler writes one byte per used slot per
 //! signal; registering takes a process-wide spin lock and one
 //! `sigaction(SIGCHLD, NULL, &cur)` query, unregistering the lock and a wait
@@ -100,17 +100,19 @@
 
 #![allow(unsafe_code)]
 
+pub(crate) mod routes;
+
 mod disposition;
+mod handler;
 mod reap_all;
-mod registry;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 // `check_reapable`: the query-only check, for callers that start no child.
 #[allow(unused_imports)]
 pub(crate) use disposition::{before_start, check_reapable};
+pub(crate) use handler::{register, Registration};
 pub(crate) use reap_all::ReapAllToken;
-pub(crate) use registry::{register, Registration};
 
 /// Advanced in every forked child (see `# Fork generations`).
 static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
@@ -155,9 +157,9 @@ pub(crate) fn fork_generation() -> u64 {
 /// call empties an already empty table and advances the generation again);
 /// evchild's own fork path calls it only if the atfork handler did not run.
 pub(crate) fn advance_after_fork() {
-    registry::reset_in_child();
+    handler::reset_in_child();
     reap_all::reset_in_child();
-    crate::routes::after_fork_in_child();
+    crate::process::routes::after_fork_in_child();
     // Last, with Release: whoever sees the new generation sees the reset.
     LOCK.store(false, Ordering::Release);
     FORK_GENERATION.fetch_add(1, Ordering::AcqRel);
@@ -205,6 +207,6 @@ pub(crate) mod debug {
 
     /// How many registrations are live in this process's generation.
     pub(crate) fn registrations() -> usize {
-        super::registry::users()
+        super::handler::users()
     }
 }

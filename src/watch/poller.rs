@@ -63,11 +63,14 @@ impl Poller {
 
     /// Watches `pidfd` for `pid`'s exit, until the returned guard is
     /// dropped.
-    pub(crate) fn add(&self, pid: Pid, pidfd: OwnedFd) -> io::Result<crate::pidfd::Polled> {
+    pub(crate) fn add(&self, pid: Pid, pidfd: OwnedFd) -> io::Result<crate::watch::pidfd::Polled> {
         let data = u64::try_from(pid.as_raw()).map_err(|_| Errno::EINVAL)?;
         self.epoll
             .add(&pidfd, EpollEvent::new(EpollFlags::EPOLLIN, data))?;
-        Ok(crate::pidfd::Polled::new(pidfd, self.epoll.0.as_raw_fd()))
+        Ok(crate::watch::pidfd::Polled::new(
+            pidfd,
+            self.epoll.0.as_raw_fd(),
+        ))
     }
 
     /// Watches an output stream (a child's stdout or stderr read end, for

@@ -10,7 +10,7 @@
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
-use super::registry::{on_sigchld, wants_stops};
+use super::handler::{on_sigchld, wants_stops};
 use crate::Error;
 
 /// The disposition to chain to, or null for none. Points to a leaked

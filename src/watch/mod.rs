@@ -10,14 +10,18 @@
 
 #![allow(unsafe_code)]
 
+pub(crate) mod pidfd;
+pub(crate) mod poller;
+pub(crate) mod wake;
+
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
-use crate::pidfd::Polled;
-use crate::poller::{Poller, Woken};
+use crate::process::{self, ReapAllToken, Registration};
 use crate::reap::Watched;
-use crate::selfpipe::SelfPipe;
-use crate::sigchld::{self, ReapAllToken, Registration};
+use crate::watch::pidfd::Polled;
+use crate::watch::poller::{Poller, Woken};
+use crate::watch::wake::SelfPipe;
 use crate::{Backend, Error, Pid, Result, SigchldOwner};
 
 /// How one registered child is watched.
@@ -118,13 +122,13 @@ impl Watcher {
             _ => None,
         };
         let registration = match (always, self.registration.is_some()) {
-            (true, false) => Some(sigchld::register(self.pipe.write_raw())?),
+            (true, false) => Some(process::register(self.pipe.write_raw())?),
             _ => None,
         };
         if always {
             self.reap_all = self.reap_all.take().or(token);
             self.registration = self.registration.take().or(registration);
-            crate::routes::set_reap_all_wake(Some(self.pipe.write_raw()));
+            crate::process::routes::set_reap_all_wake(Some(self.pipe.write_raw()));
             // Children that died before we took over are already waiting:
             // make the first dispatch look for them.
             self.pipe.wake();
@@ -132,14 +136,14 @@ impl Watcher {
             // No child is registered, so neither Library nor Mainloop needs
             // the handler now.
             if self.reap_all.is_some() {
-                crate::routes::forget_reactor(reactor, Some(self.pipe.write_raw()));
+                crate::process::routes::forget_reactor(reactor, Some(self.pipe.write_raw()));
             }
             self.reap_all = None;
             self.registration = None;
         }
         self.mode = mode;
         self.backend = match backend {
-            Backend::Auto | Backend::Pidfd if crate::pidfd::supported() => Backend::Pidfd,
+            Backend::Auto | Backend::Pidfd if crate::watch::pidfd::supported() => Backend::Pidfd,
             Backend::Auto | Backend::Pidfd => Backend::Peek,
             other => other,
         };
@@ -176,8 +180,8 @@ impl Watcher {
         // One disposition query either way: registering makes it too.
         let acquire = needs_handler && self.registration.is_none();
         let checked = match acquire {
-            true => sigchld::register(self.pipe.write_raw()).map(|r| self.registration = Some(r)),
-            false => sigchld::before_start(needs_handler),
+            true => process::register(self.pipe.write_raw()).map(|r| self.registration = Some(r)),
+            false => process::before_start(needs_handler),
         };
         if let Err(e) = checked {
             self.pipe.wake();
@@ -202,7 +206,7 @@ impl Watcher {
         if !self.uses_pidfds() {
             return Ok(Watch::default());
         }
-        let opened = crate::pidfd::open(pid).and_then(|fd| self.poller.add(pid, fd));
+        let opened = crate::watch::pidfd::open(pid).and_then(|fd| self.poller.add(pid, fd));
         match opened {
             Ok(fd) => Ok(Watch {
                 pidfd: Some(fd),
@@ -212,7 +216,7 @@ impl Watcher {
                 #[cfg(feature = "log")]
                 log::warn!("evchild: no pidfd for child {pid} ({_e}); watching it through SIGCHLD");
                 if self.registration.is_none() {
-                    self.registration = Some(sigchld::register(self.pipe.write_raw())?);
+                    self.registration = Some(process::register(self.pipe.write_raw())?);
                 }
                 self.fallbacks += 1;
                 // It may have died before the handler was there: look now.
@@ -253,7 +257,7 @@ impl Watcher {
     /// `SA_NOCLDSTOP`).
     pub(crate) fn want_stops(&mut self, pid: Pid, watch: &mut Watch) -> Result<()> {
         if self.registration.is_none() {
-            self.registration = Some(sigchld::register(self.pipe.write_raw())?);
+            self.registration = Some(process::register(self.pipe.write_raw())?);
         }
         if let Some(registration) = self.registration.as_mut() {
             registration.want_stops();
@@ -274,7 +278,7 @@ impl Watcher {
     /// another process), otherwise with `kill(pid)`.
     pub(crate) fn signal(&self, pid: Pid, watch: &Watch, signal: libc::c_int) -> Result<()> {
         match &watch.pidfd {
-            Some(pidfd) => crate::pidfd::send_signal(pidfd.fd(), signal)
+            Some(pidfd) => crate::watch::pidfd::send_signal(pidfd.fd(), signal)
                 .map_err(|e| Error::io("pidfd_send_signal", e)),
             None => crate::sys::kill(pid, signal).map_err(|e| Error::io("kill", e)),
         }
@@ -381,7 +385,7 @@ impl Watcher {
     /// wake-up) from the routes while its pipe is still open.
     pub(crate) fn leave_routes(&self, reactor: u32) {
         let reap_all = self.reap_all.as_ref().map(|_| self.pipe.write_raw());
-        crate::routes::forget_reactor(reactor, reap_all);
+        crate::process::routes::forget_reactor(reactor, reap_all);
     }
 
     /// The reactor's descriptor.

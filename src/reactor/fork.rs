@@ -84,8 +84,8 @@ impl<C> Reactor<C> {
         let on_death: OnDeath<C> = Box::new(on_death);
         self.children.reserve_one();
         let acquired = self.watcher.before_start()?;
-        let start = crate::routes::Start::begin();
-        let generation = crate::sigchld::fork_generation();
+        let start = crate::process::routes::Start::begin();
+        let generation = crate::process::fork_generation();
         let forked = match self.fork_replacement.as_mut() {
             Some(replacement) => replacement(),
             // SAFETY: forwarded to our caller, who upholds `fork`'s contract.
@@ -102,8 +102,8 @@ impl<C> Reactor<C> {
             Ok(None) => {
                 // A `fork_replacement` may bypass the atfork handler: empty
                 // the inherited registry here then (async-signal-safe).
-                if crate::sigchld::fork_generation() == generation {
-                    crate::sigchld::advance_after_fork();
+                if crate::process::fork_generation() == generation {
+                    crate::process::advance_after_fork();
                 }
                 // Dropping the closure could free memory: not
                 // async-signal-safe in the child of a threaded parent.

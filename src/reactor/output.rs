@@ -14,7 +14,7 @@
 use std::fmt;
 use std::process::{Command, Stdio};
 
-use crate::streams::{Job, Pipe, STDERR, STDOUT};
+use crate::reactor::streams::{Job, Pipe, STDERR, STDOUT};
 use crate::{ChildId, Error, Exit, Reactor, Result};
 
 /// What [`Reactor::spawn_output`] gives the child and keeps of its output.
