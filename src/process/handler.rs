@@ -9,12 +9,12 @@
 //! the fork generation and the reader protocol.
 
 use std::os::fd::RawFd;
-use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 
 use nix::errno::Errno;
 
 use super::{disposition, fork_generation, lock};
+use crate::sys;
 use crate::Error;
 
 /// How many reactors may hold a registration at once.
@@ -91,7 +91,6 @@ pub(super) fn wants_stops() -> bool {
 }
 
 /// Live registrations (for tests).
-#[cfg(any(test, feature = "fuzzing"))]
 pub(super) fn users() -> usize {
     USERS.load(Ordering::Relaxed)
 }
@@ -208,13 +207,10 @@ pub(super) extern "C" fn on_sigchld(
     for slot in &SLOTS[..high] {
         let fd = slot.load(Ordering::Acquire);
         if fd >= 0 {
-            let byte = 1u8;
-            // SAFETY: `write(2)` is async-signal-safe. The buffer is a live
-            // local of one byte. `fd` cannot have been closed yet: the owner
-            // clears the slot and waits for this generation's readers to
-            // leave before it closes the descriptor, and we entered before
-            // reading the slot.
-            unsafe { libc::write(fd, ptr::addr_of!(byte).cast(), 1) };
+            // `fd` cannot have been closed yet: the owner clears the slot
+            // and waits for this generation's readers to leave before it
+            // closes the descriptor, and we entered before reading the slot.
+            sys::write_byte(fd);
         }
     }
     leave_read(generation);

@@ -98,46 +98,79 @@
 //!   deadlock a forked child); a raw fork in that window is the uncovered case
 //!   above, while evchild's own fork path advances the generation itself.
 
-#![allow(unsafe_code)]
-
+pub(crate) mod orphans;
 pub(crate) mod routes;
 
 mod disposition;
 mod handler;
-mod reap_all;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::mem::ManuallyDrop;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
-// `check_reapable`: the query-only check, for callers that start no child.
-#[allow(unused_imports)]
-pub(crate) use disposition::{before_start, check_reapable};
+use crate::sys::{Lock, LockGuard};
+
+pub(crate) use disposition::before_start;
 pub(crate) use handler::{register, Registration};
-pub(crate) use reap_all::ReapAllToken;
+pub(crate) use routes::ReapAllToken;
 
 /// Advanced in every forked child (see `# Fork generations`).
 static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 
-/// The writers' lock: see `# Internal workings`.
-static LOCK: AtomicBool = AtomicBool::new(false);
-
-/// Holds [`LOCK`] until dropped.
-struct Guard(());
-
-/// Takes the writers' lock, yielding while another thread holds it. Never
-/// called from the signal handler.
-fn lock() -> Guard {
-    while LOCK
-        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        std::thread::yield_now();
-    }
-    Guard(())
+/// Everything process-wide that is not an atomic the handler reads: the
+/// routes (claims, starts in flight, the inbox, the reap-all reactor) and
+/// the orphans. Behind the one lock ([`lock`]).
+#[derive(Default)]
+pub(crate) struct State {
+    /// The fork generation the contents belong to.
+    generation: u64,
+    pub(crate) routes: routes::Routes,
+    pub(crate) orphans: orphans::Book,
 }
 
-impl Drop for Guard {
-    fn drop(&mut self) {
-        LOCK.store(false, Ordering::Release);
+/// The one process-wide lock. The inner value is replaced, leaked, at the
+/// first use in a new fork generation (see [`lock`]).
+static STATE: Lock<Option<ManuallyDrop<State>>> = Lock::new(None);
+
+/// The process-wide state, locked. A futex lock: waiters sleep, nobody
+/// spins; no system call runs while it is held, except `sigaction` when
+/// the handler is (re)installed (rare: see `disposition.rs`).
+///
+/// In a forked child the first use finds contents of another generation
+/// (perhaps half-changed by a thread that does not exist there) and
+/// replaces them without dropping them: freeing is not safe where the
+/// allocator's state is unknown, so they are leaked.
+pub(crate) fn lock() -> Guard {
+    let mut guard = STATE.lock();
+    let generation = fork_generation();
+    if guard.as_ref().map(|s| s.generation) != Some(generation) {
+        *guard = Some(ManuallyDrop::new(State {
+            generation,
+            ..State::default()
+        }));
+    }
+    Guard(guard)
+}
+
+/// [`lock`]'s guard: derefs to the [`State`].
+pub(crate) struct Guard(LockGuard<'static, Option<ManuallyDrop<State>>>);
+
+impl Deref for Guard {
+    type Target = State;
+    fn deref(&self) -> &State {
+        self.0
+            .as_ref()
+            .map(|s| &**s)
+            .unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl DerefMut for Guard {
+    fn deref_mut(&mut self) -> &mut State {
+        self.0
+            .as_mut()
+            .map(|s| &mut **s)
+            .unwrap_or_else(|| unreachable!())
     }
 }
 
@@ -158,10 +191,10 @@ pub(crate) fn fork_generation() -> u64 {
 /// evchild's own fork path calls it only if the atfork handler did not run.
 pub(crate) fn advance_after_fork() {
     handler::reset_in_child();
-    reap_all::reset_in_child();
-    crate::process::routes::after_fork_in_child();
+    routes::reset_in_child();
+    orphans::reset_in_child();
+    STATE.reset_in_child();
     // Last, with Release: whoever sees the new generation sees the reset.
-    LOCK.store(false, Ordering::Release);
     FORK_GENERATION.fetch_add(1, Ordering::AcqRel);
 }
 
@@ -186,14 +219,12 @@ pub(crate) fn init() {
     {
         return;
     }
-    // SAFETY: `atfork_child` is an `extern "C" fn()` that lives for the life
-    // of the process (a static function of this crate), and is
-    // async-signal-safe (see `advance_after_fork`), as a child handler of a
-    // multi-threaded parent must be. No prepare or parent handler.
-    let rc = unsafe { libc::pthread_atfork(None, None, Some(atfork_child)) };
-    // ENOMEM is the only documented failure: try again at the next `new`;
-    // evchild's own fork path still advances the generation meanwhile.
-    ATFORK.store(if rc == 0 { 2 } else { 0 }, Ordering::Release);
+    // `atfork_child` is async-signal-safe (see `advance_after_fork`), as a
+    // child handler of a multi-threaded parent must be. ENOMEM is the only
+    // documented failure: try again at the next `new`; evchild's own fork
+    // path still advances the generation meanwhile.
+    let registered = crate::sys::atfork_child(atfork_child);
+    ATFORK.store(if registered { 2 } else { 0 }, Ordering::Release);
 }
 
 /// Counters for tests (through the `fuzzing` feature): not part of the API.

@@ -1,210 +1,159 @@
-//! Routing statuses between the reactors of one process: when a
-//! `LibraryAlways` reactor reaps a child that another reactor registered,
-//! that reactor gets the exact status instead of `Lost`.
+//! Who may reap which pid, process-wide: the reap-all right
+//! (`LibraryAlways`), the claims every reactor makes on the pids it
+//! registers, the starts in flight, and the inbox of statuses a reap-all
+//! reactor reaped for another reactor.
 //!
-//! Every reactor *claims* the pids it registers (pid → reactor number and
-//! wake pipe). A reap-all pass hands each child it reaped that is not its
-//! own to the claimant (into the process-wide *inbox*, waking the claimant),
-//! and only unclaimed pids to the unknown-child hook.
+//! # Claims and the inbox
 //!
-//! # The fork-in-progress protocol
+//! Every reactor *claims* each pid it registers ([`Start::finish`]): the
+//! claim names the child ([`ChildId`]) and the reactor's wake pipe. A
+//! reap-all pass hands each child it reaped that is not its own to the
+//! claimant: the status goes into the *inbox*, keyed by the claim (so a
+//! second status for a reused pid never overwrites the first), and the
+//! claimant is woken. Only unclaimed pids go to the unknown-child hook. The
+//! claimant takes its statuses in its next `dispatch`
+//! ([`take_routed`]), whatever its mode, or when a wait for the child says
+//! `ECHILD` ([`collect`]).
 //!
-//! A child can die, and be reaped by the reap-all reactor, before the
-//! reactor that started it has registered (and claimed) its pid. So every
-//! start is bracketed: [`Start::begin`] counts a start in flight before the
-//! fork, [`Start::finish`] claims the pid and ends it. A reap-all pass that
-//! reaps an unclaimed pid while a start is in flight *parks* the status
-//! instead of calling it a stranger; the last start to finish wakes the
-//! reap-all reactor, whose next pass looks at the parked statuses again.
+//! # Starts in flight
 //!
-//! # The claimant's side
+//! A child exists (and can die) before the reactor that started it has
+//! claimed it; and std's own fork path waits for a child whose `exec`
+//! failed, and panics if someone else reaped it. So a reap-all pass never
+//! reaps a child that a start in flight may own:
+//! * [`Start::begin`] (before the fork) waits while a pass runs, then counts
+//!   the start in flight; [`Start::finish`] claims the pid and ends it.
+//! * A pass that begins with no start in flight reaps with `wait4(-1)`
+//!   (no start can begin until it ends). One that begins with starts in
+//!   flight is *careful*: it peeks (`waitid(WNOWAIT)`) and reaps a pid only
+//!   if it is claimed or no start is in flight any more
+//!   ([`Pass::may_reap`]); otherwise it stops, and the last start to end
+//!   wakes the reap-all reactor again.
 //!
-//! A claimant learns that its child is gone from `ECHILD` (or a readable
-//! pidfd whose wait says `ECHILD`). Before it reports the child lost, it
-//! waits for any reap-all pass still running (the pass may have reaped the
-//! child and not yet routed it: [`PASSES`]), then looks in the inbox.
+//! A claimant that finds its child gone waits for any pass still running
+//! (it may have reaped the child and not yet routed it) before it looks in
+//! the inbox: [`PASSES`], a futex word, so it sleeps.
 //!
-//! # Orphans
+//! # No system call under the lock
 //!
-//! Children a `Library` or `LibraryAlways` reactor still had when it was
-//! dropped with [`DropPolicy::Leave`](crate::DropPolicy::Leave) go on an
-//! orphan list (each with a pidfd wherever the system has them, opened at
-//! the drop if the reactor had none for it), and any later `dispatch` of
-//! any reactor of the process reaps those that have died since (one
-//! `waitid(WNOHANG)` each, by pidfd where there is one), so they
-//! do not stay zombies (tokio's orphan queue). A dispatch with no orphans
-//! pays one atomic load.
-//!
-//! # Fork safety
-//!
-//! The state sits behind a spin lock, not a `Mutex`, so that a forked child
-//! can reset it: [`after_fork_in_child`] (run by the `pthread_atfork` child
-//! handler) releases the lock with an atomic store, and the first use in
-//! the new generation drops the inherited contents without freeing them
-//! (they are leaked: freeing is not safe where the parent's allocator
-//! state is unknown).
+//! Wake-ups are written after the lock is released: the routes hold each
+//! claimant's pipe through an `Arc`, so it stays open (both ends) until
+//! the write is done, even if the reactor is dropped meanwhile. Pipes
+//! dropped by the routes are dropped after the lock is released too.
 
-#![allow(unsafe_code)]
-
-use std::cell::UnsafeCell;
 use std::collections::HashMap;
-use std::mem::ManuallyDrop;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use nix::errno::Errno;
+use super::{fork_generation, lock};
+use crate::reap::Waited;
+use crate::sys::{futex_wait, futex_wake_all, WakePipe};
+use crate::{ChildId, Error, Pid};
 
-use crate::reap::{Reap, Target, Waited};
-use crate::Pid;
-
-/// Who registered a pid.
-#[derive(Clone, Copy, Debug)]
+/// Who registered a pid, and how to wake it.
 struct Claimant {
+    id: ChildId,
+    wake: Arc<WakePipe>,
+}
+
+/// The reap-all reactor.
+struct ReapAll {
     reactor: u32,
-    /// The claimant's wake pipe (write end): open while the claim exists
-    /// (a reactor withdraws its claims before closing its pipe).
-    wake: RawFd,
+    wake: Arc<WakePipe>,
 }
 
+/// The routing part of the process-wide state (under the lock).
 #[derive(Default)]
-struct Routes {
-    generation: u64,
+pub(crate) struct Routes {
     claims: HashMap<Pid, Claimant>,
-    /// Starts between `Start::begin` and `Start::finish`.
+    /// Starts between `Start::begin` and their end.
     in_flight: usize,
-    /// Statuses reaped while starts were in flight, not yet claimed.
-    parked: Vec<(Pid, Waited)>,
-    /// Statuses routed to their claimant, not yet collected.
-    inbox: HashMap<Pid, (u32, Waited)>,
-    /// The reap-all reactor's wake pipe, if there is one.
-    reap_all_wake: Option<RawFd>,
-    /// Children of dropped reactors, reaped when they die.
-    orphans: Vec<(Pid, Option<OwnedFd>)>,
+    /// A careful pass stopped at an unclaimed child: wake the reap-all
+    /// reactor when the last start in flight ends.
+    deferred: bool,
+    /// Statuses routed to their claimant, not yet taken.
+    inbox: HashMap<ChildId, Waited>,
+    reap_all: Option<ReapAll>,
 }
 
-struct Shared {
-    locked: AtomicBool,
-    routes: UnsafeCell<Option<ManuallyDrop<Routes>>>,
-}
+/// Reap-all passes running: from [`Pass::begin`] to the end of routing.
+/// Raised under the lock; a futex word that starts and claimants sleep on.
+static PASSES: AtomicU32 = AtomicU32::new(0);
+/// Statuses in the inbox: lets `dispatch` skip the lock when there is none.
+static INBOX: AtomicUsize = AtomicUsize::new(0);
+/// Whether a reap-all reactor exists.
+static REAP_ALL: AtomicBool = AtomicBool::new(false);
 
-// SAFETY: `routes` is only reached through `lock()`, which gives one thread
-// at a time exclusive access (the spin lock's acquire/release orderings
-// publish the contents between them).
-unsafe impl Sync for Shared {}
-
-static SHARED: Shared = Shared {
-    locked: AtomicBool::new(false),
-    routes: UnsafeCell::new(None),
-};
-
-/// Reap-all passes running (reaped, not yet routed).
-static PASSES: AtomicUsize = AtomicUsize::new(0);
-/// Whether the orphan list may be non-empty (checked without the lock).
-static ORPHANS: AtomicBool = AtomicBool::new(false);
-
-struct Guard {
-    routes: &'static mut Routes,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        SHARED.locked.store(false, Ordering::Release);
-    }
-}
-
-impl std::ops::Deref for Guard {
-    type Target = Routes;
-    fn deref(&self) -> &Routes {
-        self.routes
-    }
-}
-
-impl std::ops::DerefMut for Guard {
-    fn deref_mut(&mut self) -> &mut Routes {
-        self.routes
-    }
-}
-
-fn lock() -> Guard {
-    while SHARED
-        .locked
-        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        std::thread::yield_now();
-    }
-    // SAFETY: we hold the lock, so no other reference to the contents
-    // exists until the guard releases it.
-    let slot = unsafe { &mut *SHARED.routes.get() };
-    let generation = crate::process::fork_generation();
-    match slot {
-        Some(routes) if routes.generation == generation => {}
-        _ => {
-            // First use, or first use in a forked child: the inherited
-            // contents (if any) belong to the parent and are leaked
-            // (`ManuallyDrop`), never freed here.
-            *slot = Some(ManuallyDrop::new(Routes {
-                generation,
-                ..Routes::default()
-            }));
-        }
-    }
-    let routes: &mut Routes = slot.as_mut().expect("just set");
-    Guard { routes }
-}
-
-/// In a forked child, from the `pthread_atfork` child handler: releases the
-/// lock that a thread which does not exist here may have held.
-/// Async-signal-safe (one atomic store).
-pub(crate) fn after_fork_in_child() {
-    SHARED.locked.store(false, Ordering::Release);
+/// In a forked child, from the atfork handler: no pass runs, the inbox is
+/// empty (the routes themselves are replaced at the next lock).
+/// Async-signal-safe: atomic stores.
+pub(super) fn reset_in_child() {
     PASSES.store(0, Ordering::Release);
-    // The parent's orphans are not this process's children.
-    ORPHANS.store(false, Ordering::Release);
+    INBOX.store(0, Ordering::Release);
+    REAP_ALL.store(false, Ordering::Release);
 }
 
-/// Puts children of a dropped reactor on the orphan list.
-pub(crate) fn adopt_orphans(children: impl IntoIterator<Item = (Pid, Option<OwnedFd>)>) {
-    let mut routes = lock();
-    let before = routes.orphans.len();
-    routes.orphans.extend(children);
-    if routes.orphans.len() > before {
-        ORPHANS.store(true, Ordering::Release);
-    }
-}
-
-/// Reaps the orphans that have died (see the module docs) with `sys`.
-pub(crate) fn reap_orphans(sys: &mut impl Reap) {
-    if !ORPHANS.load(Ordering::Acquire) {
-        return;
-    }
-    let mut routes = lock();
-    routes.orphans.retain(|(pid, pidfd)| {
-        let target = Target {
-            pid: *pid,
-            pidfd: pidfd.as_ref().map(AsRawFd::as_raw_fd),
-        };
-        loop {
-            match sys.reap(target) {
-                Err(Errno::EINTR) => continue,
-                // Dead and reaped now (or reaped by someone else: ECHILD).
-                Ok(Some(status)) if status.is_death() => return false,
-                Err(Errno::ECHILD) => return false,
-                _ => return true,
-            }
+/// Sleeps until no reap-all pass is running.
+fn wait_passes() {
+    loop {
+        let passes = PASSES.load(Ordering::Acquire);
+        if passes == 0 {
+            return;
         }
-    });
-    if routes.orphans.is_empty() {
-        ORPHANS.store(false, Ordering::Release);
+        futex_wait(&PASSES, passes);
     }
 }
 
-fn wake(fd: RawFd) {
-    let byte = 1u8;
-    // SAFETY: a one-byte write from a live local to a descriptor that is
-    // open while it is in the routes (see `Claimant::wake`); a full pipe
-    // (EAGAIN) is already readable, so the result does not matter.
-    unsafe { libc::write(fd, std::ptr::addr_of!(byte).cast(), 1) };
+/// The right to reap every child of the process (`LibraryAlways`): at most
+/// one exists per process, since two `waitpid(-1)` loops would steal each
+/// other's children. Dropping it gives the right back; dropped in a forked
+/// child (another fork generation), it does nothing at all.
+#[derive(Debug)]
+pub(crate) struct ReapAllToken {
+    reactor: u32,
+    generation: u64,
+}
+
+impl ReapAllToken {
+    /// Takes the right for `reactor`, woken through `wake` when the last
+    /// start in flight ends after a careful pass stopped.
+    ///
+    /// # Errors
+    /// [`Error::ReapAllTaken`] if another reactor of the process has it.
+    pub(crate) fn take(reactor: u32, wake: &Arc<WakePipe>) -> Result<Self, Error> {
+        let mut state = lock();
+        if state.routes.reap_all.is_some() {
+            return Err(Error::ReapAllTaken);
+        }
+        state.routes.reap_all = Some(ReapAll {
+            reactor,
+            wake: Arc::clone(wake),
+        });
+        REAP_ALL.store(true, Ordering::Release);
+        Ok(ReapAllToken {
+            reactor,
+            generation: fork_generation(),
+        })
+    }
+}
+
+impl Drop for ReapAllToken {
+    fn drop(&mut self) {
+        if self.generation != fork_generation() {
+            return;
+        }
+        let released;
+        let mut state = lock();
+        let ours = matches!(&state.routes.reap_all, Some(r) if r.reactor == self.reactor);
+        released = if ours {
+            REAP_ALL.store(false, Ordering::Release);
+            state.routes.reap_all.take()
+        } else {
+            None
+        };
+        drop(state);
+        drop(released);
+    }
 }
 
 /// A start in flight (see the module docs). Dropping it unfinished ends
@@ -215,29 +164,39 @@ pub(crate) struct Start {
 }
 
 impl Start {
+    /// Counts a start in flight, once no reap-all pass runs (it sleeps
+    /// meanwhile: a pass is a few wait calls).
     pub(crate) fn begin() -> Start {
-        lock().in_flight += 1;
-        Start { open: true }
-    }
-
-    /// Claims `pid` for `reactor` (woken through `wake`) and ends the start.
-    pub(crate) fn finish(mut self, pid: Pid, reactor: u32, wake: RawFd) {
-        self.end(Some((pid, Claimant { reactor, wake })));
-    }
-
-    fn end(&mut self, claim: Option<(Pid, Claimant)>) {
-        if !std::mem::replace(&mut self.open, false) {
-            return;
-        }
-        let mut routes = lock();
-        if let Some((pid, claimant)) = claim {
-            routes.claims.insert(pid, claimant);
-        }
-        routes.in_flight -= 1;
-        if routes.in_flight == 0 && !routes.parked.is_empty() {
-            if let Some(fd) = routes.reap_all_wake {
-                wake(fd);
+        loop {
+            let mut state = lock();
+            let passes = PASSES.load(Ordering::Acquire);
+            if passes == 0 {
+                state.routes.in_flight += 1;
+                return Start { open: true };
             }
+            drop(state);
+            futex_wait(&PASSES, passes);
+        }
+    }
+
+    /// Claims the child `id` (its reactor woken through `wake`) and ends
+    /// the start.
+    pub(crate) fn finish(mut self, id: ChildId, wake: &Arc<WakePipe>) {
+        self.open = false;
+        let replaced;
+        let mut state = lock();
+        replaced = state.routes.claims.insert(
+            id.pid,
+            Claimant {
+                id,
+                wake: Arc::clone(wake),
+            },
+        );
+        let reap_all = state.routes.end_start();
+        drop(state);
+        drop(replaced);
+        if let Some(reap_all) = reap_all {
+            reap_all.wake();
         }
     }
 
@@ -249,102 +208,200 @@ impl Start {
 
 impl Drop for Start {
     fn drop(&mut self) {
-        self.end(None);
+        if std::mem::replace(&mut self.open, false) {
+            let reap_all = lock().routes.end_start();
+            if let Some(reap_all) = reap_all {
+                reap_all.wake();
+            }
+        }
     }
-}
-
-/// A child of `reactor` left its table (reported): withdraw its claim.
-pub(crate) fn release(pid: Pid, reactor: u32) {
-    lock().withdraw(pid, reactor);
 }
 
 impl Routes {
-    /// Removes `reactor`'s claim on `pid`, if it has one.
-    fn withdraw(&mut self, pid: Pid, reactor: u32) {
-        if self.claims.get(&pid).is_some_and(|c| c.reactor == reactor) {
-            self.claims.remove(&pid);
+    /// One start fewer in flight; the reap-all reactor's pipe if it must
+    /// look again now.
+    fn end_start(&mut self) -> Option<Arc<WakePipe>> {
+        self.in_flight -= 1;
+        if self.in_flight > 0 || !std::mem::take(&mut self.deferred) {
+            return None;
+        }
+        self.reap_all.as_ref().map(|r| Arc::clone(&r.wake))
+    }
+
+    /// Removes `id`'s claim and routed status, if any; the claim removed.
+    fn withdraw(&mut self, id: ChildId) -> Option<Claimant> {
+        if self.inbox.remove(&id).is_some() {
+            INBOX.fetch_sub(1, Ordering::Release);
+        }
+        match self.claims.get(&id.pid) {
+            Some(c) if c.id == id => self.claims.remove(&id.pid),
+            _ => None,
         }
     }
 }
 
-/// `reactor` found its child `pid` gone (`ECHILD`): the status a reap-all
-/// reactor routed to it, if any. Withdraws the claim either way.
-pub(crate) fn collect(pid: Pid, reactor: u32) -> Option<Waited> {
-    // A pass that reaped the child may not have routed it yet.
-    while PASSES.load(Ordering::Acquire) > 0 {
-        std::thread::yield_now();
+/// The child `id` left its reactor's table (reported, or forgotten):
+/// withdraw its claim and any status routed to it.
+pub(crate) fn release(id: ChildId) {
+    let withdrawn;
+    let mut state = lock();
+    withdrawn = state.routes.withdraw(id);
+    drop(state);
+    drop(withdrawn);
+}
+
+/// The child `id` was found gone (`ECHILD`): the status a reap-all reactor
+/// routed to it, if any. Waits for a pass still running first. Withdraws
+/// the claim either way.
+pub(crate) fn collect(id: ChildId) -> Option<Waited> {
+    wait_passes();
+    let withdrawn;
+    let mut state = lock();
+    let status = state.routes.inbox.get(&id).copied();
+    withdrawn = state.routes.withdraw(id);
+    drop(state);
+    drop(withdrawn);
+    status
+}
+
+/// The status routed to `id` and not yet taken, without taking it (for
+/// `try_wait`). No lock when nothing was ever routed and no pass runs.
+pub(crate) fn peek_routed(id: ChildId) -> Option<Waited> {
+    if INBOX.load(Ordering::Acquire) == 0 && PASSES.load(Ordering::Acquire) == 0 {
+        return None;
     }
-    let mut routes = lock();
-    routes.withdraw(pid, reactor);
-    match routes.inbox.get(&pid) {
-        Some(&(owner, waited)) if owner == reactor => {
-            routes.inbox.remove(&pid);
-            Some(waited)
+    wait_passes();
+    lock().routes.inbox.get(&id).copied()
+}
+
+/// Whether the child `id` has been reaped by a reap-all reactor (its status
+/// routed, or a pass running that may have reaped it): its pid may name
+/// another process once the status is routed, so it must not be signalled
+/// by pid. No lock when no reap-all reactor exists.
+pub(crate) fn reaped_elsewhere(id: ChildId) -> bool {
+    if !REAP_ALL.load(Ordering::Acquire) && INBOX.load(Ordering::Acquire) == 0 {
+        return false;
+    }
+    wait_passes();
+    lock().routes.inbox.contains_key(&id)
+}
+
+/// Takes every status routed to `reactor`'s children, into `out`. No lock
+/// when the inbox is empty.
+pub(crate) fn take_routed(reactor: u32, out: &mut Vec<(ChildId, Waited)>) {
+    if INBOX.load(Ordering::Acquire) == 0 {
+        return;
+    }
+    let mut withdrawn = Vec::new();
+    let mut state = lock();
+    let routes = &mut state.routes;
+    routes.inbox.retain(|id, waited| {
+        let mine = id.reactor == reactor;
+        if mine {
+            out.push((*id, *waited));
+            INBOX.fetch_sub(1, Ordering::Release);
         }
-        // Reaped while its start was in flight and not routed yet: the
-        // pid is ours (it was claimed since), so is the status.
-        _ => {
-            let at = routes.parked.iter().position(|&(p, _)| p == pid)?;
-            Some(routes.parked.swap_remove(at).1)
-        }
+        !mine
+    });
+    for (id, _) in out.iter() {
+        withdrawn.extend(routes.withdraw(*id));
     }
+    drop(state);
+    drop(withdrawn);
 }
 
-/// A reactor goes away (or leaves a mode): withdraw all its claims and
-/// statuses, and its reap-all wake-up, before its pipe is closed.
-pub(crate) fn forget_reactor(reactor: u32, reap_all_wake: Option<RawFd>) {
-    let mut routes = lock();
-    routes.claims.retain(|_, c| c.reactor != reactor);
-    routes.inbox.retain(|_, (owner, _)| *owner != reactor);
-    if reap_all_wake.is_some() && routes.reap_all_wake == reap_all_wake {
-        routes.reap_all_wake = None;
+/// A reactor goes away: withdraw all its claims and statuses.
+pub(crate) fn forget_reactor(reactor: u32) {
+    let mut withdrawn = Vec::new();
+    let mut state = lock();
+    let routes = &mut state.routes;
+    let before = routes.inbox.len();
+    routes.inbox.retain(|id, _| id.reactor != reactor);
+    INBOX.fetch_sub(before - routes.inbox.len(), Ordering::Release);
+    let pids: Vec<Pid> = routes
+        .claims
+        .iter()
+        .filter(|(_, c)| c.id.reactor == reactor)
+        .map(|(pid, _)| *pid)
+        .collect();
+    for pid in pids {
+        withdrawn.extend(routes.claims.remove(&pid));
     }
+    drop(state);
+    drop(withdrawn);
 }
 
-/// The reap-all reactor's wake pipe, for the end of the last start in
-/// flight.
-pub(crate) fn set_reap_all_wake(fd: Option<RawFd>) {
-    lock().reap_all_wake = fd;
-}
-
-/// A reap-all pass: from `begin` to `route`, claimants that find a child
-/// gone wait for it.
+/// A reap-all pass: from `begin` to `route`, starts wait and claimants that
+/// find a child gone wait for it.
 #[derive(Debug)]
-pub(crate) struct Pass(());
+pub(crate) struct Pass {
+    careful: bool,
+    open: bool,
+}
 
 impl Pass {
     pub(crate) fn begin() -> Pass {
+        let state = lock();
         PASSES.fetch_add(1, Ordering::AcqRel);
-        Pass(())
+        let careful = state.routes.in_flight > 0;
+        Pass {
+            careful,
+            open: true,
+        }
     }
 
-    /// Routes the strangers of the pass (and those parked earlier): each
-    /// claimed one goes to its claimant; the others are kept for the
-    /// unknown-child hook, unless starts are in flight (then they are
-    /// parked). `strangers` is left holding those for the hook.
-    pub(crate) fn route(self, strangers: &mut Vec<(Pid, Waited)>) {
-        let mut routes = lock();
-        let routes = &mut *routes;
-        let parked = std::mem::take(&mut routes.parked);
-        strangers.extend(parked);
+    /// Whether starts were in flight when the pass began: it must then
+    /// peek and ask [`may_reap`](Self::may_reap) before each reap.
+    pub(crate) fn careful(&self) -> bool {
+        self.careful
+    }
+
+    /// A careful pass peeked `pid`, dead: may it reap it? Yes if a reactor
+    /// claimed it or no start is in flight any more; otherwise the pass
+    /// must stop (the end of the last start wakes the reap-all reactor).
+    pub(crate) fn may_reap(&self, pid: Pid) -> bool {
+        let mut state = lock();
+        let routes = &mut state.routes;
+        if routes.claims.contains_key(&pid) || routes.in_flight == 0 {
+            return true;
+        }
+        routes.deferred = true;
+        false
+    }
+
+    /// Routes what the pass reaped: each claimed pid's status goes to its
+    /// claimant (woken after the lock is released); `strangers` is left
+    /// holding the others, for the unknown-child hook. Ends the pass.
+    pub(crate) fn route(mut self, strangers: &mut Vec<(Pid, Waited)>) {
+        let mut wakes = Vec::new();
+        let mut state = lock();
+        let routes = &mut state.routes;
         strangers.retain(|&(pid, waited)| match routes.claims.remove(&pid) {
             Some(claimant) => {
-                routes.inbox.insert(pid, (claimant.reactor, waited));
-                wake(claimant.wake);
-                false
-            }
-            None if routes.in_flight > 0 => {
-                routes.parked.push((pid, waited));
+                routes.inbox.insert(claimant.id, waited);
+                INBOX.fetch_add(1, Ordering::Release);
+                wakes.push(claimant.wake);
                 false
             }
             None => true,
         });
-        drop(self);
+        drop(state);
+        self.end();
+        for wake in &wakes {
+            wake.wake();
+        }
+    }
+
+    fn end(&mut self) {
+        if std::mem::replace(&mut self.open, false) {
+            PASSES.fetch_sub(1, Ordering::AcqRel);
+            futex_wake_all(&PASSES);
+        }
     }
 }
 
 impl Drop for Pass {
     fn drop(&mut self) {
-        PASSES.fetch_sub(1, Ordering::AcqRel);
+        self.end();
     }
 }

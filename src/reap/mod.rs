@@ -84,6 +84,10 @@ pub(crate) struct Target {
 pub(crate) trait Watched {
     /// The child's pidfd, if it is watched (and named) through one.
     fn pidfd(&self) -> Option<RawFd>;
+    /// The serial of its registration (the rest of its `ChildId`).
+    fn serial(&self) -> u64 {
+        0
+    }
 }
 
 impl Watched for libc::pid_t {
@@ -399,6 +403,55 @@ pub(crate) fn reap_all<R: Reap, T>(
                 }
                 return Ok(());
             }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// [`reap_all`] while starts are in flight: peeks at each dead child
+/// (`waitid(P_ALL, WNOWAIT)`) and reaps it (by pid, or by its pidfd if it
+/// is registered with one) only if `may_reap` says so; stops at the first
+/// it may not reap (a child a start in flight may own: see
+/// `process::routes`). Two calls per exit instead of one, and no child that
+/// a start in flight could own is ever reaped.
+pub(crate) fn reap_all_careful<R: Reap, T: Watched>(
+    sys: &mut R,
+    table: &mut ChildTable<T>,
+    mut may_reap: impl FnMut(Pid) -> bool,
+    mut out: impl FnMut(Reaped<T>),
+) -> io::Result<()> {
+    loop {
+        let pid = match retry_eintr(|| sys.peek()) {
+            Ok(None) => return Ok(()),
+            Ok(Some((pid, _))) => pid,
+            Err(Errno::ECHILD) => {
+                for (pid, value) in table.drain() {
+                    out(Reaped::Lost(pid, value));
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let registered = table.get(pid).map(|value| target(pid, value));
+        if registered.is_none() && !may_reap(pid) {
+            return Ok(());
+        }
+        let target = registered.unwrap_or(Target { pid, pidfd: None });
+        match retry_eintr(|| sys.reap(target)) {
+            // A ptrace stop consumed: it ends nobody.
+            Ok(Some(status)) if !status.is_death() => {}
+            Ok(Some(status)) => match table.remove(pid) {
+                Some(value) => out(Reaped::Died(pid, status, value)),
+                None => out(Reaped::Stranger(pid, status)),
+            },
+            // Gone between the peek and the reap: someone else's wait.
+            Err(Errno::ECHILD) => {
+                if let Some(value) = table.remove(pid) {
+                    out(Reaped::Lost(pid, value));
+                }
+            }
+            // Nothing after all: look again at the next wake-up.
+            Ok(None) => return Ok(()),
             Err(e) => return Err(e.into()),
         }
     }
