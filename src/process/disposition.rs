@@ -7,7 +7,7 @@
 //! `SIG_DFL`, or when stop reports are switched on or off. See the parent
 //! module's `# Handler lifetime` for the decision table.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use super::handler::{on_sigchld, wants_stops};
 use crate::sys::{self, Action, ActionSlot};
@@ -40,11 +40,51 @@ pub(super) fn installs() -> u64 {
 pub(crate) fn before_start(needs_handler: bool) -> Result<(), Error> {
     let cur = current()?;
     check_usable(&cur)?;
-    if !needs_handler || cur.is(on_sigchld) || shadowed(&cur) {
+    if !needs_handler || cur.is(on_sigchld) {
         return Ok(());
+    }
+    if shadowed(&cur) {
+        return check_chains(&cur);
     }
     let _state = super::lock();
     ensure(true, wants_stops())
+}
+
+/// The handler address last found to chain to ours (so the check below
+/// runs once per handler installed over ours).
+static CHAINS: AtomicUsize = AtomicUsize::new(0);
+
+/// A real handler installed over ours, where a reactor needs ours to run:
+/// does it call ours? Asked once per such handler by raising `SIGCHLD` in
+/// this thread (delivered before `raise` returns, if the thread does not
+/// block it; a spurious `SIGCHLD` is harmless to any correct handler) and
+/// seeing whether ours ran. If the thread blocks `SIGCHLD`, nothing can be
+/// told, and the handler is given the benefit of the doubt.
+///
+/// # Errors
+/// [`Error::HandlerConflict`] if it does not chain: every reactor that
+/// needs `SIGCHLD` would wait for ever.
+fn check_chains(cur: &Action) -> Result<(), Error> {
+    if CHAINS.load(Ordering::Relaxed) == cur.handler() {
+        return Ok(());
+    }
+    let before = on_sigchld_calls();
+    if !sys::raise_sigchld() {
+        return Ok(());
+    }
+    if on_sigchld_calls() == before {
+        return Err(Error::HandlerConflict {
+            reason: "a SIGCHLD handler installed after evchild's does not call it, so evchild \
+                     never learns of its children's deaths; make that handler chain to the one \
+                     it replaced, or use Mainloop mode",
+        });
+    }
+    CHAINS.store(cur.handler(), Ordering::Relaxed);
+    Ok(())
+}
+
+fn on_sigchld_calls() -> usize {
+    super::handler::CALLS.load(Ordering::Relaxed)
 }
 
 /// A real handler installed after ours: left alone (it may chain to us,
@@ -70,7 +110,7 @@ pub(super) fn ensure(needs_handler: bool, stops: bool) -> Result<(), Error> {
         return install(&cur, stops);
     }
     if shadowed(&cur) {
-        return Ok(());
+        return check_chains(&cur);
     }
     remember_prev(&cur);
     install(&cur, stops)

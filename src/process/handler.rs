@@ -196,12 +196,17 @@ fn wait_for_readers() {
 ///
 /// No allocation, no lock, no panic: there is no `unwrap`, indexing stays in
 /// bounds by construction (`HIGH <= CAPACITY`), and no formatting happens.
+/// Calls of [`on_sigchld`] so far: how `disposition` tells whether a
+/// handler installed over ours chains to it.
+pub(super) static CALLS: AtomicUsize = AtomicUsize::new(0);
+
 pub(super) extern "C" fn on_sigchld(
     sig: libc::c_int,
     info: *mut libc::siginfo_t,
     ctx: *mut libc::c_void,
 ) {
     let saved_errno = Errno::last_raw();
+    CALLS.fetch_add(1, Ordering::Relaxed);
     let generation = enter_read();
     let high = HIGH.load(Ordering::Acquire).min(CAPACITY);
     for slot in &SLOTS[..high] {

@@ -38,8 +38,8 @@ pub(crate) use leak::Leakable;
 pub(crate) use lock::{futex_wait, futex_wake_all, Lock, LockGuard};
 pub(crate) use pidfd::{pidfd_open, pidfd_supported};
 pub(crate) use signal::{
-    call_chained, getpgid, kill, kill_group, pidfd_send_signal, sigchld_action, sigchld_query,
-    sigchld_set, take_pending_sigpipe, Action, ActionSlot,
+    call_chained, getpgid, kill, kill_group, pidfd_send_signal, raise_sigchld, sigchld_action,
+    sigchld_query, sigchld_set, take_pending_sigpipe, Action, ActionSlot,
 };
 pub(crate) use timer::{timer_create, timer_drain, timer_set, wait_readable};
 pub(crate) use wait::{is_unreaped_child, kill_and_reap, probe_child, SysReap};

@@ -220,3 +220,22 @@ pub(crate) fn take_pending_sigpipe() {
     // this thread, as sigtimedwait requires.
     unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &zero) };
 }
+
+/// Raises `SIGCHLD` in this thread, if the thread does not block it: then
+/// it is delivered (the handler has run) before this returns. Whether it
+/// was raised.
+pub(crate) fn raise_sigchld() -> bool {
+    let mut current = nix::sys::signal::SigSet::empty();
+    let blocked = nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_BLOCK,
+        None,
+        Some(&mut current),
+    )
+    .map_or(true, |()| {
+        current.contains(nix::sys::signal::Signal::SIGCHLD)
+    });
+    if blocked {
+        return false;
+    }
+    nix::sys::signal::raise(nix::sys::signal::Signal::SIGCHLD).is_ok()
+}
