@@ -68,12 +68,10 @@ fn dispatch_until(reactor: &mut Reactor<Deaths>, deaths: &mut Deaths, total: usi
     }
 }
 
-/// A `Mainloop` reactor's child, reaped by the reap-all reactor: its
-/// status is routed, the reactor becomes readable, `try_wait` says it
-/// exited (not lost), `kill` refuses to signal its pid, and `dispatch`
-/// (without `sigchld_occurred`) runs the callback with the exact status.
-#[test]
-fn mainloop_reactors_get_routed_statuses_through_dispatch() {
+/// A `Mainloop` reactor's child, reaped by the reap-all reactor, with its
+/// status routed to the `Mainloop` reactor (which is then readable);
+/// `check` runs then, before any dispatch.
+fn routed_to_mainloop(check_routed: impl FnOnce(&mut Reactor<Deaths>, evchild::ChildId)) {
     let check = Check::start();
     {
         let _reap_all = ReapAll::start();
@@ -87,14 +85,7 @@ fn mainloop_reactors_get_routed_statuses_through_dispatch() {
             util::readable_within(mainloop.as_raw_fd(), Duration::from_secs(10)),
             "the routed status did not wake the reactor"
         );
-        match mainloop.try_wait(id).expect("try_wait") {
-            ChildStatus::Exited(status) => assert_eq!(status.code(), Some(7)),
-            other => panic!("try_wait: {other:?}"),
-        }
-        match mainloop.kill(id, libc::SIGTERM) {
-            Err(Error::AlreadyReaped { .. }) => {}
-            other => panic!("a routed child was signalled by pid: {other:?}"),
-        }
+        check_routed(&mut mainloop, id);
         dispatch_until(&mut mainloop, &mut deaths, 1);
         deaths.assert_code(id, 7);
         assert_eq!(
@@ -103,6 +94,35 @@ fn mainloop_reactors_get_routed_statuses_through_dispatch() {
         );
     }
     check.finish();
+}
+
+/// `dispatch` alone (no `sigchld_occurred`) delivers a routed status to a
+/// `Mainloop` reactor, with the exact status.
+#[test]
+fn mainloop_reactors_get_routed_statuses_through_dispatch() {
+    routed_to_mainloop(|_, _| {});
+}
+
+/// `try_wait` finds a routed status in the inbox: the child exited (its
+/// callback will get that status), not lost.
+#[test]
+fn try_wait_sees_a_routed_status() {
+    routed_to_mainloop(
+        |reactor, id| match reactor.try_wait(id).expect("try_wait") {
+            ChildStatus::Exited(status) => assert_eq!(status.code(), Some(7)),
+            other => panic!("try_wait: {other:?}"),
+        },
+    );
+}
+
+/// A child whose status was routed (reaped by the reap-all reactor, not yet
+/// collected) is never signalled by pid: its pid may be another process's.
+#[test]
+fn a_routed_child_is_not_signalled_by_pid() {
+    routed_to_mainloop(|reactor, id| match reactor.kill(id, libc::SIGTERM) {
+        Err(Error::AlreadyReaped { .. }) => {}
+        other => panic!("a routed child was signalled by pid: {other:?}"),
+    });
 }
 
 /// Two statuses for one pid (reused between two reactors' children) are
