@@ -260,7 +260,7 @@ fn a_non_chaining_handler_over_ours_is_detected() {
     ));
     deaths.assert_code(first.id, 0);
     // Other code installs a handler that swallows SIGCHLD.
-    util::set_disposition(swallow as libc::sighandler_t, libc::SA_RESTART);
+    util::set_disposition(swallow as *const () as libc::sighandler_t, libc::SA_RESTART);
     match reactor.spawn(&mut Command::new("true"), util::record) {
         Err(Error::HandlerConflict { .. }) => {}
         other => panic!("a non-chaining handler went unnoticed: {other:?}"),

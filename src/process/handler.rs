@@ -5,7 +5,7 @@
 //! below [`HIGH`] and writes one byte to each used one: O(slots ever used)
 //! per signal, with no lock. The table has a fixed capacity
 //! ([`CAPACITY`]); past it, registering fails with
-//! [`Error::TooManyReactors`]. See the parent module for the writers' lock,
+//! [`Error::TooManyReactors`]. See the parent module for the process lock,
 //! the fork generation and the reader protocol.
 
 use std::os::fd::RawFd;
@@ -32,7 +32,7 @@ static HIGH: AtomicUsize = AtomicUsize::new(0);
 static READ_GENERATION: AtomicUsize = AtomicUsize::new(0);
 static READERS: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
 
-// The writers' state, only changed under the writers' lock (and reset by the
+// The writers' state, only changed under the process lock (and reset by the
 // atfork child handler). Atomics so that reset is a plain atomic store.
 #[allow(clippy::declare_interior_mutable_const)] // only used to initialise USED
 const FREE: AtomicBool = AtomicBool::new(false);

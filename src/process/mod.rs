@@ -1,23 +1,29 @@
-//! The one process-wide `SIGCHLD` handler, the registry of wake pipes it
-//! writes to, the reap-all right, and the fork generation that keeps all
-//! three from leaking into a forked child.
+//! All process-wide state, in one home: the `SIGCHLD` handler and the
+//! table of wake pipes it writes to, the disposition, the routes between
+//! reactors (claims, starts in flight, the inbox, the reap-all right), the
+//! orphans of dropped reactors, and the fork generation that keeps all of
+//! it from leaking into a forked child.
 //!
-//! `SIGCHLD` is a process-wide resource, so all reactors of the process share
-//! one handler. A reactor that needs it (`Library` mode with a `SIGCHLD`
-//! backend and live children, `LibraryAlways` from creation to drop) holds a
-//! [`Registration`]: a slot in a fixed table of `handler::CAPACITY` (256) wake-pipe write
-//! ends ([`registry`]). Cost: the handler writes one byte per used slot per
-//! signal; registering takes a process-wide spin lock and one
-//! `sigaction(SIGCHLD, NULL, &cur)` query, unregistering the lock and a wait
-//! for running handlers, and neither installs anything in steady state.
+//! What is not read by the signal handler sits in one [`State`] behind one
+//! lock ([`lock`]): a futex word (`sys::Lock`), so a waiting thread sleeps
+//! instead of spinning, and a forked child releases it with one atomic
+//! store. No system call runs under it, except `sigaction` while the
+//! handler is being (re)installed (rare: the first time, after other code
+//! reset `SIGCHLD`, when stop reports are switched). What the handler reads
+//! is atomics only (the slot table), written under the same lock.
 //!
-//! * `registry.rs`: the slot table, the handler itself, and the reader
+//! * `handler.rs`: the slot table, the handler itself, and the reader
 //!   protocol that lets a slot be emptied before its descriptor is closed.
+//!   A reactor that needs the handler holds a [`Registration`] (a slot).
+//!   Cost: the handler writes one byte per used slot per signal.
 //! * `disposition.rs`: reading, checking, installing and chaining the
-//!   `SIGCHLD` disposition ([`before_start`], [`check_reapable`]).
-//! * `reap_all.rs`: the `LibraryAlways` token ([`ReapAllToken`]).
+//!   `SIGCHLD` disposition ([`before_start`]), and telling whether a
+//!   handler installed over ours chains to it.
+//! * `routes.rs`: who may reap which pid (the reap-all right
+//!   [`ReapAllToken`], claims, starts in flight, the inbox).
+//! * `orphans.rs`: children that dropped reactors left running.
 //!
-//! # Handler lifetime ("always selective reap")
+//! # # Handler lifetime ("always selective reap")
 //!
 //! Once evchild installs its handler it stays installed for the life of the
 //! process (until `exec`): the last registration leaving only empties its
@@ -38,11 +44,11 @@
 //! # Fork generations
 //!
 //! A child forked without `exec` inherits the handler, the slot table (the
-//! parent's descriptor numbers), the writers' lock (perhaps held by a thread
-//! that does not exist in the child) and the reap-all right. None of it may
+//! parent's descriptor numbers), the process lock (perhaps held by a thread
+//! that does not exist in the child), the routes and the orphans. None of it may
 //! act there. [`init`] (called by `Reactor::new`) registers, once, a
 //! `pthread_atfork` child handler that runs [`advance_after_fork`]: it empties
-//! every slot, resets the lock, the registry's counts and the reap-all right,
+//! every slot, resets the lock, the slot table's counts, the routes' counters and the orphan counts,
 //! and advances [`FORK_GENERATION`]. evchild's own fork path calls it too if
 //! the generation did not move (a `fork_replacement` that bypasses
 //! `pthread_atfork`). A [`Registration`] or [`ReapAllToken`] remembers the
@@ -71,16 +77,18 @@
 //!
 //! The handler reads shared state through atomics only: it takes no lock,
 //! allocates and frees nothing, and cannot panic. Writers (register,
-//! unregister, install) are serialised by a spin lock on an `AtomicBool`
-//! (yielding while it waits), and all the state it guards is atomics too, so
-//! the atfork child handler can reset everything with atomic stores. A slot
+//! unregister, install) are serialised by the process lock, and the slot
+//! table they change is atomics, so the atfork child handler can reset it
+//! with atomic stores. A slot
 //! is emptied in two steps so the handler never writes to a descriptor that
 //! has been closed (and perhaps reused for an unrelated file): the writer
 //! clears the slot, then waits until every handler that might have read the
 //! old value has finished. Handlers announce themselves in one of two reader
 //! counters chosen by a reader generation; the writer flips the generation
 //! and waits only for the old generation's counter, so a stream of new
-//! signals cannot starve it (the scheme of signal-hook's `HalfLock`).
+//! signals cannot starve it (the scheme of signal-hook's `HalfLock`). That
+//! wait yields rather than sleeps: what it waits for is a handler's few
+//! one-byte writes, which cannot block.
 //!
 //! # Race conditions
 //!
@@ -180,8 +188,8 @@ pub(crate) fn fork_generation() -> u64 {
 }
 
 /// What the `pthread_atfork` child handler does, in the (single-threaded)
-/// child right after `fork`: empties the slot table, resets the registry's
-/// counts, the writers' lock and the reap-all right, then advances the fork
+/// child right after `fork`: empties the slot table, resets the slot table's
+/// counts, the process lock, the routes' and orphans' counters, then advances the fork
 /// generation, so that everything inherited from the parent is inert and the
 /// child may create reactors of its own.
 ///

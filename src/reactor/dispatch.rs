@@ -31,17 +31,16 @@ impl<C> Reactor<C> {
     /// 1. Find what woke the reactor, with one `epoll_wait` (no timeout) on
     ///    its own set: the wake pipe, which is emptied *before* reaping (a
     ///    `SIGCHLD` that lands during the reap writes a new byte, so the
-    ///    loop wakes again), and the pidfds that are readable. Nothing woke
-    ///    it: no wait call for its own children at all. (Children that a
-    ///    dropped reactor left running, the orphan list, are looked at by
-    ///    every `dispatch`, one wait each, until they have died: see
-    ///    [`DropPolicy::Leave`](crate::DropPolicy::Leave).)
-    /// 2. Reap: `Library`, by backend (see the crate docs): the children
-    ///    whose pidfds are readable, one `waitid(P_PIDFD)` each, and after a
-    ///    `SIGCHLD` the peek or the scan over the children without a pidfd,
-    ///    never another pid; `LibraryAlways`, `wait4(-1, WNOHANG)` until
-    ///    nothing is left, routing children of other reactors to them;
-    ///    `Mainloop`, nothing (the application reaps).
+    ///    loop wakes again), the pidfds that are readable, and the orphan
+    ///    set. Nothing woke it: no wait call at all.
+    /// 2. Reap, as the watcher decides (see `watch/mod.rs`): orphans that
+    ///    died (their death woke every reactor); children whose pidfds are
+    ///    readable, one `waitid(P_PIDFD)` each; after a wake-up through the
+    ///    pipe, statuses a `LibraryAlways` reactor routed here (every mode),
+    ///    then by mode: `Library`, the peek or the scan over the children
+    ///    without a pidfd, never another pid; `LibraryAlways`, every dead
+    ///    child of the process, routing children of other reactors to them;
+    ///    `Mainloop`, none of its own (the application reaps).
     /// 3. Send `SIGKILL` to children whose [`terminate`](Reactor::terminate)
     ///    grace period has run out (after the reap, so a child that obeyed
     ///    is not signalled).

@@ -6,8 +6,11 @@
 //! child is in the table before `fork` returns, so before any `dispatch`
 //! can look for it. Everything the parent needs is allocated before the
 //! fork; the child touches nothing of the reactor's.
-
-#![allow(unsafe_code)]
+//!
+//! The crate's one `unsafe` outside `sys/`: these two functions are
+//! `unsafe` to call (what the child may do is the caller's contract), so
+//! they are declared `unsafe` and allowed item by item; their bodies only
+//! forward that contract to `sys::fork`.
 
 use crate::reactor::OnDeath;
 use crate::{ChildId, Error, Exit, Forked, Reactor, Result};
@@ -75,6 +78,7 @@ impl<C> Reactor<C> {
     /// assert_eq!(codes, [7]);
     /// # Ok::<(), evchild::Error>(())
     /// ```
+    #[allow(unsafe_code)] // an `unsafe fn`: see the module docs
     pub unsafe fn fork(
         &mut self,
         on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + Send + 'static,
@@ -171,6 +175,7 @@ impl<C> Reactor<C> {
     /// # Errors
     ///
     /// As for [`fork`](Reactor::fork).
+    #[allow(unsafe_code)] // an `unsafe fn`: see the module docs
     pub unsafe fn fork_with(
         &mut self,
         child: impl FnOnce() -> i32,

@@ -136,8 +136,9 @@ impl<C> Reactor<C> {
     /// # Errors
     ///
     /// As for [`dispatch`](Reactor::dispatch) (a callback's panic
-    /// propagates too), and [`Error::ForeignId`] for an id of another
-    /// reactor.
+    /// propagates too), [`Error::ForeignId`] for an id of another
+    /// reactor, and [`Error::WrongMode`] in `Mainloop` mode (the
+    /// application reaps there: nothing in `wait_for` could).
     pub fn wait_for(
         &mut self,
         ctx: &mut C,
@@ -147,6 +148,14 @@ impl<C> Reactor<C> {
         self.check_process()?;
         if id.reactor != self.number {
             return Err(Error::ForeignId { id });
+        }
+        if self.mode() == crate::SigchldOwner::Mainloop {
+            return Err(Error::WrongMode {
+                call: "wait_for",
+                mode: self.mode(),
+                hint: "the application reaps in this mode, so nothing in wait_for could: wait \
+                       for the child yourself and report it with reaped",
+            });
         }
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
