@@ -380,6 +380,22 @@ mod watch;
 #[doc(hidden)]
 pub use reap::model as fuzzing;
 
+/// Counters that evchild's own tests read (atomic loads). Not part of the
+/// API: they may change or go at any time.
+#[doc(hidden)]
+pub mod __private {
+    /// How many `sigaction(SIGCHLD, &new, ..)` calls evchild has made to
+    /// install or refresh its handler in this process.
+    pub fn sigchld_installs() -> u64 {
+        crate::process::debug::installs()
+    }
+
+    /// How many reactors hold a slot in the handler's table now.
+    pub fn sigchld_registrations() -> usize {
+        crate::process::debug::registrations()
+    }
+}
+
 pub use reactor::{
     ChildStatus, DropPolicy, Forgotten, IntoStdio, Output, OutputOptions, Reactor, Spawned, Stats,
 };

@@ -61,18 +61,23 @@ pub(crate) struct Registration {
 /// is dropped), after checking the disposition and installing our handler
 /// if it is needed ([`super::before_start`] with a handler needed).
 ///
+/// The disposition is checked (and our handler installed) before the
+/// process lock is taken for the slot: in the steady state (our handler
+/// current) that is one query and no system call under the lock.
+///
 /// # Errors
 /// [`Error::HandlerConflict`] if `SIGCHLD` is ignored or `SA_NOCLDWAIT` is set,
-/// or `sigaction` fails; [`Error::TooManyReactors`] if the table is full. In
-/// both cases nothing changed.
+/// or `sigaction` fails, and nothing changed; [`Error::TooManyReactors`] if
+/// the table is full (our handler may have been installed: it stays
+/// installed anyway, see the parent module).
 pub(crate) fn register(wake_fd: RawFd) -> Result<Registration, Error> {
     debug_assert!(wake_fd >= 0);
+    disposition::before_start(true)?;
     let _guard = lock();
     let slot = USED
         .iter()
         .position(|u| !u.load(Ordering::Relaxed))
         .ok_or(Error::TooManyReactors { capacity: CAPACITY })?;
-    disposition::ensure(true, wants_stops())?;
     USED[slot].store(true, Ordering::Relaxed);
     USERS.fetch_add(1, Ordering::Relaxed);
     // Release: a handler that sees the fd (Acquire) sees a complete slot.

@@ -235,8 +235,8 @@ pub(crate) fn init() {
     ATFORK.store(if registered { 2 } else { 0 }, Ordering::Release);
 }
 
-/// Counters for tests (through the `fuzzing` feature): not part of the API.
-#[cfg(any(test, feature = "fuzzing"))]
+/// Counters for evchild's own tests (`evchild::__private`): not part of the
+/// API.
 pub(crate) mod debug {
     /// How many `sigaction(SIGCHLD, &new, ..)` calls evchild has made to
     /// install or refresh its handler in this process.
