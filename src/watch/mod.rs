@@ -426,8 +426,9 @@ impl Watcher {
         sys: &mut SysReap,
         out: &mut dyn FnMut(Reaped<T>),
     ) -> Result<()> {
-        if woken.orphans {
-            orphans::reap_ready(&self.orphan_set, sys);
+        if woken.orphans && orphans::reap_ready(&self.orphan_set, sys) {
+            // More may be ready than one batch: look again soon.
+            self.pipe.wake();
         }
         if woken.pipe {
             orphans::reap_signalled(sys);
