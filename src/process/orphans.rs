@@ -187,7 +187,9 @@ pub(crate) fn reap_ready(set: &Epoll, sys: &mut impl Reap) -> bool {
     let keys: Vec<usize> = {
         let state = lock();
         let by_pid = &state.orphans.by_pid;
-        pids.iter().filter_map(|pid| by_pid.get(pid).copied()).collect()
+        pids.iter()
+            .filter_map(|pid| by_pid.get(pid).copied())
+            .collect()
     };
     look_at(keys.into_iter(), sys, Some(set));
     n == events.len()
