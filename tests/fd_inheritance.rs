@@ -15,7 +15,7 @@
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-mod util;
+use evchild_testkit as util;
 
 use std::collections::BTreeSet;
 use std::io::Read;

@@ -22,7 +22,7 @@
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-mod util;
+use evchild_testkit as util;
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};

@@ -14,7 +14,7 @@
 //! evchild chains to a handler depends on whether it ever installed its own
 //! in the process.
 
-mod util;
+use evchild_testkit as util;
 
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};

@@ -12,7 +12,7 @@
 //!
 //! In its own binary: the tests change the process's `SIGCHLD` disposition.
 
-mod util;
+use evchild_testkit as util;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};

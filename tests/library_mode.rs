@@ -16,7 +16,7 @@
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-mod util;
+use evchild_testkit as util;
 
 use std::collections::{BTreeSet, HashSet};
 use std::io;

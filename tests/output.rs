@@ -7,7 +7,7 @@
 //! with this run's backend (`EVCHILD_TEST_BACKEND`), except the one that
 //! goes through all of them.
 
-mod util;
+use evchild_testkit as util;
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};

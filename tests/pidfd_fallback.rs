@@ -11,7 +11,7 @@
 //! calls async-signal-safe functions (`_exit`, `read`, `close`) until it
 //! dies (see `util::fork_exit` and `util::fork_waiting`).
 
-mod util;
+use evchild_testkit as util;
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;

@@ -9,7 +9,7 @@
 //! it: the tests only dispatch (reaping is the observable harm) and drop the
 //! reactor with the default `DropPolicy::Leave`.
 
-mod util;
+use evchild_testkit as util;
 
 use std::panic::{self, AssertUnwindSafe};
 use std::process::Child;

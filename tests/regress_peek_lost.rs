@@ -6,7 +6,7 @@
 //! wake-ups (here: all within 2 s of loop time), the long-lived child still
 //! registered.
 
-mod util;
+use evchild_testkit as util;
 
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};

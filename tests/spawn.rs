@@ -7,7 +7,7 @@
 //! stdin when it is writable, read stdout and stderr when they are readable
 //! until `WouldBlock`, drop stdin to close it.
 
-mod util;
+use evchild_testkit as util;
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
