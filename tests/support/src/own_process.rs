@@ -20,7 +20,10 @@ use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use std::io::Write;
+
 use crate::check::Check;
+use crate::skip::SKIP_PREFIX;
 
 /// Names the test a re-executed test binary runs.
 pub const OWN_PROCESS_VAR: &str = "EVCHILD_TEST_ISOLATED";
@@ -179,6 +182,10 @@ impl OwnProcess {
         };
         let output = std::fs::read_to_string(&log).unwrap_or_default();
         let _ = std::fs::remove_dir_all(log.parent().expect("a directory"));
+        // Its skips show here too (its skip log, if any, has them already).
+        for line in output.lines().filter(|l| l.starts_with(SKIP_PREFIX)) {
+            let _ = writeln!(std::io::stderr(), "{line}");
+        }
         Ran { status, output }
     }
 }

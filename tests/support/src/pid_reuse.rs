@@ -120,13 +120,13 @@ fn namespace_works() -> Result<(), String> {
     WORKS
         .get_or_init(|| {
             let mut sh = Command::new("/bin/sh");
-            sh.args([
-                "-c",
-                &format!("read n < {NS_LAST_PID} && echo $n > {NS_LAST_PID}"),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            // `cat`, not `read`: a sysctl file reads as end of file at any
+            // offset but 0, so `read` (a byte at a time) never sees a newline.
+            let script = format!("n=$(cat {NS_LAST_PID}) && echo $n > {NS_LAST_PID}");
+            sh.args(["-c", &script])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
             crate::own_process::namespace_command(&mut sh);
             match sh.output() {
                 Ok(out) if out.status.success() => Ok(()),
