@@ -114,3 +114,17 @@ pub fn ptrace_stop_is_not_a_death(reactor: &mut Reactor<Deaths>, what: &str) -> 
     }
     problems
 }
+
+/// Whether a child may ask to be traced by this process; if not (Yama's
+/// `kernel.yama.ptrace_scope` is 3: no ptrace at all), [`skip!`]s and
+/// returns `false`. Other refusals (a seccomp filter) fail the test, loudly.
+///
+/// [`skip!`]: crate::skip!
+pub fn ptrace_or_skip() -> bool {
+    let scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope");
+    if scope.is_ok_and(|s| s.trim() == "3") {
+        crate::skip!("ptrace is disabled here (kernel.yama.ptrace_scope = 3)");
+        return false;
+    }
+    true
+}

@@ -74,7 +74,7 @@ pub fn test_name() -> String {
 pub fn pidfd_or_skip(what: &str) -> bool {
     let pidfd = crate::backend::pidfd_available();
     if !pidfd {
-        skip!("{what} with the Pidfd backend: pidfd_open is not supported here");
+        skip!("{what}: needs pidfds (the Pidfd backend), and pidfd_open is not supported here");
     }
     pidfd
 }
