@@ -54,7 +54,7 @@ impl Check {
 /// reaps every child of the process (the test holds the process-wide lock of
 /// [`Check`], so they are all its own), so that one failing test does not
 /// make every later test of the binary fail at `Check::start`. Children
-/// waiting on a [`Gate`] have been let go by then (the gate is dropped
+/// waiting on a [`Gate`](crate::Gate) have been let go by then (the gate is dropped
 /// before this).
 pub struct ReapOnPanic;
 

@@ -8,19 +8,19 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`check`] | [`Check`]: one test at a time per binary, and no child or descriptor left afterwards |
-//! | [`own_process`] | [`isolated`] and [`OwnProcess`]: a test that must own the whole process |
-//! | [`skip`] | [`skip!`]: a test that cannot run here says so, and is counted |
-//! | [`pid_reuse`] | forcing the kernel to give a freed pid to a new process (root, or a user and pid namespace) |
-//! | [`report`] | exit statuses and the death reports a test collects ([`Deaths`]) |
-//! | [`fork`] | children forked without exec through a reactor ([`Gate`], [`fork_exit`]) |
-//! | [`process`] | children started with std ([`shell`]), and waits that reap or only look |
-//! | [`fd`] | pipes and single bytes, async-signal-safe |
-//! | [`disposition`] | the `SIGCHLD` disposition, and evchild's handler counters |
-//! | [`event_loop`] | the mio [`Loop`] a test drives its reactor with |
-//! | [`backend`] | the backend of this run of the suite (`EVCHILD_TEST_BACKEND`), and the reactors tests start with |
-//! | [`ptrace`] | a child in a ptrace stop |
-//! | [`bench`] | what the benchmarks share: CPU time from `getrusage`, the machine |
+//! | [`check`](mod@check) | [`Check`]: one test at a time per binary, and no child or descriptor left afterwards |
+//! | [`own_process`](mod@own_process) | [`isolated`] and [`OwnProcess`]: a test that must own the whole process |
+//! | [`skip`](mod@skip) | [`skip!`]: a test that cannot run here says so, and is counted |
+//! | [`pid_reuse`](mod@pid_reuse) | forcing the kernel to give a freed pid to a new process (root, or a user and pid namespace) |
+//! | [`report`](mod@report) | exit statuses and the death reports a test collects ([`Deaths`]) |
+//! | [`fork`](mod@fork) | children forked without exec through a reactor ([`Gate`], [`fork_exit`]) |
+//! | [`process`](mod@process) | children started with std ([`shell`]), and waits that reap or only look |
+//! | [`fd`](mod@fd) | pipes and single bytes, async-signal-safe |
+//! | [`disposition`](mod@disposition) | the `SIGCHLD` disposition, and evchild's handler counters |
+//! | [`event_loop`](mod@event_loop) | the mio [`Loop`] a test drives its reactor with |
+//! | [`backend`](mod@backend) | the backend of this run of the suite (`EVCHILD_TEST_BACKEND`), and the reactors tests start with |
+//! | [`ptrace`](mod@ptrace) | a child in a ptrace stop |
+//! | [`bench`](mod@bench) | what the benchmarks share: CPU time from `getrusage`, the machine |
 //!
 //! # Isolation: a lock, or a process of its own
 //!

@@ -2,7 +2,7 @@
 //!
 //! Whether a test can run is often known only at run time (root, pidfds, a
 //! user namespace), so libtest's `#[ignore]` cannot say it. Instead the test
-//! calls [`skip!`] and returns. The line goes to the real standard error
+//! calls [`skip!`](crate::skip!) and returns. The line goes to the real standard error
 //! (libtest captures `eprintln!`, not writes to `std::io::stderr()`), so a
 //! plain `cargo test` shows it, and to the file named by [`SKIP_LOG_VAR`], if
 //! set, which `.ci/run` counts and lists in its summary.
@@ -31,7 +31,7 @@ macro_rules! skip {
     };
 }
 
-/// What [`skip!`] calls: prints `evchild-test SKIPPED <binary>::<test>:
+/// What [`skip!`](crate::skip!) calls: prints `evchild-test SKIPPED <binary>::<test>:
 /// <reason>` to the real standard error and appends it to the file of
 /// [`SKIP_LOG_VAR`], if set.
 pub fn skipped(reason: &str) {
@@ -69,7 +69,7 @@ pub fn test_name() -> String {
     format!("{binary}::{test}")
 }
 
-/// Whether this system gives evchild pidfds; if not, [`skip!`]s `what`
+/// Whether this system gives evchild pidfds; if not, [`skip!`](crate::skip!)s `what`
 /// (the part of the test that needs them) and returns `false`.
 pub fn pidfd_or_skip(what: &str) -> bool {
     let pidfd = crate::backend::pidfd_available();
