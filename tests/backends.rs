@@ -379,8 +379,14 @@ fn kill_with_each_backend() {
 // Resource usage
 // ---------------------------------------------------------------------------
 
-/// A shell loop that burns some 100 ms of CPU (more on a slow machine).
-const BURN: &str = "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done";
+/// A shell loop that burns 120 ms of CPU, however fast the machine: it
+/// spins until its own user + system time (fields 14 and 15 of
+/// `/proc/$$/stat`, in clock ticks of 10 ms) reaches 12 ticks. (A fixed
+/// count of iterations would burn less than the checks below need on a
+/// fast enough machine.)
+const BURN: &str = "while :; do i=0; while [ $i -lt 2000 ]; do i=$((i+1)); done; \
+                    read -r s < /proc/$$/stat; set -- $s; \
+                    [ $(( ${14} + ${15} )) -ge 12 ] && break; done";
 
 /// User + system time of this process's reaped children
 /// (`getrusage(RUSAGE_CHILDREN)`).
