@@ -316,7 +316,13 @@ mod namespace {
         if pid > 0 {
             // SAFETY: close_range(2) of every descriptor above stderr: this
             // process only waits from now on.
-            unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+            if unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) } == -1 {
+                // Before Linux 5.9: one at a time.
+                for fd in 3..1024 {
+                    // SAFETY: close(2) is async-signal-safe; see above.
+                    unsafe { libc::close(fd) };
+                }
+            }
             let mut status = 0;
             loop {
                 // SAFETY: `status` is a valid out-pointer.
