@@ -84,8 +84,13 @@
 //!   [`Reactor::pidfd`] lends the child's pidfd.
 //!
 //! What dropping the reactor does to live children is the application's
-//! choice ([`DropPolicy`]); children left running are reaped, once they
-//! die, by a later `dispatch` of any reactor (the orphan list).
+//! choice ([`DropPolicy`]); children left running go on the process's
+//! orphan list, and are reaped once they die by the next `dispatch` of any
+//! reactor, which their death wakes. To keep a child beyond its reactor and
+//! reap it yourself, [`forget`](Reactor::forget) it before the drop; a
+//! left child can also be adopted by another reactor with
+//! [`watch`](Reactor::watch), which takes it off the list with its status
+//! intact.
 //!
 //! # The loop
 //!
@@ -94,12 +99,10 @@
 //! reactor's event (calling it after every return is simplest and cheap: a
 //! `dispatch` that nothing woke makes one `epoll_wait` with no timeout on
 //! the reactor's own set, and no wait call, whatever the number of
-//! children; only orphans that dropped reactors left running are looked
-//! at, one wait each, until they die). `terminate` deadlines need nothing more: the reactor's own
-//! set holds a `timerfd` (made at the first deadline), so the descriptor
-//! becomes readable when one is due. Passing [`Reactor::timeout`] to `poll`
-//! as well does no harm, and is the fallback should the timer not be had
-//! (`EMFILE`).
+//! children or of orphans). `terminate` deadlines need nothing more: the
+//! descriptor becomes readable when one is due. Passing
+//! [`Reactor::timeout`] to `poll` as well does no harm, and is the fallback
+//! should the timer not be had (`EMFILE`).
 //!
 //! While evchild's handler is installed (see *SIGCHLD ownership*), a
 //! `SIGCHLD` can make a blocking call fail with `EINTR` in **whichever
@@ -121,7 +124,7 @@
 //! | mode | who has the `SIGCHLD` handler | who reaps | children evchild did not start |
 //! |---|---|---|---|
 //! | `Library` (default) | with the (default) `Pidfd` backend, nobody, unless a child has no pidfd (`RLIMIT_NOFILE` reached) or asked for stop reports; with `Peek` and `Scan`, evchild. Installed at the first child that needs it and kept for the life of the process; the reactor is in the handler's table only while such children live | evchild, **its own children only**: by pidfd, or by pid where there is none (see *Backends*) | never touched |
-//! | `Mainloop` | the application | the application, which reports each pid with [`reaped`](Reactor::reaped); or it calls [`sigchld_occurred`](Reactor::sigchld_occurred) and evchild reaps its own | `reaped` answers [`Error::UnknownChild`] |
+//! | `Mainloop` | the application | the application, which reports each pid with [`reaped`](Reactor::reaped); or it calls [`sigchld_occurred`](Reactor::sigchld_occurred) and evchild reaps its own; statuses a `LibraryAlways` reactor routed here come through `dispatch` | `reaped` answers [`Error::UnknownChild`] |
 //! | `LibraryAlways` | evchild, from `new`/`set_mode` on (registered until drop) | evchild reaps **every** child of the process (`wait4(-1)`); a child another reactor of the process registered is handed to that reactor, with its exact status | handed to the unknown-child hook ([`Hooks::unknown_child`]); if there is none or it declines, counted in [`Stats::unknown_unclaimed`] (and logged with the `log` feature) |
 //!
 //! What the application may and may not do:
@@ -140,8 +143,11 @@
 //!   it calls [`Reactor::sigchld_occurred`] whenever `SIGCHLD` arrives. It
 //!   reports every pid it reaped *before* the next `dispatch`, which may send
 //!   a `terminate` deadline's `SIGKILL`.
-//!   evchild installs no handler. The reactor should still be registered in
-//!   the loop: `dispatch` delivers callbacks left over by a panicking one.
+//!   evchild installs no handler. The reactor must still be registered in
+//!   the loop: `dispatch` delivers callbacks left over by a panicking one,
+//!   statuses a `LibraryAlways` reactor of the process reaped and routed
+//!   here, and reaps orphans. [`wait_for`](Reactor::wait_for) is refused
+//!   ([`Error::WrongMode`]): nothing in it could reap.
 //! * **`LibraryAlways`**: evchild reaps every child of the process. The
 //!   application must not reap at all; it learns of its own children through
 //!   the unknown-child hook. That includes children started by
@@ -152,9 +158,12 @@
 //!   `Mainloop`, on any thread) may go on starting children: every reactor
 //!   *claims* the pids it registers, and the reap-all reactor hands each
 //!   claimed child's exact status (and resource usage) to its reactor,
-//!   waking it, instead of to the hook. A start in flight (forked, not yet
-//!   registered) is waited for: a status reaped meanwhile is held back until
-//!   the start has claimed its pid or given up.
+//!   waking it, instead of to the hook; that reactor delivers it in its next
+//!   `dispatch`, whatever its mode. A child whose start is in flight
+//!   (forked, not yet registered) is never reaped by the reap-all reactor:
+//!   while starts are in flight it reaps only claimed children, so std's
+//!   own fork path (`pre_exec`, `uid`), which waits for a child whose
+//!   `exec` failed, always finds it.
 //!
 //! Any number of reactors may be in `Library` or `Mainloop` mode at once, on
 //! any threads. The mode changes only while no child is registered;
@@ -185,18 +194,33 @@
 //!   `SIGCHLD` backend the handler is installed before the fork, with
 //!   `Pidfd` the pidfd of a zombie is readable at once, and either way the
 //!   child is registered before any `dispatch` can look for it.
-//! * No silent hang: a start is refused ([`Error::HandlerConflict`]) while
-//!   `SIGCHLD` is ignored, and the reactor then makes itself readable, so
-//!   children the kernel reaped meanwhile are reported `Lost` by the next
-//!   `dispatch`. An unexpected error in the middle of a pass also leaves the
-//!   reactor readable, so the work left is not forgotten.
+//! * No silent hang, as far as a process can tell:
+//!   * a start is refused ([`Error::HandlerConflict`]) while `SIGCHLD` is
+//!     ignored, and the reactor then makes itself readable, so children the
+//!     kernel reaped meanwhile are reported `Lost` by the next `dispatch`;
+//!   * a start by a reactor whose children need evchild's handler (a
+//!     `SIGCHLD` backend, `LibraryAlways`, or `Pidfd` children without a
+//!     pidfd or with stop reports) reinstalls it if other code reset
+//!     `SIGCHLD` to `SIG_DFL`, and is refused ([`Error::HandlerConflict`])
+//!     if a handler installed over evchild's does not call it (checked once
+//!     per such handler: see *Coexistence*);
+//!   * an unexpected error in the middle of a pass leaves the reactor
+//!     readable, so the work left is not forgotten.
+//!
+//!   What a process cannot see is not covered: a disposition changed after
+//!   the last start (children already running then wait for the next
+//!   start), or a thread that blocks `SIGCHLD` in every thread.
 //! * `Library` mode never reaps, waits for or signals a pid that no reactor
-//!   of the process registered. (A reactor reaps only its own children,
-//!   and, in any `dispatch`, the orphans that dropped reactors left on the
-//!   process's orphan list: see [`DropPolicy::Leave`].)
+//!   of the process registered. (A reactor reaps its own children and, when
+//!   their death wakes it, the orphans that dropped reactors left: see
+//!   [`DropPolicy::Leave`]; an orphan is named by its pidfd wherever the
+//!   system has them.)
 //! * Every misuse is an [`Error`] and changes nothing; nothing reachable from
-//!   the API panics on bad input (a pid ≤ 0 or the process's own, from a
-//!   fork replacement or `watch`, is [`Error::InvalidPid`]).
+//!   the API panics on bad input (a pid ≤ 0 or the process's own, or one
+//!   that is not a child of the process, from a fork replacement, is
+//!   [`Error::InvalidPid`]; from `watch`, [`Error::InvalidPid`] or
+//!   [`Error::NotAChild`]). The one panic evchild lets through is a
+//!   callback's own.
 //! * [`Reactor`] is `Send` (every callback must be `Send`), so it can move
 //!   to another thread or live in a task of a multi-threaded runtime; it is
 //!   not `Sync`.
@@ -214,7 +238,12 @@
 //!
 //! Without a pidfd (`Peek`, `Scan`, `Mainloop`, `LibraryAlways`, or a child
 //! past `RLIMIT_NOFILE`) evchild names a child by pid, which is sound only
-//! while the contract holds: nobody else reaps it. If other code breaks it
+//! while the contract holds: nobody else reaps it. A child that the
+//! process's `LibraryAlways` reactor reaped (its status routed to its own
+//! reactor, not yet delivered) is no longer signalled: `kill` and the other
+//! control calls answer [`Error::AlreadyReaped`]. (A reap-all pass that
+//! reaps the child between that check and the signal is the window that
+//! remains.) If other code breaks the contract
 //! (a `waitpid(-1)` in the same process) *and* the kernel gives the pid to a
 //! new child of the process before evchild looks, a per-pid wait reaps that
 //! new child in the old one's place, and a signal for the old child reaches
@@ -232,8 +261,13 @@
 //! evchild's (chained), for good, so code that installed its own handler
 //! earlier keeps working; if it asked for stop/continue notifications,
 //! evchild's asks too. A handler installed after evchild's is never
-//! clobbered (if it chains, evchild keeps working through it; if it does
-//! not, use `Mainloop` mode).
+//! clobbered: if it chains, evchild keeps working through it; if it does
+//! not, every reactor that needs `SIGCHLD` would wait for ever, so the
+//! first start that needs the handler after such a handler appeared checks
+//! it (once per handler: it raises `SIGCHLD` in the calling thread and sees
+//! whether evchild's handler ran) and is refused with
+//! [`Error::HandlerConflict`] if it does not chain. Use `Mainloop` mode
+//! with such a handler.
 //!
 //! Every child start (`spawn`, `fork`, `watch`, in every mode) first reads
 //! the disposition (one `sigaction(SIGCHLD, NULL, ..)` query):
@@ -254,7 +288,8 @@
 //! # Fork safety
 //!
 //! * Every descriptor evchild opens is close-on-exec: executed children
-//!   inherit none.
+//!   inherit none. One of them lives as long as the process: the orphan
+//!   set (an epoll set), opened by the first [`Reactor::new`].
 //! * A reactor used in a process forked from the one that created it (by
 //!   [`Reactor::fork`] or anyone else, without exec) returns
 //!   [`Error::ForkedChild`] from every method instead of reading the parent's
@@ -265,7 +300,8 @@
 //!   [`Reactor::fork`] itself, advances a process-wide fork generation and
 //!   empties the table (and the reap-all token and the pid claims), so the
 //!   handler the child inherits never writes through its parent's
-//!   descriptor numbers and never steals its wake-ups. A pid comparison
+//!   descriptor numbers and never steals its wake-ups (and the orphan list,
+//!   whose children are the parent's). A pid comparison
 //!   would not do: a later process can have the parent's pid. The child may
 //!   then create any reactor of its own, `LibraryAlways` included (in the
 //!   child of a multi-threaded process, only once it may allocate).
@@ -302,26 +338,26 @@
 //! `RLIMIT_NOFILE`; children past the limit are not lost, but watched
 //! through `SIGCHLD` (and scanned).
 //!
-//! # Implementation notes
+//! # How it is built
 //!
-//! *The following is **not** guaranteed, just a description of the current
-//! situation.*
+//! *Not part of the contract: where each rule lives, for readers of the
+//! source.* Each layer uses only the ones below it:
 //!
-//! | | |
+//! | module | owns |
 //! |---|---|
-//! | wake-up | one `SIGCHLD` handler per process, installed once; one self-pipe per reactor, registered in a fixed table of 256 slots while the reactor needs the handler |
-//! | descriptor | an epoll set holding the wake pipe, with `Pidfd` one pidfd per child, the pipes of `spawn_output` children (tagged epoll data: a stream bit plus a slab key), and from the first `terminate` on a `timerfd` for the deadlines |
-//! | `Library` reaping | see *Backends* |
-//! | `LibraryAlways` reaping | `wait4(-1, WNOHANG)` until nothing is left: k+1 calls for k exits |
-//! | cost of a start | one `sigaction(SIGCHLD, NULL)` query (see *Coexistence*); with `Pidfd`, `pidfd_open` and `EPOLL_CTL_ADD`; two uncontended lock round trips to claim the pid (see `LibraryAlways`) |
-//! | timers | a binary heap of `terminate` deadlines, fired by `dispatch`: O(log n) each; the `timerfd` is set (one `timerfd_settime`) only when the earliest deadline changes |
-//! | per wake-up allocation | none in steady state (the report queue and scratch space are reused); `spawn_output` reads straight into the output buffers, at most 1 MiB per stream per `dispatch` |
-//! | platform | Linux; other Unix systems with `pipe2` untested |
+//! | `types/` | the public vocabulary: ids, exits, signals, errors, hooks |
+//! | `reactor/` | [`Reactor`]: starting (`spawn`, `fork`, `watch`), control, `dispatch`, output streams, drop |
+//! | `watch/` | the one place that decides how each child is watched, reaped and signalled, and the reactor's epoll set |
+//! | `reap/` | the reaping passes, behind the `Reap` seam a fuzzed process model also implements |
+//! | `process/` | all process-wide state behind one futex lock (no spinning; no system call under it but a handler install): the `SIGCHLD` handler and disposition, fork generations, the routes between reactors, the orphans |
+//! | `sys/` | every system call; with the handler's chaining, the only `unsafe` code |
+//! | `supervise/` | worker pools on the public API |
 //!
 //! Where this differs from the project's design notes, deliberately: death
 //! callbacks receive `&mut Reactor` as well as the context (so they can start
-//! and signal children without `Rc`); `Mainloop` mode's `dispatch` reaps
-//! nothing but still delivers left-over reports; a `LibraryAlways` reactor
+//! and signal children without `Rc`); `Mainloop` mode's `dispatch` reaps none
+//! of its own children but delivers left-over reports and routed statuses,
+//! and reaps orphans; a `LibraryAlways` reactor
 //! makes its descriptor readable at creation so zombies that predate it are
 //! collected by the first `dispatch`; in `Library` mode a reactor with no
 //! live child holds no slot in the handler's table, so idle reactors cost
@@ -332,42 +368,38 @@
 #![deny(missing_docs, missing_debug_implementations, unsafe_code)]
 #![warn(rust_2018_idioms, clippy::undocumented_unsafe_blocks)]
 
-mod control;
-mod dispatch;
-mod drop_policy;
-mod error;
-mod exit;
-mod fork;
-#[cfg(any(test, feature = "fuzzing"))]
-#[doc(hidden)]
-pub mod fuzzing;
-mod lifecycle;
-mod mode;
-mod output;
-mod pidfd;
-mod poller;
+mod process;
 mod reactor;
 mod reap;
-mod routes;
-mod selfpipe;
-mod sigchld;
-mod signal;
-mod spawn;
-mod stdio;
-mod streams;
 pub mod supervise;
 mod sys;
-mod table;
-mod timer;
-mod watcher;
+mod types;
+mod watch;
 
-pub use drop_policy::DropPolicy;
-pub use error::{Error, Result};
-pub use exit::{ChildId, ChildState, Exit, Outcome, Pid, ResourceUsage};
-pub use lifecycle::{ChildStatus, Forgotten};
-pub use mode::{Backend, Claim, Forked, Hooks, SigchldOwner};
-pub use output::{Output, OutputOptions};
-pub use reactor::{Reactor, Stats};
-pub use signal::Signal;
-pub use spawn::Spawned;
-pub use stdio::IntoStdio;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub use reap::model as fuzzing;
+
+/// Counters that evchild's own tests read (atomic loads). Not part of the
+/// API: they may change or go at any time.
+#[doc(hidden)]
+pub mod __private {
+    /// How many `sigaction(SIGCHLD, &new, ..)` calls evchild has made to
+    /// install or refresh its handler in this process.
+    pub fn sigchld_installs() -> u64 {
+        crate::process::debug::installs()
+    }
+
+    /// How many reactors hold a slot in the handler's table now.
+    pub fn sigchld_registrations() -> usize {
+        crate::process::debug::registrations()
+    }
+}
+
+pub use reactor::{
+    ChildStatus, DropPolicy, Forgotten, IntoStdio, Output, OutputOptions, Reactor, Spawned, Stats,
+};
+pub use types::{
+    Backend, ChildId, ChildState, Claim, Error, Exit, Forked, Hooks, Outcome, Pid, ResourceUsage,
+    Result, SigchldOwner, Signal,
+};

@@ -14,7 +14,7 @@
 use std::fmt;
 use std::process::{Command, Stdio};
 
-use crate::streams::{Job, Pipe, STDERR, STDOUT};
+use crate::reactor::streams::{Job, Pipe, STDERR, STDOUT};
 use crate::{ChildId, Error, Exit, Reactor, Result};
 
 /// What [`Reactor::spawn_output`] gives the child and keeps of its output.
@@ -221,13 +221,13 @@ impl<C> Reactor<C> {
         for (which, pipe) in pipes.into_iter().enumerate() {
             let Some(pipe) = pipe else { continue };
             if added.is_ok() {
-                added = self.outputs.add(job, which, pipe, self.watcher.poller());
+                added = self.outputs.add(job, which, pipe, &self.watcher);
             }
         }
         if let Err(e) = added {
             self.outputs.jobs[job].truncated = [true; 2];
             for key in self.outputs.jobs[job].streams.into_iter().flatten() {
-                self.outputs.close(key, self.watcher.poller());
+                self.outputs.close(key, &self.watcher);
             }
             let _ = self.kill(id, libc::SIGKILL);
             return Err(Error::io("epoll_ctl", e));
@@ -260,7 +260,7 @@ impl<C> Reactor<C> {
             None if id.reactor == self.number => return Err(Error::AlreadyReaped { pid: id.pid }),
             None => return Err(Error::ForeignId { id }),
         };
-        let poller = self.watcher.poller();
+        let poller = &self.watcher;
         let entry = &mut self.outputs.jobs[job];
         for which in [STDOUT, STDERR] {
             entry.truncated[which] |= entry.streams[which].is_some();
@@ -270,7 +270,7 @@ impl<C> Reactor<C> {
         }
         let before = self.pending.len();
         self.outputs
-            .complete_if_done(job, self.watcher.poller(), &mut self.pending);
+            .complete_if_done(job, &self.watcher, &mut self.pending);
         if self.pending.len() > before {
             self.watcher.wake();
         }
@@ -282,7 +282,7 @@ impl<C> Reactor<C> {
     pub(crate) fn forget_output(&mut self, id: ChildId) {
         if let Some(job) = self.outputs.find(id) {
             for key in self.outputs.jobs[job].streams.into_iter().flatten() {
-                self.outputs.close(key, self.watcher.poller());
+                self.outputs.close(key, &self.watcher);
             }
             self.outputs.jobs.remove(job);
         }
@@ -298,24 +298,22 @@ impl<C> Reactor<C> {
             entry.exit = Some(exit);
             return;
         }
-        let (on_done, output) = self.outputs.finish(job, exit, self.watcher.poller());
+        let (on_done, output) = self.outputs.finish(job, exit, &self.watcher);
         on_done(ctx, self, output);
     }
 
     /// `dispatch`'s step for the output streams that are ready: reads and
     /// writes them, and queues the callbacks of the children that are done.
     pub(crate) fn pump_outputs(&mut self) {
-        if self.watcher.streams.is_empty() {
+        if self.outputs.ready.is_empty() {
             return;
         }
-        let keys = std::mem::take(&mut self.watcher.streams);
+        let keys = std::mem::take(&mut self.outputs.ready);
         let mut more = false;
         for &key in &keys {
-            more |= self
-                .outputs
-                .service(key, self.watcher.poller(), &mut self.pending);
+            more |= self.outputs.service(key, &self.watcher, &mut self.pending);
         }
-        self.watcher.streams = keys;
+        self.outputs.ready = keys;
         if more {
             // Data is left in a pipe; no new edge would announce it.
             self.watcher.wake();

@@ -24,6 +24,10 @@ pub enum ChildStatus {
     /// Reaped by other code; its callback, not run yet, gets
     /// [`Outcome::Lost`].
     Lost,
+    /// `Mainloop` mode: reaped by the application, which has not reported
+    /// it with [`reaped`](Reactor::reaped) yet; the callback runs then,
+    /// with the status the application passes.
+    AwaitingReport,
     /// Its death callback has run.
     Reported,
 }
@@ -75,7 +79,18 @@ impl<C> Reactor<C> {
                     Ok(ChildStatus::Exited(ExitStatus::from_raw(status.raw)))
                 }
                 Ok(_) => Ok(ChildStatus::Running),
-                Err(nix::errno::Errno::ECHILD) => Ok(ChildStatus::Lost),
+                // Gone: a reap-all reactor may have routed its status here
+                // (the callback gets it), or, in `Mainloop` mode, the
+                // application reaped it and will report it.
+                Err(nix::errno::Errno::ECHILD) => {
+                    Ok(match crate::process::routes::peek_routed(id) {
+                        Some(status) => ChildStatus::Exited(ExitStatus::from_raw(status.raw)),
+                        None if self.mode() == crate::SigchldOwner::Mainloop => {
+                            ChildStatus::AwaitingReport
+                        }
+                        None => ChildStatus::Lost,
+                    })
+                }
                 Err(e) => Err(Error::io("waitid(WNOWAIT)", e)),
             };
         }
@@ -121,8 +136,9 @@ impl<C> Reactor<C> {
     /// # Errors
     ///
     /// As for [`dispatch`](Reactor::dispatch) (a callback's panic
-    /// propagates too), and [`Error::ForeignId`] for an id of another
-    /// reactor.
+    /// propagates too), [`Error::ForeignId`] for an id of another
+    /// reactor, and [`Error::WrongMode`] in `Mainloop` mode (the
+    /// application reaps there: nothing in `wait_for` could).
     pub fn wait_for(
         &mut self,
         ctx: &mut C,
@@ -132,6 +148,14 @@ impl<C> Reactor<C> {
         self.check_process()?;
         if id.reactor != self.number {
             return Err(Error::ForeignId { id });
+        }
+        if self.mode() == crate::SigchldOwner::Mainloop {
+            return Err(Error::WrongMode {
+                call: "wait_for",
+                mode: self.mode(),
+                hint: "the application reaps in this mode, so nothing in wait_for could: wait \
+                       for the child yourself and report it with reaped",
+            });
         }
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
@@ -174,7 +198,7 @@ impl<C> Reactor<C> {
             .ok_or(Error::AlreadyReaped { pid: id.pid })?;
         self.deadlines.remove(id);
         self.watcher.arm(self.deadlines.next());
-        crate::routes::release(id.pid, self.number);
+        crate::process::routes::release(id);
         let pidfd = self.watcher.unwatch_keep_pidfd(entry.watch);
         drop(entry.on_death);
         self.forget_output(id);

@@ -5,16 +5,16 @@
 //! below [`HIGH`] and writes one byte to each used one: O(slots ever used)
 //! per signal, with no lock. The table has a fixed capacity
 //! ([`CAPACITY`]); past it, registering fails with
-//! [`Error::TooManyReactors`]. See the parent module for the writers' lock,
+//! [`Error::TooManyReactors`]. See the parent module for the process lock,
 //! the fork generation and the reader protocol.
 
 use std::os::fd::RawFd;
-use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 
 use nix::errno::Errno;
 
 use super::{disposition, fork_generation, lock};
+use crate::sys;
 use crate::Error;
 
 /// How many reactors may hold a registration at once.
@@ -32,7 +32,7 @@ static HIGH: AtomicUsize = AtomicUsize::new(0);
 static READ_GENERATION: AtomicUsize = AtomicUsize::new(0);
 static READERS: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
 
-// The writers' state, only changed under the writers' lock (and reset by the
+// The writers' state, only changed under the process lock (and reset by the
 // atfork child handler). Atomics so that reset is a plain atomic store.
 #[allow(clippy::declare_interior_mutable_const)] // only used to initialise USED
 const FREE: AtomicBool = AtomicBool::new(false);
@@ -61,18 +61,23 @@ pub(crate) struct Registration {
 /// is dropped), after checking the disposition and installing our handler
 /// if it is needed ([`super::before_start`] with a handler needed).
 ///
+/// The disposition is checked (and our handler installed) before the
+/// process lock is taken for the slot: in the steady state (our handler
+/// current) that is one query and no system call under the lock.
+///
 /// # Errors
 /// [`Error::HandlerConflict`] if `SIGCHLD` is ignored or `SA_NOCLDWAIT` is set,
-/// or `sigaction` fails; [`Error::TooManyReactors`] if the table is full. In
-/// both cases nothing changed.
+/// or `sigaction` fails, and nothing changed; [`Error::TooManyReactors`] if
+/// the table is full (our handler may have been installed: it stays
+/// installed anyway, see the parent module).
 pub(crate) fn register(wake_fd: RawFd) -> Result<Registration, Error> {
     debug_assert!(wake_fd >= 0);
+    disposition::before_start(true)?;
     let _guard = lock();
     let slot = USED
         .iter()
         .position(|u| !u.load(Ordering::Relaxed))
         .ok_or(Error::TooManyReactors { capacity: CAPACITY })?;
-    disposition::ensure(true, wants_stops())?;
     USED[slot].store(true, Ordering::Relaxed);
     USERS.fetch_add(1, Ordering::Relaxed);
     // Release: a handler that sees the fd (Acquire) sees a complete slot.
@@ -91,7 +96,6 @@ pub(super) fn wants_stops() -> bool {
 }
 
 /// Live registrations (for tests).
-#[cfg(any(test, feature = "fuzzing"))]
 pub(super) fn users() -> usize {
     USERS.load(Ordering::Relaxed)
 }
@@ -197,24 +201,26 @@ fn wait_for_readers() {
 ///
 /// No allocation, no lock, no panic: there is no `unwrap`, indexing stays in
 /// bounds by construction (`HIGH <= CAPACITY`), and no formatting happens.
+/// Calls of [`on_sigchld`] so far: how `disposition` tells whether a
+/// handler installed over ours chains to it.
+pub(super) static CALLS: AtomicUsize = AtomicUsize::new(0);
+
 pub(super) extern "C" fn on_sigchld(
     sig: libc::c_int,
     info: *mut libc::siginfo_t,
     ctx: *mut libc::c_void,
 ) {
     let saved_errno = Errno::last_raw();
+    CALLS.fetch_add(1, Ordering::Relaxed);
     let generation = enter_read();
     let high = HIGH.load(Ordering::Acquire).min(CAPACITY);
     for slot in &SLOTS[..high] {
         let fd = slot.load(Ordering::Acquire);
         if fd >= 0 {
-            let byte = 1u8;
-            // SAFETY: `write(2)` is async-signal-safe. The buffer is a live
-            // local of one byte. `fd` cannot have been closed yet: the owner
-            // clears the slot and waits for this generation's readers to
-            // leave before it closes the descriptor, and we entered before
-            // reading the slot.
-            unsafe { libc::write(fd, ptr::addr_of!(byte).cast(), 1) };
+            // `fd` cannot have been closed yet: the owner clears the slot
+            // and waits for this generation's readers to leave before it
+            // closes the descriptor, and we entered before reading the slot.
+            sys::write_byte(fd);
         }
     }
     leave_read(generation);

@@ -1,11 +1,10 @@
-//! The system calls of the reaping and signalling paths, each wrapped once.
+//! The wait calls, each wrapped once.
 //!
-//! Reaping uses `wait4` through `libc` rather than nix's `waitpid`: the raw
-//! wait status reaches `ExitStatus::from_raw` untouched (nix decodes it into
-//! an enum that cannot be turned back exactly for every status), and the
-//! child's `struct rusage` comes with it at no extra cost.
-
-#![allow(unsafe_code)]
+//! Reaping uses the raw `waitid(2)` system call and `wait4(2)` through
+//! `libc` rather than nix's `waitpid`: the raw wait status reaches
+//! `ExitStatus::from_raw` untouched (nix decodes it into an enum that
+//! cannot be turned back exactly for every status), and the child's
+//! `struct rusage` comes with it at no extra cost.
 
 use nix::errno::Errno;
 
@@ -147,39 +146,6 @@ pub(crate) fn waitid_pidfd_works(own_pidfd: RawFd) -> bool {
     waitid(libc::P_PIDFD, own_pidfd as libc::id_t, libc::WEXITED, false) == Err(Errno::ECHILD)
 }
 
-/// `kill(pid, sig)` for one process. A pid <= 0 (a group, or every process
-/// we may signal) is refused with `ESRCH`, never sent.
-pub(crate) fn kill(pid: Pid, signal: libc::c_int) -> std::io::Result<()> {
-    if pid.as_raw() <= 0 {
-        return Err(Errno::ESRCH.into());
-    }
-    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-    if unsafe { libc::kill(pid.as_raw(), signal) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// `kill(-pgid, sig)`: the process group led by `pgid`.
-pub(crate) fn kill_group(pgid: Pid, signal: libc::c_int) -> std::io::Result<()> {
-    if pgid.as_raw() <= 1 {
-        return Err(Errno::ESRCH.into());
-    }
-    // SAFETY: as for `kill`.
-    if unsafe { libc::kill(-pgid.as_raw(), signal) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// `getpgid(pid)`.
-pub(crate) fn getpgid(pid: Pid) -> std::io::Result<Pid> {
-    let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid.as_raw())))?;
-    Ok(Pid::from_raw(pgid.as_raw()))
-}
-
 /// Whether `pid` is a child of this process that has not been reaped:
 /// `waitid(P_PID, pid, WEXITED | WNOHANG | WNOWAIT)`, which reaps nothing.
 /// `Err(ECHILD)` if it is not.
@@ -204,7 +170,7 @@ pub(crate) fn kill_and_reap(pid: Pid) {
     if pid.as_raw() <= 0 {
         return;
     }
-    let _ = kill(pid, libc::SIGKILL);
+    let _ = super::kill(pid, libc::SIGKILL);
     loop {
         // SAFETY: a null status pointer is allowed; no other memory effects.
         let rc = unsafe { libc::waitpid(pid.as_raw(), std::ptr::null_mut(), 0) };
@@ -214,102 +180,19 @@ pub(crate) fn kill_and_reap(pid: Pid) {
     }
 }
 
-/// `poll(2)` for readability of `fd`, for at most `timeout` (`None`: no
-/// limit). `EINTR` counts as a return: the caller looks again anyway.
-pub(crate) fn wait_readable(
-    fd: std::os::fd::BorrowedFd<'_>,
-    timeout: Option<std::time::Duration>,
-) -> std::io::Result<()> {
+/// Whether `pidfd` names a child of this process that has not been reaped
+/// (`waitid(P_PIDFD, WEXITED | WNOHANG | WNOWAIT)`, which reaps nothing).
+pub(crate) fn is_unreaped_child(pidfd: std::os::fd::BorrowedFd<'_>) -> bool {
     use std::os::fd::AsRawFd;
-    let ms = timeout.map_or(-1, |t| {
-        // Round up, so a short wait is not a busy loop.
-        let ms = t.as_micros().div_ceil(1000);
-        libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
-    });
-    let mut pollfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid `pollfd` for the duration of the call.
-    match unsafe { libc::poll(&mut pollfd, 1, ms) } {
-        -1 if Errno::last() == Errno::EINTR => Ok(()),
-        -1 => Err(std::io::Error::last_os_error()),
-        _ => Ok(()),
-    }
-}
-
-/// `timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)`: the
-/// clock `Instant` uses.
-pub(crate) fn timer_create() -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: integers only; returns a new descriptor or -1.
-    let fd = unsafe {
-        libc::timerfd_create(
-            libc::CLOCK_MONOTONIC,
-            libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned `fd` as a new descriptor nobody else
-    // owns.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
-}
-
-/// Sets the timer to expire once, `after` from now (at least 1 ns, so a
-/// deadline already due still expires), or disarms it (`None`).
-pub(crate) fn timer_set(
-    timer: std::os::fd::BorrowedFd<'_>,
-    after: Option<std::time::Duration>,
-) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let value = match after {
-        None => libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        },
-        Some(after) => libc::timespec {
-            tv_sec: libc::time_t::try_from(after.as_secs()).unwrap_or(libc::time_t::MAX),
-            tv_nsec: libc::c_long::from(after.subsec_nanos().max(u32::from(after.is_zero()))),
-        },
-    };
-    let spec = libc::itimerspec {
-        it_interval: libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        },
-        it_value: value,
-    };
-    // SAFETY: `spec` is a valid `itimerspec` for the call; a null old value
-    // is allowed.
-    let rc = unsafe { libc::timerfd_settime(timer.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// Reads the timer's expiry count, which re-arms its readiness.
-pub(crate) fn timer_drain(timer: std::os::fd::BorrowedFd<'_>) {
-    let mut expirations = [0u8; 8];
-    // `EAGAIN` (not expired, or read already) is fine: nothing to clear.
-    let _ = nix::unistd::read(timer, &mut expirations);
-}
-
-/// `fork(2)`.
-///
-/// # Safety
-/// The caller's caller must uphold `Reactor::fork`'s contract: in the child,
-/// only async-signal-safe work until `execve` or `_exit` if the parent had
-/// other threads.
-/// Returns the child's pid in the parent and `None` in the child.
-pub(crate) unsafe fn fork() -> std::io::Result<Option<Pid>> {
-    // SAFETY: forwarded to the caller (see above).
-    match unsafe { nix::unistd::fork() }? {
-        nix::unistd::ForkResult::Parent { child } => Ok(Some(Pid::from_raw(child.as_raw()))),
-        nix::unistd::ForkResult::Child => Ok(None),
+    loop {
+        match waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            libc::WEXITED | libc::WNOWAIT,
+            false,
+        ) {
+            Err(Errno::EINTR) => continue,
+            other => return other.is_ok(),
+        }
     }
 }

@@ -13,15 +13,20 @@ use crate::{ChildId, Pid};
 /// application may and may not do in each mode.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum SigchldOwner {
-    /// evchild installs a `SIGCHLD` handler while it has live children and
-    /// reaps only its own children, one pid at a time. Other code in the
-    /// process may have children and reap them as it likes.
+    /// evchild reaps only its own children, each named by its pidfd (the
+    /// default `Pidfd` backend, no handler at all) or by pid (`Peek`,
+    /// `Scan`, and children without a pidfd, woken through evchild's
+    /// `SIGCHLD` handler, installed at the first child that needs it and
+    /// kept for the life of the process). Other code in the process may
+    /// have children and reap them by pid, as it likes.
     #[default]
     Library,
     /// The application owns `SIGCHLD` and reaping. It reports each child it
     /// reaps with [`Reactor::reaped`](crate::Reactor::reaped), or calls
     /// [`Reactor::sigchld_occurred`](crate::Reactor::sigchld_occurred) and lets
-    /// evchild reap its own children. evchild installs no handler.
+    /// evchild reap its own children. evchild installs no handler;
+    /// `dispatch` still delivers statuses a `LibraryAlways` reactor of the
+    /// process routed here.
     Mainloop,
     /// evchild owns `SIGCHLD` for as long as the reactor exists and reaps
     /// every child of the process (`waitpid(-1)`); children it did not start

@@ -13,14 +13,13 @@ use std::process::ExitStatus;
 
 use std::collections::VecDeque;
 
+use crate::process::routes;
 use crate::reactor::{Entry, Pending};
+use crate::reap::table::ChildTable;
 use crate::reap::{self, Reaped};
 use crate::sys::SysReap;
-use crate::table::ChildTable;
-use crate::watcher::Watcher;
-use crate::{
-    Backend, ChildId, ChildState, Claim, Error, Exit, Pid, Reactor, Result, SigchldOwner, Stats,
-};
+use crate::watch::{Watch, Watcher};
+use crate::{ChildId, ChildState, Claim, Error, Exit, Pid, Reactor, Result, SigchldOwner, Stats};
 
 impl<C> Reactor<C> {
     /// Does what the wake-up asked for: reaps the children that died and
@@ -32,17 +31,16 @@ impl<C> Reactor<C> {
     /// 1. Find what woke the reactor, with one `epoll_wait` (no timeout) on
     ///    its own set: the wake pipe, which is emptied *before* reaping (a
     ///    `SIGCHLD` that lands during the reap writes a new byte, so the
-    ///    loop wakes again), and the pidfds that are readable. Nothing woke
-    ///    it: no wait call for its own children at all. (Children that a
-    ///    dropped reactor left running, the orphan list, are looked at by
-    ///    every `dispatch`, one wait each, until they have died: see
-    ///    [`DropPolicy::Leave`](crate::DropPolicy::Leave).)
-    /// 2. Reap: `Library`, by backend (see the crate docs): the children
-    ///    whose pidfds are readable, one `waitid(P_PIDFD)` each, and after a
-    ///    `SIGCHLD` the peek or the scan over the children without a pidfd,
-    ///    never another pid; `LibraryAlways`, `wait4(-1, WNOHANG)` until
-    ///    nothing is left, routing children of other reactors to them;
-    ///    `Mainloop`, nothing (the application reaps).
+    ///    loop wakes again), the pidfds that are readable, and the orphan
+    ///    set. Nothing woke it: no wait call at all.
+    /// 2. Reap, as the watcher decides (see `watch/mod.rs`): orphans that
+    ///    died (their death woke every reactor); children whose pidfds are
+    ///    readable, one `waitid(P_PIDFD)` each; after a wake-up through the
+    ///    pipe, statuses a `LibraryAlways` reactor routed here (every mode),
+    ///    then by mode: `Library`, the peek or the scan over the children
+    ///    without a pidfd, never another pid; `LibraryAlways`, every dead
+    ///    child of the process, routing children of other reactors to them;
+    ///    `Mainloop`, none of its own (the application reaps).
     /// 3. Send `SIGKILL` to children whose [`terminate`](Reactor::terminate)
     ///    grace period has run out (after the reap, so a child that obeyed
     ///    is not signalled).
@@ -64,20 +62,15 @@ impl<C> Reactor<C> {
         self.check_process()?;
         self.stats.dispatches += 1;
         // 1. What woke us, without a wait call: the wake pipe (drained
-        //    first, see above) and the ready pidfds.
+        //    first, see above), the ready pidfds, streams, timer, orphans.
         let woken = self
             .watcher
-            .collect()
+            .collect(&mut self.outputs.ready)
             .map_err(|e| Error::io("epoll_wait/read(wake pipe)", e));
-        // Children of dropped reactors that died since (none: one atomic
-        // load).
-        let mut orphans = SysReap::default();
-        crate::routes::reap_orphans(&mut orphans);
-        self.stats.wait_calls += orphans.calls;
-        // 2. Reap; outcomes leave the table and join the queue. Nothing
-        //    woke us: no wait call at all.
+        // 2. Reap, as the watcher decides; outcomes leave the table and
+        //    join the queue. Nothing woke us: no wait call at all.
         let reaped = match woken {
-            Ok(woken) => self.reap_woken(woken.pipe),
+            Ok(woken) => self.pass(|watcher, table, sys, out| watcher.reap(woken, table, sys, out)),
             Err(e) => Err(e),
         };
         if reaped.is_err() {
@@ -94,32 +87,6 @@ impl<C> Reactor<C> {
         self.deliver(ctx);
         self.release_idle_handler();
         reaped
-    }
-
-    /// The reaping passes a wake-up calls for.
-    fn reap_woken(&mut self, pipe: bool) -> Result<()> {
-        if !self.watcher.ready.is_empty() {
-            let ready = std::mem::take(&mut self.watcher.ready);
-            let reaped = self.pass("waitid(P_PIDFD)", |sys, table, _, out| {
-                reap::reap_listed(sys, table, &ready, out)
-            });
-            self.watcher.ready = ready;
-            reaped?;
-        }
-        if !pipe {
-            return Ok(());
-        }
-        match self.watcher.backend() {
-            _ if self.children.is_empty() && self.mode() != SigchldOwner::LibraryAlways => {}
-            Some(Backend::Peek) => self.pass("waitid", |sys, table, scratch, out| {
-                reap::reap_peek(sys, table, scratch, out)
-            })?,
-            Some(_) if self.watcher.scans() => self.reap_own()?,
-            Some(_) => {}
-            None if self.mode() == SigchldOwner::LibraryAlways => self.reap_everything()?,
-            None => {}
-        }
-        self.reap_states()
     }
 
     /// `Mainloop` mode: the application reaped `pid` itself and reports its
@@ -189,7 +156,7 @@ impl<C> Reactor<C> {
         self.stats.reaped += 1;
         let id = self.id(pid, entry.serial);
         self.watcher.unwatch(entry.watch);
-        crate::routes::release(pid, self.number);
+        crate::process::routes::release(id);
         self.pending.push_back(Pending::Death(
             entry.on_death,
             Exit::reaped(id, status.into_raw(), usage),
@@ -213,7 +180,7 @@ impl<C> Reactor<C> {
     ///   was reaped before the failure).
     pub fn sigchld_occurred(&mut self, ctx: &mut C) -> Result<()> {
         self.check_mainloop("sigchld_occurred")?;
-        let reaped = self.reap_own();
+        let reaped = self.pass(|watcher, table, sys, out| watcher.reap_own(table, sys, out));
         self.deliver(ctx);
         reaped
     }
@@ -232,32 +199,35 @@ impl<C> Reactor<C> {
         }
     }
 
-    /// Runs one reaping pass of `reap.rs` over the table with the real
-    /// system calls (counted in `Stats::wait_calls`), queueing each outcome
-    /// for `deliver`.
+    /// Runs reaping passes (chosen by `run`, through the watcher) over the
+    /// table with the real system calls (counted in `Stats::wait_calls`),
+    /// queueing each outcome for `deliver`.
     fn pass(
         &mut self,
-        call: &'static str,
         run: impl FnOnce(
-            &mut SysReap,
+            &mut Watcher,
             &mut ChildTable<Entry<C>>,
-            &mut Vec<(Pid, Option<reap::Waited>)>,
+            &mut SysReap,
             &mut dyn FnMut(Reaped<Entry<C>>),
-        ) -> std::io::Result<()>,
+        ) -> Result<()>,
     ) -> Result<()> {
         let Reactor {
             children,
-            scratch,
             pending,
             stats,
             number,
             watcher,
+            unwatched,
             ..
         } = self;
         let mut sys = SysReap::default();
         let mut changes = Vec::new();
-        let mut out = |r| queue(pending, stats, *number, watcher, &mut changes, r);
-        let result = run(&mut sys, children, scratch, &mut out).map_err(|e| Error::io(call, e));
+        let mode = watcher.mode();
+        let mut out = |r| queue(pending, stats, *number, mode, unwatched, &mut changes, r);
+        let result = run(watcher, children, &mut sys, &mut out);
+        for watch in unwatched.drain(..) {
+            watcher.unwatch(watch);
+        }
         stats.wait_calls += sys.calls;
         for (pid, state) in changes {
             if let Some(entry) = self.children.get(pid) {
@@ -266,60 +236,6 @@ impl<C> Reactor<C> {
             }
         }
         result
-    }
-
-    /// `LibraryAlways`: reaps every dead child of the process; the children
-    /// other reactors registered get their status routed to them, and only
-    /// the rest go to the unknown-child hook (see `routes.rs`).
-    fn reap_everything(&mut self) -> Result<()> {
-        let routing = crate::routes::Pass::begin();
-        let before = self.pending.len();
-        let reaped = self.pass("wait4(-1)", |sys, table, _, out| {
-            reap::reap_all(sys, table, out)
-        });
-        // Whatever happened, route what was reaped: a claimant may be
-        // waiting for it.
-        let mut strangers = std::mem::take(&mut self.watcher.strangers);
-        let mut kept = self.pending.len();
-        let mut i = before;
-        while i < kept {
-            if let Some(Pending::Stranger(pid, status)) = self.pending.get(i) {
-                strangers.push((*pid, *status));
-                self.pending.remove(i);
-                kept -= 1;
-            } else {
-                i += 1;
-            }
-        }
-        routing.route(&mut strangers);
-        self.pending.extend(
-            strangers
-                .drain(..)
-                .map(|(pid, status)| Pending::Stranger(pid, status)),
-        );
-        self.watcher.strangers = strangers;
-        reaped
-    }
-
-    fn reap_own(&mut self) -> Result<()> {
-        self.pass("waitid", |sys, table, scratch, out| {
-            reap::reap_scan(sys, table, scratch, out)
-        })
-    }
-
-    /// Stop/continue reports and deaths of the children that asked for
-    /// state reports, found by one `waitid(WEXITED | WSTOPPED | WCONTINUED)`
-    /// each.
-    fn reap_states(&mut self) -> Result<()> {
-        if self.watcher.stateful.is_empty() || self.mode() == SigchldOwner::Mainloop {
-            return Ok(());
-        }
-        let mut stateful = std::mem::take(&mut self.watcher.stateful);
-        let reaped = self.pass("waitid", |sys, table, _, out| {
-            reap::reap_states(sys, table, &mut stateful, out)
-        });
-        self.watcher.stateful = stateful;
-        reaped
     }
 
     /// Runs queued callbacks until the queue is empty. A panicking callback
@@ -390,7 +306,8 @@ fn queue<C>(
     pending: &mut VecDeque<Pending<C>>,
     stats: &mut Stats,
     reactor: u32,
-    watcher: &mut Watcher,
+    mode: SigchldOwner,
+    unwatch: &mut Vec<Watch>,
     changes: &mut Vec<(Pid, ChildState)>,
     reaped: Reaped<Entry<C>>,
 ) {
@@ -402,33 +319,36 @@ fn queue<C>(
     match reaped {
         Reaped::Died(pid, status, entry) => {
             stats.reaped += 1;
-            let exit = Exit::reaped(id(pid, entry.serial), status.raw, status.usage);
-            watcher.unwatch(entry.watch);
-            crate::routes::release(pid, reactor);
+            let id = id(pid, entry.serial);
+            let exit = Exit::reaped(id, status.raw, status.usage);
+            unwatch.push(entry.watch);
+            routes::release(id);
             pending.push_back(Pending::Death(entry.on_death, exit));
         }
         Reaped::Lost(pid, entry) => {
             // Another reaper took it. If that was a reap-all reactor of
             // this process, it routed the status here. (The reap-all
-            // reactor itself has nobody to route to it.)
-            let routed = match watcher.mode() {
+            // reactor itself has nobody to route to it, and must not wait
+            // for its own pass.)
+            let id = id(pid, entry.serial);
+            let routed = match mode {
                 SigchldOwner::LibraryAlways => {
-                    crate::routes::release(pid, reactor);
+                    routes::release(id);
                     None
                 }
-                _ => crate::routes::collect(pid, reactor),
+                _ => routes::collect(id),
             };
             let exit = match routed {
                 Some(status) => {
                     stats.reaped += 1;
-                    Exit::reaped(id(pid, entry.serial), status.raw, status.usage)
+                    Exit::reaped(id, status.raw, status.usage)
                 }
                 None => {
                     stats.lost += 1;
-                    Exit::lost(id(pid, entry.serial))
+                    Exit::lost(id)
                 }
             };
-            watcher.unwatch(entry.watch);
+            unwatch.push(entry.watch);
             pending.push_back(Pending::Death(entry.on_death, exit));
         }
         Reaped::Stranger(pid, status) => pending.push_back(Pending::Stranger(pid, status)),

@@ -38,12 +38,16 @@
 //! status. Any other errno stops the pass and is returned; the children not
 //! yet looked at stay registered for the next pass.
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod model;
+pub(crate) mod table;
+
 use std::io;
 use std::os::fd::RawFd;
 
 use nix::errno::Errno;
 
-use crate::table::ChildTable;
+use crate::reap::table::ChildTable;
 use crate::{Pid, ResourceUsage};
 
 /// A wait status, with the child's resource usage where the OS gave it.
@@ -80,6 +84,10 @@ pub(crate) struct Target {
 pub(crate) trait Watched {
     /// The child's pidfd, if it is watched (and named) through one.
     fn pidfd(&self) -> Option<RawFd>;
+    /// The serial of its registration (the rest of its `ChildId`).
+    fn serial(&self) -> u64 {
+        0
+    }
 }
 
 impl Watched for libc::pid_t {
@@ -400,6 +408,55 @@ pub(crate) fn reap_all<R: Reap, T>(
     }
 }
 
+/// [`reap_all`] while starts are in flight: peeks at each dead child
+/// (`waitid(P_ALL, WNOWAIT)`) and reaps it (by pid, or by its pidfd if it
+/// is registered with one) only if `may_reap` says so; stops at the first
+/// it may not reap (a child a start in flight may own: see
+/// `process::routes`). Two calls per exit instead of one, and no child that
+/// a start in flight could own is ever reaped.
+pub(crate) fn reap_all_careful<R: Reap, T: Watched>(
+    sys: &mut R,
+    table: &mut ChildTable<T>,
+    mut may_reap: impl FnMut(Pid) -> bool,
+    mut out: impl FnMut(Reaped<T>),
+) -> io::Result<()> {
+    loop {
+        let pid = match retry_eintr(|| sys.peek()) {
+            Ok(None) => return Ok(()),
+            Ok(Some((pid, _))) => pid,
+            Err(Errno::ECHILD) => {
+                for (pid, value) in table.drain() {
+                    out(Reaped::Lost(pid, value));
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let registered = table.get(pid).map(|value| target(pid, value));
+        if registered.is_none() && !may_reap(pid) {
+            return Ok(());
+        }
+        let target = registered.unwrap_or(Target { pid, pidfd: None });
+        match retry_eintr(|| sys.reap(target)) {
+            // A ptrace stop consumed: it ends nobody.
+            Ok(Some(status)) if !status.is_death() => {}
+            Ok(Some(status)) => match table.remove(pid) {
+                Some(value) => out(Reaped::Died(pid, status, value)),
+                None => out(Reaped::Stranger(pid, status)),
+            },
+            // Gone between the peek and the reap: someone else's wait.
+            Err(Errno::ECHILD) => {
+                if let Some(value) = table.remove(pid) {
+                    out(Reaped::Lost(pid, value));
+                }
+            }
+            // Nothing after all: look again at the next wake-up.
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 fn retry_eintr<T>(mut f: impl FnMut() -> Result<T, Errno>) -> Result<T, Errno> {
     loop {
         match f() {
@@ -412,7 +469,7 @@ fn retry_eintr<T>(mut f: impl FnMut() -> Result<T, Errno>) -> Result<T, Errno> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fuzzing::Procs;
+    use crate::reap::model::Procs;
 
     fn pid(raw: libc::pid_t) -> Pid {
         Pid::from_raw(raw)
@@ -601,7 +658,7 @@ mod tests {
 
     #[test]
     fn a_ptrace_stop_is_never_a_death() {
-        use crate::fuzzing::TRAP_STATUS;
+        use crate::reap::model::TRAP_STATUS;
         for pass in ["scan", "peek", "listed", "all"] {
             let (mut procs, mut table) = world(2);
             procs.trap(pid(1));

@@ -108,7 +108,7 @@ impl<C> Reactor<C> {
         let on_death: OnDeath<C> = Box::new(on_death);
         self.children.reserve_one();
         let acquired = self.watcher.before_start()?;
-        let start = crate::routes::Start::begin();
+        let starting = self.watcher.start();
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(source) => {
@@ -119,7 +119,7 @@ impl<C> Reactor<C> {
                 });
             }
         };
-        let id = match self.register_started(start, Pid::from(child.id()), on_death) {
+        let id = match self.register_started(starting, Pid::from(child.id()), on_death) {
             Ok(id) => id,
             Err(e) => {
                 self.watcher.abort_start(acquired);
@@ -177,11 +177,11 @@ impl<C> Reactor<C> {
         self.children.reserve_one();
         // Handler first: a child that dies after the probe must wake us.
         let acquired = self.watcher.before_start()?;
-        let start = crate::routes::Start::begin();
+        let starting = self.watcher.start();
         let registered = match crate::sys::probe_child(pid) {
-            Ok(()) => self.register(pid, on_death).inspect(|_| {
-                start.finish(pid, self.number, self.watcher.wake_fd());
-            }),
+            Ok(()) => self
+                .register(pid, on_death)
+                .inspect(|&id| self.watcher.claim(starting, id)),
             Err(nix::errno::Errno::ECHILD) => Err(Error::NotAChild { pid }),
             Err(e) => Err(Error::io("waitid", e)),
         };

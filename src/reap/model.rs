@@ -32,10 +32,11 @@ use nix::errno::Errno;
 
 use std::os::fd::RawFd;
 
+use crate::reap::table::ChildTable;
 use crate::reap::{
-    reap_all, reap_listed, reap_peek, reap_scan, reap_states, Reap, Reaped, Target, Waited, Watched,
+    reap_all, reap_all_careful, reap_listed, reap_peek, reap_scan, reap_states, Reap, Reaped,
+    Target, Waited, Watched,
 };
-use crate::table::ChildTable;
 use crate::Pid;
 
 /// The calls a pass may make, checked by [`Procs`] as they come.
@@ -332,7 +333,7 @@ impl Model {
 
     /// One pass, with every report checked against the model.
     fn pass(&mut self, mode: Mode) {
-        let all = mode == Mode::All;
+        let all = matches!(mode, Mode::All | Mode::Careful);
         let start = self.registered.clone();
         let scanned = start.values().filter(|t| !t.pidfd).count();
         // What the pidfd backend's epoll set would report: pidfds of
@@ -351,11 +352,18 @@ impl Model {
         let scratch = &mut self.scratch;
         self.procs.pass = match mode {
             Mode::All => Pass::All,
+            Mode::Careful => Pass::Any,
             _ => Pass::Selective(start.keys().copied().collect()),
         };
         let table = &mut self.table;
         let result = match mode {
             Mode::All => reap_all(&mut self.procs, table, |r| out.push(r)),
+            Mode::Careful => reap_all_careful(
+                &mut self.procs,
+                table,
+                |pid| pid.as_raw() % 2 == 1,
+                |r| out.push(r),
+            ),
             Mode::Scan => reap_scan(&mut self.procs, table, scratch, |r| out.push(r)),
             Mode::Peek => reap_peek(&mut self.procs, table, scratch, |r| out.push(r)),
             Mode::Pidfd => reap_listed(&mut self.procs, table, &ready, |r| out.push(r)),
@@ -405,6 +413,9 @@ impl Model {
                 }
                 Reaped::Stranger(pid, status) => {
                     assert!(all, "selective mode reported stranger {pid}");
+                    if mode == Mode::Careful {
+                        assert_eq!(pid.as_raw() % 2, 1, "a start's child {pid} reaped");
+                    }
                     let (serial, st) = reaps.remove(&pid).expect("stranger not reaped");
                     assert_eq!(st, status.raw, "stranger {pid}'s status");
                     assert_ne!(
@@ -430,12 +441,22 @@ impl Model {
         match mode {
             // (Reap-all consumes ptrace stops too, one call each.)
             Mode::All => assert_eq!(conclusive, reaped + 1 + traps - self.procs.traps.len()),
+            // A peek and a reap per exit (or ptrace stop), and a last peek.
+            Mode::Careful => {
+                assert!(
+                    conclusive <= 2 * (reaped + traps - self.procs.traps.len()) + 1 + start.len()
+                )
+            }
             Mode::Scan => assert_eq!(conclusive, scanned + reaped, "waitid calls"),
             Mode::Pidfd => assert_eq!(conclusive, ready.len(), "waitid calls"),
             Mode::Peek => assert!(conclusive <= 2 * reaped + 1 + scanned + start.len()),
             // One answer per stop, continue or ptrace stop, and a last one
             // (nothing, the death, or gone) per child.
             Mode::States => assert!(conclusive <= start.len() + states.len() + traps),
+        }
+        if mode == Mode::Careful {
+            // It may stop at a start's child: nothing more to say.
+            return;
         }
         if all {
             assert!(self.procs.children.values().all(|c| c.1.is_none()));
@@ -489,6 +510,9 @@ enum Mode {
     Pidfd,
     States,
     All,
+    /// `reap_all_careful`, allowed to reap strangers only with an odd pid
+    /// (the others stand for children of starts in flight).
+    Careful,
 }
 
 /// Most operations a fuzz input may script.
@@ -556,7 +580,9 @@ pub fn run(data: &[u8]) {
             6 if arg % 4 == 2 => model.pass(Mode::Pidfd),
             6 => model.pass(Mode::Scan),
             // Reap-all reactors have no pidfds: it names children by pid.
-            7 if !model.registered.values().any(|t| t.pidfd) => model.pass(Mode::All),
+            7 if model.registered.values().any(|t| t.pidfd) => {}
+            7 if arg & 0x80 != 0 => model.pass(Mode::Careful),
+            7 => model.pass(Mode::All),
             _ => {}
         }
     }
@@ -581,13 +607,13 @@ pub mod sigchld {
     /// How many times evchild has called `sigaction(SIGCHLD, &new, ..)` to
     /// install or refresh its handler in this process.
     pub fn installs() -> u64 {
-        crate::sigchld::debug::installs()
+        crate::process::debug::installs()
     }
 
     /// How many `SIGCHLD` registrations (reactors whose wake pipe the
     /// handler writes to) are live in this process.
     pub fn registrations() -> usize {
-        crate::sigchld::debug::registrations()
+        crate::process::debug::registrations()
     }
 }
 

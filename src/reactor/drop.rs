@@ -1,12 +1,9 @@
 //! What dropping a reactor does: to its live children (the application's
 //! [`DropPolicy`]), and to its share of the process-wide handler.
 
-#![allow(unsafe_code)]
-
-use std::mem::ManuallyDrop;
 use std::time::{Duration, Instant};
 
-use crate::Reactor;
+use crate::{Reactor, SigchldOwner, Signal};
 
 /// What dropping a [`Reactor`] does to the children it still has.
 ///
@@ -67,53 +64,36 @@ impl<C> Reactor<C> {
         for (pid, entry) in self.children.iter() {
             // ESRCH: already reaped by someone else; nothing else can be
             // done here.
-            let _ = self.watcher.signal(pid, &entry.watch, libc::SIGKILL);
+            let id = self.id(pid, entry.serial);
+            let _ = self.watcher.signal(id, &entry.watch, Signal::KILL);
         }
         let Some(within) = within else { return };
         let deadline = Instant::now().checked_add(within);
         loop {
             // Reaped children's entries (and callbacks) are simply dropped.
-            let _ = crate::reap::reap_scan_all(
-                &mut crate::sys::SysReap::default(),
-                &mut self.children,
-                &mut self.scratch,
-                drop,
-            );
+            self.watcher.reap_for_drop(&mut self.children);
             if self.children.is_empty() || deadline.is_some_and(|d| Instant::now() >= d) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-}
 
-impl<C> Reactor<C> {
     /// `DropPolicy::Leave`: the children go on the process's orphan list,
     /// so that a later `dispatch` of any reactor reaps them once they die.
     /// Not in `Mainloop` mode, where the application reaps.
     fn orphan_children(&mut self) {
-        if self.mode() == crate::SigchldOwner::Mainloop || self.children.is_empty() {
+        if self.mode() == SigchldOwner::Mainloop || self.children.is_empty() {
             return;
         }
         let Reactor {
             children, watcher, ..
         } = self;
-        // Each orphan is named by a pidfd where the system has them, even
-        // if the reactor watched it through `SIGCHLD`: it may die long
-        // after, and a pid alone could by then name another child of the
-        // process, which the orphan reaper would take.
         let orphans: Vec<_> = children
             .drain()
-            .map(|(pid, entry)| {
-                let pidfd = watcher.unwatch_keep_pidfd(entry.watch).or_else(|| {
-                    crate::pidfd::supported()
-                        .then(|| crate::pidfd::open(pid).ok())
-                        .flatten()
-                });
-                (pid, pidfd)
-            })
+            .map(|(pid, entry)| watcher.orphan(pid, entry.watch))
             .collect();
-        crate::routes::adopt_orphans(orphans);
+        crate::process::orphans::adopt(orphans);
     }
 }
 
@@ -122,37 +102,30 @@ impl<C> Drop for Reactor<C> {
         if self.check_process().is_err() {
             // A forked child: freeing memory is not async-signal-safe (the
             // allocator's lock may be held by a thread that does not exist
-            // here), and neither is the registry's bookkeeping. Close this
+            // here), and neither is the process-wide bookkeeping. Close this
             // process's copies of the descriptors (close(2) is
-            // async-signal-safe) and leak everything else: the fields are
-            // `ManuallyDrop` and are not dropped. A pidfd is closed without
-            // `EPOLL_CTL_DEL`: the epoll set is shared with the parent.
-            for (_, entry) in self.children.iter() {
-                if let Some(fd) = entry.watch.pidfd() {
-                    // SAFETY: this process's copy of the child's pidfd,
-                    // closed once: its owner is never dropped here.
-                    unsafe { libc::close(fd) };
-                }
-            }
-            self.outputs.close_in_forked_child();
-            self.watcher.close_in_forked_child();
+            // async-signal-safe) and leak everything else. A pidfd is closed
+            // without `EPOLL_CTL_DEL`: the epoll set is shared with the
+            // parent.
+            let pidfds = self.children.iter().filter_map(|(_, e)| e.watch.pidfd());
+            crate::sys::close_in_forked_child(pidfds);
+            crate::sys::close_in_forked_child(self.outputs.fds_in_forked_child());
+            crate::sys::close_in_forked_child(self.watcher.fds_in_forked_child());
+            self.fork_replacement.leak();
+            self.unknown_child.leak();
+            self.children.leak();
+            self.outputs.leak();
+            self.pending.leak();
+            self.deadlines.leak();
+            self.unwatched.leak();
+            self.watcher.leak();
             return;
         }
         self.drop_children();
-        self.watcher.leave_routes(self.number);
-        // SAFETY: each field is dropped exactly once, here, and never used
-        // again. Children first: their pidfds leave the watcher's epoll set
-        // before it is closed; the watcher unregisters from the handler
-        // before closing its wake pipe.
-        unsafe {
-            ManuallyDrop::drop(&mut self.children);
-            ManuallyDrop::drop(&mut self.outputs);
-            ManuallyDrop::drop(&mut self.pending);
-            ManuallyDrop::drop(&mut self.scratch);
-            ManuallyDrop::drop(&mut self.deadlines);
-            ManuallyDrop::drop(&mut self.fork_replacement);
-            ManuallyDrop::drop(&mut self.unknown_child);
-            ManuallyDrop::drop(&mut self.watcher);
-        }
+        self.watcher.leave_routes();
+        // The fields drop now, in declaration order: the children's pidfds
+        // and the output pipes leave the watcher's epoll set before it is
+        // closed; the watcher unregisters from the handler before its wake
+        // pipe can be closed.
     }
 }

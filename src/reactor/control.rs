@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::timer::Target;
+use crate::reactor::deadlines::Target;
 use crate::{ChildId, ChildState, Error, Reactor, Result, SigchldOwner, Signal};
 
 impl<C> Reactor<C> {
@@ -77,7 +77,7 @@ impl<C> Reactor<C> {
     pub(crate) fn send(&mut self, id: ChildId, signal: Signal) -> Result<()> {
         self.check_live(id)?;
         let entry = self.entry(id).ok_or(Error::AlreadyReaped { pid: id.pid })?;
-        self.watcher.signal(id.pid, &entry.watch, signal.as_raw())
+        self.watcher.signal(id, &entry.watch, signal)
     }
 
     /// The child's pidfd, if it is watched through one (the `Pidfd`
@@ -312,12 +312,8 @@ impl<C> Reactor<C> {
     }
 
     fn send_group(&mut self, id: ChildId, signal: Signal) -> Result<()> {
-        // Through the pidfd where there is one: the leader is still ours
-        // and unreaped, so its pid still names the group.
-        self.send(id, Signal::CHECK)?;
-        if crate::sys::getpgid(id.pid).map_err(|e| Error::io("getpgid", e))? != id.pid {
-            return Err(Error::NotAGroupLeader { pid: id.pid });
-        }
-        crate::sys::kill_group(id.pid, signal.as_raw()).map_err(|e| Error::io("killpg", e))
+        self.check_live(id)?;
+        let entry = self.entry(id).ok_or(Error::AlreadyReaped { pid: id.pid })?;
+        self.watcher.signal_group(id, &entry.watch, signal)
     }
 }

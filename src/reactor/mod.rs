@@ -6,10 +6,26 @@
 //! file holds creation, mode changes, registration and the `mio`
 //! integration.
 
+mod control;
+mod deadlines;
+mod dispatch;
+mod drop;
+mod fork;
+mod lifecycle;
+mod output;
+mod spawn;
+mod stdio;
+pub(crate) mod streams;
+
+pub use drop::DropPolicy;
+pub use lifecycle::{ChildStatus, Forgotten};
+pub use output::{Output, OutputOptions};
+pub use spawn::Spawned;
+pub use stdio::IntoStdio;
+
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -17,14 +33,13 @@ use mio::event::Source;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
-use crate::mode::{ForkFn, UnknownFn};
+use crate::reactor::deadlines::Deadlines;
+use crate::reap::table::ChildTable;
 use crate::reap::Watched;
-use crate::table::ChildTable;
-use crate::timer::Deadlines;
-use crate::watcher::{Watch, Watcher};
-use crate::{
-    Backend, ChildId, ChildState, DropPolicy, Error, Exit, Hooks, Pid, Result, SigchldOwner,
-};
+use crate::sys::Leakable;
+use crate::types::{ForkFn, UnknownFn};
+use crate::watch::{Starting, Watch, Watcher};
+use crate::{Backend, ChildId, ChildState, Error, Exit, Hooks, Pid, Result, SigchldOwner};
 
 /// A death callback: runs once, in [`Reactor::dispatch`] (or `reaped` /
 /// `sigchld_occurred`), after the child has left the reactor's tables. It
@@ -81,6 +96,9 @@ impl<C> Watched for Entry<C> {
     fn pidfd(&self) -> Option<RawFd> {
         self.watch.pidfd()
     }
+    fn serial(&self) -> u64 {
+        self.serial
+    }
 }
 
 /// Numbers reactors, so a [`ChildId`] says which reactor issued it.
@@ -125,23 +143,28 @@ pub struct Reactor<C> {
     /// The fork generation the reactor was created in: any other is a
     /// forked child, which gets `Error::ForkedChild`.
     pub(crate) generation: u64,
-    pub(crate) fork_replacement: ManuallyDrop<Option<ForkFn>>,
-    pub(crate) unknown_child: ManuallyDrop<Option<UnknownFn<C>>>,
+    pub(crate) fork_replacement: Leakable<Option<ForkFn>>,
+    pub(crate) unknown_child: Leakable<Option<UnknownFn<C>>>,
     /// This reactor's number, part of every [`ChildId`] it issues.
     pub(crate) number: u32,
     /// The serial of the next child registered.
     pub(crate) next_serial: u64,
-    pub(crate) children: ManuallyDrop<ChildTable<Entry<C>>>,
-    pub(crate) pending: ManuallyDrop<VecDeque<Pending<C>>>,
-    pub(crate) scratch: ManuallyDrop<Vec<(Pid, Option<crate::reap::Waited>)>>,
-    /// SIGKILL deadlines of `terminate`.
-    pub(crate) deadlines: ManuallyDrop<Deadlines>,
     pub(crate) drop_policy: DropPolicy,
     pub(crate) stats: Stats,
+    // The fields below are dropped in this order (declaration order), or
+    // leaked in a forked child (see `drop.rs`): the children's pidfds and
+    // the output pipes leave the watcher's epoll set before it is closed.
+    pub(crate) children: Leakable<ChildTable<Entry<C>>>,
     /// `spawn_output` children and their pipes (in the watcher's set).
-    pub(crate) outputs: ManuallyDrop<crate::streams::Outputs<C>>,
-    /// Dropped after `children` (whose pidfds sit in its epoll set).
-    pub(crate) watcher: ManuallyDrop<Watcher>,
+    pub(crate) outputs: Leakable<streams::Outputs<C>>,
+    pub(crate) pending: Leakable<VecDeque<Pending<C>>>,
+    /// SIGKILL deadlines of `terminate`.
+    pub(crate) deadlines: Leakable<Deadlines>,
+    /// How reaped children were watched, between a pass and `unwatch`
+    /// (reused, so a steady state allocates nothing).
+    pub(crate) unwatched: Leakable<Vec<Watch>>,
+    /// Last: the epoll set, the wake pipe, the handler registration.
+    pub(crate) watcher: Leakable<Watcher>,
 }
 
 impl<C> Reactor<C> {
@@ -157,28 +180,30 @@ impl<C> Reactor<C> {
     /// # Errors
     ///
     /// Nothing is left behind on error.
-    /// * [`Error::Io`] if the wake pipe cannot be made (`pipe2`: usually
-    ///   `EMFILE`, too many open descriptors).
+    /// * [`Error::Io`] if the wake pipe or the epoll set cannot be made
+    ///   (`pipe2`, `epoll_create1`: usually `EMFILE`, too many open
+    ///   descriptors).
     /// * `LibraryAlways` only: [`Error::ReapAllTaken`] if another reactor of
     ///   the process is in that mode; [`Error::HandlerConflict`] if `SIGCHLD`
     ///   is ignored or has `SA_NOCLDWAIT`; [`Error::TooManyReactors`].
     pub fn new(hooks: Hooks<C>) -> Result<Self> {
-        crate::sigchld::init();
+        crate::process::init();
+        let number = REACTORS.fetch_add(1, Ordering::Relaxed);
         let mut reactor = Reactor {
             owner: Pid::this(),
-            generation: crate::sigchld::fork_generation(),
-            fork_replacement: ManuallyDrop::new(None),
-            unknown_child: ManuallyDrop::new(None),
-            number: REACTORS.fetch_add(1, Ordering::Relaxed),
+            generation: crate::process::fork_generation(),
+            fork_replacement: Leakable::default(),
+            unknown_child: Leakable::default(),
+            number,
             next_serial: 0,
-            children: ManuallyDrop::default(),
-            pending: ManuallyDrop::default(),
-            scratch: ManuallyDrop::default(),
-            deadlines: ManuallyDrop::default(),
             drop_policy: DropPolicy::Leave,
             stats: Stats::default(),
-            outputs: ManuallyDrop::default(),
-            watcher: ManuallyDrop::new(Watcher::new()?),
+            children: Leakable::default(),
+            outputs: Leakable::default(),
+            pending: Leakable::default(),
+            deadlines: Leakable::default(),
+            unwatched: Leakable::default(),
+            watcher: Leakable::new(Watcher::new(number)?),
         };
         reactor.apply(hooks)?;
         Ok(reactor)
@@ -206,8 +231,7 @@ impl<C> Reactor<C> {
     }
 
     fn apply(&mut self, hooks: Hooks<C>) -> Result<()> {
-        self.watcher
-            .apply(self.number, hooks.owner, hooks.backend)?;
+        self.watcher.apply(hooks.owner, hooks.backend)?;
         *self.fork_replacement = hooks.fork_replacement;
         *self.unknown_child = hooks.unknown_child;
         Ok(())
@@ -217,14 +241,23 @@ impl<C> Reactor<C> {
     /// the table and returns its id.
     ///
     /// A pid that cannot name a child (≤ 0, or this process) is refused
-    /// with [`Error::InvalidPid`]. If the child cannot be watched (no pidfd
-    /// and no handler either), the error is returned and nothing is
-    /// registered: the caller decides what becomes of the child.
+    /// with [`Error::InvalidPid`]. A pid on the process's orphan list (a
+    /// child a dropped reactor left running) is taken off it, with its
+    /// pidfd, so the orphan reaper never takes a child this reactor
+    /// watches. If the child cannot be watched (no pidfd and no handler
+    /// either), the error is returned and nothing is registered: the caller
+    /// decides what becomes of the child.
     pub(crate) fn register(&mut self, pid: Pid, on_death: OnDeath<C>) -> Result<ChildId> {
         if pid.as_raw() <= 0 || pid == self.owner {
             return Err(Error::InvalidPid { pid });
         }
-        let watch = self.watcher.watch(pid)?;
+        // An orphan's pidfd is reused only if it still names an unreaped
+        // child (someone else may have reaped the orphan, and the kernel
+        // given its pid to this new child).
+        let pidfd = crate::process::orphans::take(pid)
+            .flatten()
+            .filter(|fd| crate::sys::is_unreaped_child(fd.as_fd()));
+        let watch = self.watcher.watch(pid, pidfd)?;
         let serial = self.next_serial;
         self.next_serial += 1;
         let entry = Entry {
@@ -239,7 +272,7 @@ impl<C> Reactor<C> {
             // routed its status here) or code that broke the contract.
             let stale_id = self.id(pid, stale.serial);
             self.watcher.unwatch(stale.watch);
-            let exit = match crate::routes::collect(pid, self.number) {
+            let exit = match crate::process::routes::collect(stale_id) {
                 Some(status) => {
                     self.stats.reaped += 1;
                     Exit::reaped(stale_id, status.raw, status.usage)
@@ -258,16 +291,16 @@ impl<C> Reactor<C> {
     /// [`register`](Self::register) for a child this reactor started: if it
     /// cannot be registered, it is killed and reaped at once (the caller
     /// gets no id, so nothing could ever stop or report it), and the error
-    /// is returned.
+    /// is returned. The start ends with the child claimed.
     pub(crate) fn register_started(
         &mut self,
-        start: crate::routes::Start,
+        starting: Starting,
         pid: Pid,
         on_death: OnDeath<C>,
     ) -> Result<ChildId> {
         match self.register(pid, on_death) {
             Ok(id) => {
-                start.finish(pid, self.number, self.watcher.wake_fd());
+                self.watcher.claim(starting, id);
                 Ok(id)
             }
             Err(e @ Error::InvalidPid { .. }) => Err(e),
@@ -341,7 +374,7 @@ impl<C> Reactor<C> {
     /// reactor: one atomic load of the fork generation, no system call.
     /// Allocation-free, so it is fine to call in a forked child.
     pub(crate) fn check_process(&self) -> Result<()> {
-        if self.generation == crate::sigchld::fork_generation() {
+        if self.generation == crate::process::fork_generation() {
             Ok(())
         } else {
             Err(Error::ForkedChild {

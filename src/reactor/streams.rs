@@ -15,8 +15,6 @@
 //! off the thread's pending set (`sigtimedwait` with a zero timeout) before
 //! unblocking: two more system calls per wake-up of a stdin stream.
 
-#![allow(unsafe_code)]
-
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
@@ -25,9 +23,9 @@ use mio::unix::pipe::{Receiver, Sender};
 use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
 use slab::Slab;
 
-use crate::output::Output;
-use crate::poller::Poller;
+use crate::reactor::output::Output;
 use crate::reactor::Pending;
+use crate::watch::Watcher;
 use crate::{ChildId, Exit, Reactor};
 
 /// Bytes read at once into an output buffer, and the size of the scratch
@@ -99,6 +97,9 @@ pub(crate) struct Outputs<C> {
     streams: Slab<Stream>,
     /// Where output past a cap goes: `CHUNK` bytes, made at first use.
     discard: Vec<u8>,
+    /// Keys of the streams that are ready (filled by the watcher's
+    /// `collect`), reused between dispatches.
+    pub(crate) ready: Vec<usize>,
 }
 
 impl<C> Default for Outputs<C> {
@@ -107,6 +108,7 @@ impl<C> Default for Outputs<C> {
             jobs: Slab::new(),
             streams: Slab::new(),
             discard: Vec::new(),
+            ready: Vec::new(),
         }
     }
 }
@@ -124,7 +126,7 @@ enum Flow {
 
 impl<C> Outputs<C> {
     /// Takes a stream out of the set and closes it.
-    pub(crate) fn close(&mut self, key: usize, poller: &Poller) {
+    pub(crate) fn close(&mut self, key: usize, poller: &Watcher) {
         if let Some(stream) = self.streams.try_remove(key) {
             poller.remove_stream(stream.pipe.fd());
             if let Some(job) = self.jobs.get_mut(stream.job) {
@@ -139,7 +141,7 @@ impl<C> Outputs<C> {
         job: usize,
         which: usize,
         pipe: Pipe,
-        poller: &Poller,
+        poller: &Watcher,
     ) -> io::Result<()> {
         let entry = self.streams.vacant_entry();
         let key = entry.key();
@@ -155,7 +157,7 @@ impl<C> Outputs<C> {
         &mut self,
         job: usize,
         exit: Exit,
-        poller: &Poller,
+        poller: &Watcher,
     ) -> (OnOutput<C>, Output) {
         for key in self.jobs[job].streams.into_iter().flatten() {
             self.close(key, poller);
@@ -182,7 +184,7 @@ impl<C> Outputs<C> {
     pub(crate) fn complete_if_done(
         &mut self,
         job: usize,
-        poller: &Poller,
+        poller: &Watcher,
         pending: &mut VecDeque<Pending<C>>,
     ) {
         let Some(entry) = self.jobs.get_mut(job) else {
@@ -199,7 +201,7 @@ impl<C> Outputs<C> {
             self.close(key, poller);
         }
         let deliver = move |ctx: &mut C, reactor: &mut Reactor<C>, exit: Exit| {
-            let (on_done, output) = reactor.outputs.finish(job, exit, reactor.watcher.poller());
+            let (on_done, output) = reactor.outputs.finish(job, exit, &reactor.watcher);
             on_done(ctx, reactor, output);
         };
         pending.push_back(Pending::Death(Box::new(deliver), exit));
@@ -210,7 +212,7 @@ impl<C> Outputs<C> {
     pub(crate) fn service(
         &mut self,
         key: usize,
-        poller: &Poller,
+        poller: &Watcher,
         pending: &mut VecDeque<Pending<C>>,
     ) -> bool {
         let Some(stream) = self.streams.get_mut(key) else {
@@ -246,13 +248,11 @@ impl<C> Outputs<C> {
     /// In a forked child: closes this process's copies of the pipes with
     /// `close(2)` (async-signal-safe) and nothing else. The caller must never
     /// drop `self` afterwards.
-    pub(crate) fn close_in_forked_child(&self) {
-        for (_, stream) in self.streams.iter() {
-            // SAFETY: this process's copy of a pipe end, closed once: the
-            // caller never drops its owner. No EPOLL_CTL_DEL: the epoll set
-            // is shared with the parent.
-            unsafe { libc::close(stream.pipe.fd().as_raw_fd()) };
-        }
+    pub(crate) fn fds_in_forked_child(&self) -> impl Iterator<Item = std::os::fd::RawFd> + '_ {
+        // No EPOLL_CTL_DEL: the epoll set is shared with the parent.
+        self.streams
+            .iter()
+            .map(|(_, stream)| stream.pipe.fd().as_raw_fd())
     }
 }
 
@@ -351,16 +351,8 @@ impl SigpipeBlocked {
         if !self.ours {
             return;
         }
-        let mut set = SigSet::empty();
-        set.add(Signal::SIGPIPE);
-        let zero = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: a valid signal set and timeout, and a null `siginfo_t`
-        // pointer, which sigtimedwait allows. SIGPIPE is blocked in this
-        // thread (by us), as sigtimedwait requires.
-        unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &zero) };
+        // SIGPIPE is blocked in this thread (by us), as required.
+        crate::sys::take_pending_sigpipe();
     }
 }
 

@@ -6,8 +6,11 @@
 //! child is in the table before `fork` returns, so before any `dispatch`
 //! can look for it. Everything the parent needs is allocated before the
 //! fork; the child touches nothing of the reactor's.
-
-#![allow(unsafe_code)]
+//!
+//! The crate's one `unsafe` outside `sys/`: these two functions are
+//! `unsafe` to call (what the child may do is the caller's contract), so
+//! they are declared `unsafe` and allowed item by item; their bodies only
+//! forward that contract to `sys::fork`.
 
 use crate::reactor::OnDeath;
 use crate::{ChildId, Error, Exit, Forked, Reactor, Result};
@@ -75,6 +78,7 @@ impl<C> Reactor<C> {
     /// assert_eq!(codes, [7]);
     /// # Ok::<(), evchild::Error>(())
     /// ```
+    #[allow(unsafe_code)] // an `unsafe fn`: see the module docs
     pub unsafe fn fork(
         &mut self,
         on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + Send + 'static,
@@ -84,15 +88,28 @@ impl<C> Reactor<C> {
         let on_death: OnDeath<C> = Box::new(on_death);
         self.children.reserve_one();
         let acquired = self.watcher.before_start()?;
-        let start = crate::routes::Start::begin();
-        let generation = crate::sigchld::fork_generation();
+        let starting = self.watcher.start();
+        let replaced = self.fork_replacement.is_some();
         let forked = match self.fork_replacement.as_mut() {
             Some(replacement) => replacement(),
             // SAFETY: forwarded to our caller, who upholds `fork`'s contract.
             None => unsafe { crate::sys::fork() },
         };
         match forked {
-            Ok(Some(pid)) => match self.register_started(start, pid, on_death) {
+            // A replacement's pid is checked before anything acts on it: a
+            // live process that is not our child (a grandchild, a stranger)
+            // is never registered, signalled or waited for. (One
+            // `waitid(WNOWAIT)`; evchild's own fork needs none.)
+            Ok(Some(pid))
+                if replaced
+                    && pid.as_raw() > 0
+                    && pid != self.owner
+                    && crate::sys::probe_child(pid).is_err() =>
+            {
+                self.watcher.abort_start(acquired);
+                Err(Error::InvalidPid { pid })
+            }
+            Ok(Some(pid)) => match self.register_started(starting, pid, on_death) {
                 Ok(id) => Ok(Forked::Parent(id)),
                 Err(e) => {
                     self.watcher.abort_start(acquired);
@@ -100,15 +117,13 @@ impl<C> Reactor<C> {
                 }
             },
             Ok(None) => {
-                // A `fork_replacement` may bypass the atfork handler: empty
-                // the inherited registry here then (async-signal-safe).
-                if crate::sigchld::fork_generation() == generation {
-                    crate::sigchld::advance_after_fork();
-                }
+                // A `fork_replacement` may bypass the atfork handler: the
+                // watcher makes this a new fork generation then
+                // (async-signal-safe).
+                starting.in_child();
                 // Dropping the closure could free memory: not
                 // async-signal-safe in the child of a threaded parent.
                 std::mem::forget(on_death);
-                start.forget();
                 Ok(Forked::Child)
             }
             Err(e) => {
@@ -160,6 +175,7 @@ impl<C> Reactor<C> {
     /// # Errors
     ///
     /// As for [`fork`](Reactor::fork).
+    #[allow(unsafe_code)] // an `unsafe fn`: see the module docs
     pub unsafe fn fork_with(
         &mut self,
         child: impl FnOnce() -> i32,
@@ -172,9 +188,7 @@ impl<C> Reactor<C> {
                 // If `child` unwinds, end the process here rather than in
                 // the parent's frames.
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)) {
-                    // SAFETY: `_exit(2)` is async-signal-safe and ends the
-                    // process at once.
-                    Ok(code) => unsafe { libc::_exit(code) },
+                    Ok(code) => crate::sys::exit_now(code),
                     Err(_) => std::process::abort(),
                 }
             }

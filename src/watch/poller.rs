@@ -23,6 +23,8 @@ use crate::Pid;
 const PIPE: u64 = u64::MAX;
 /// The epoll data of the deadline timer (`timerfd`).
 const TIMER: u64 = u64::MAX - 1;
+/// The orphan set (`process::orphans`), nested.
+const ORPHANS: u64 = u64::MAX - 2;
 /// The tag bit of an output stream's epoll data; the bits below it are the
 /// stream's key (`output.rs`). Above every pid, and `PIPE` is told apart
 /// first.
@@ -31,10 +33,13 @@ const STREAM: u64 = 1 << 40;
 /// What the inner set said besides pidfds and streams.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Woken {
-    /// The wake pipe has bytes (a `SIGCHLD`, or a self-wake).
+    /// The wake pipe has bytes (a `SIGCHLD`, a routed status, or a
+    /// self-wake).
     pub(crate) pipe: bool,
     /// The deadline timer expired.
     pub(crate) timer: bool,
+    /// An orphan died (the nested orphan set is ready).
+    pub(crate) orphans: bool,
 }
 
 #[derive(Debug)]
@@ -63,11 +68,21 @@ impl Poller {
 
     /// Watches `pidfd` for `pid`'s exit, until the returned guard is
     /// dropped.
-    pub(crate) fn add(&self, pid: Pid, pidfd: OwnedFd) -> io::Result<crate::pidfd::Polled> {
+    /// Nests the process's orphan set.
+    pub(crate) fn add_orphans(&self, set: BorrowedFd<'_>) -> io::Result<()> {
+        self.epoll
+            .add(set, EpollEvent::new(EpollFlags::EPOLLIN, ORPHANS))?;
+        Ok(())
+    }
+
+    pub(crate) fn add(&self, pid: Pid, pidfd: OwnedFd) -> io::Result<crate::watch::pidfd::Polled> {
         let data = u64::try_from(pid.as_raw()).map_err(|_| Errno::EINVAL)?;
         self.epoll
             .add(&pidfd, EpollEvent::new(EpollFlags::EPOLLIN, data))?;
-        Ok(crate::pidfd::Polled::new(pidfd, self.epoll.0.as_raw_fd()))
+        Ok(crate::watch::pidfd::Polled::new(
+            pidfd,
+            self.epoll.0.as_raw_fd(),
+        ))
     }
 
     /// Watches an output stream (a child's stdout or stderr read end, for
@@ -90,8 +105,6 @@ impl Poller {
         Ok(())
     }
 
-    /// Takes a stream out of the set, before it is closed (a forked child may
-    /// hold a copy of the descriptor, which would keep it in the set).
     /// Watches the deadline timer (a `timerfd`) for as long as it is open.
     pub(crate) fn add_timer(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
         self.epoll
@@ -99,6 +112,8 @@ impl Poller {
         Ok(())
     }
 
+    /// Takes a stream out of the set, before it is closed (a forked child may
+    /// hold a copy of the descriptor, which would keep it in the set).
     pub(crate) fn remove_stream(&self, fd: BorrowedFd<'_>) {
         // ENOENT would only mean it was not in the set.
         let _ = self.epoll.delete(fd);
@@ -125,9 +140,10 @@ impl Poller {
             let woken = Woken {
                 pipe: self.events[..n].iter().any(|e| e.data() == PIPE),
                 timer: self.events[..n].iter().any(|e| e.data() == TIMER),
+                orphans: self.events[..n].iter().any(|e| e.data() == ORPHANS),
             };
             for data in self.events[..n].iter().map(EpollEvent::data) {
-                if data == PIPE || data == TIMER {
+                if data == PIPE || data == TIMER || data == ORPHANS {
                     continue;
                 }
                 if data & STREAM != 0 {

@@ -9,10 +9,8 @@
 //! empty. So the conversion clears the flag first (one `fcntl`), and the
 //! parent must not use the end afterwards (it has given it away).
 
-#![allow(unsafe_code)]
-
 use std::io;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::process::Stdio;
 
 use mio::unix::pipe::{Receiver, Sender};
@@ -61,20 +59,13 @@ pub trait IntoStdio {
 impl IntoStdio for Receiver {
     fn into_stdio(self) -> io::Result<Stdio> {
         self.set_nonblocking(false)?;
-        Ok(Stdio::from(owned(self.into_raw_fd())))
+        Ok(Stdio::from(OwnedFd::from(self)))
     }
 }
 
 impl IntoStdio for Sender {
     fn into_stdio(self) -> io::Result<Stdio> {
         self.set_nonblocking(false)?;
-        Ok(Stdio::from(owned(self.into_raw_fd())))
+        Ok(Stdio::from(OwnedFd::from(self)))
     }
-}
-
-fn owned(fd: std::os::fd::RawFd) -> OwnedFd {
-    debug_assert!(fd >= 0);
-    // SAFETY: `fd` comes from `into_raw_fd` of a pipe end we consumed, so
-    // it is open and nobody else owns it.
-    unsafe { OwnedFd::from_raw_fd(fd) }
 }

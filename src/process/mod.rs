@@ -1,23 +1,29 @@
-//! The one process-wide `SIGCHLD` handler, the registry of wake pipes it
-//! writes to, the reap-all right, and the fork generation that keeps all
-//! three from leaking into a forked child.
+//! All process-wide state, in one home: the `SIGCHLD` handler and the
+//! table of wake pipes it writes to, the disposition, the routes between
+//! reactors (claims, starts in flight, the inbox, the reap-all right), the
+//! orphans of dropped reactors, and the fork generation that keeps all of
+//! it from leaking into a forked child.
 //!
-//! `SIGCHLD` is a process-wide resource, so all reactors of the process share
-//! one handler. A reactor that needs it (`Library` mode with a `SIGCHLD`
-//! backend and live children, `LibraryAlways` from creation to drop) holds a
-//! [`Registration`]: a slot in a fixed table of `registry::CAPACITY` (256) wake-pipe write
-//! ends ([`registry`]). Cost: the handler writes one byte per used slot per
-//! signal; registering takes a process-wide spin lock and one
-//! `sigaction(SIGCHLD, NULL, &cur)` query, unregistering the lock and a wait
-//! for running handlers, and neither installs anything in steady state.
+//! What is not read by the signal handler sits in one [`State`] behind one
+//! lock ([`lock`]): a futex word (`sys::Lock`), so a waiting thread sleeps
+//! instead of spinning, and a forked child releases it with one atomic
+//! store. No system call runs under it, except `sigaction` while the
+//! handler is being (re)installed (rare: the first time, after other code
+//! reset `SIGCHLD`, when stop reports are switched). What the handler reads
+//! is atomics only (the slot table), written under the same lock.
 //!
-//! * `registry.rs`: the slot table, the handler itself, and the reader
+//! * `handler.rs`: the slot table, the handler itself, and the reader
 //!   protocol that lets a slot be emptied before its descriptor is closed.
+//!   A reactor that needs the handler holds a [`Registration`] (a slot).
+//!   Cost: the handler writes one byte per used slot per signal.
 //! * `disposition.rs`: reading, checking, installing and chaining the
-//!   `SIGCHLD` disposition ([`before_start`], [`check_reapable`]).
-//! * `reap_all.rs`: the `LibraryAlways` token ([`ReapAllToken`]).
+//!   `SIGCHLD` disposition ([`before_start`]), and telling whether a
+//!   handler installed over ours chains to it.
+//! * `routes.rs`: who may reap which pid (the reap-all right
+//!   [`ReapAllToken`], claims, starts in flight, the inbox).
+//! * `orphans.rs`: children that dropped reactors left running.
 //!
-//! # Handler lifetime ("always selective reap")
+//! # # Handler lifetime ("always selective reap")
 //!
 //! Once evchild installs its handler it stays installed for the life of the
 //! process (until `exec`): the last registration leaving only empties its
@@ -38,11 +44,11 @@
 //! # Fork generations
 //!
 //! A child forked without `exec` inherits the handler, the slot table (the
-//! parent's descriptor numbers), the writers' lock (perhaps held by a thread
-//! that does not exist in the child) and the reap-all right. None of it may
+//! parent's descriptor numbers), the process lock (perhaps held by a thread
+//! that does not exist in the child), the routes and the orphans. None of it may
 //! act there. [`init`] (called by `Reactor::new`) registers, once, a
 //! `pthread_atfork` child handler that runs [`advance_after_fork`]: it empties
-//! every slot, resets the lock, the registry's counts and the reap-all right,
+//! every slot, resets the lock, the slot table's counts, the routes' counters and the orphan counts,
 //! and advances [`FORK_GENERATION`]. evchild's own fork path calls it too if
 //! the generation did not move (a `fork_replacement` that bypasses
 //! `pthread_atfork`). A [`Registration`] or [`ReapAllToken`] remembers the
@@ -71,16 +77,18 @@
 //!
 //! The handler reads shared state through atomics only: it takes no lock,
 //! allocates and frees nothing, and cannot panic. Writers (register,
-//! unregister, install) are serialised by a spin lock on an `AtomicBool`
-//! (yielding while it waits), and all the state it guards is atomics too, so
-//! the atfork child handler can reset everything with atomic stores. A slot
+//! unregister, install) are serialised by the process lock, and the slot
+//! table they change is atomics, so the atfork child handler can reset it
+//! with atomic stores. A slot
 //! is emptied in two steps so the handler never writes to a descriptor that
 //! has been closed (and perhaps reused for an unrelated file): the writer
 //! clears the slot, then waits until every handler that might have read the
 //! old value has finished. Handlers announce themselves in one of two reader
 //! counters chosen by a reader generation; the writer flips the generation
 //! and waits only for the old generation's counter, so a stream of new
-//! signals cannot starve it (the scheme of signal-hook's `HalfLock`).
+//! signals cannot starve it (the scheme of signal-hook's `HalfLock`). That
+//! wait yields rather than sleeps: what it waits for is a handler's few
+//! one-byte writes, which cannot block.
 //!
 //! # Race conditions
 //!
@@ -98,44 +106,79 @@
 //!   deadlock a forked child); a raw fork in that window is the uncovered case
 //!   above, while evchild's own fork path advances the generation itself.
 
-#![allow(unsafe_code)]
+pub(crate) mod orphans;
+pub(crate) mod routes;
 
 mod disposition;
-mod reap_all;
-mod registry;
+mod handler;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::mem::ManuallyDrop;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
-// `check_reapable`: the query-only check, for callers that start no child.
-#[allow(unused_imports)]
-pub(crate) use disposition::{before_start, check_reapable};
-pub(crate) use reap_all::ReapAllToken;
-pub(crate) use registry::{register, Registration};
+use crate::sys::{Lock, LockGuard};
+
+pub(crate) use disposition::before_start;
+pub(crate) use handler::{register, Registration};
+pub(crate) use routes::ReapAllToken;
 
 /// Advanced in every forked child (see `# Fork generations`).
 static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 
-/// The writers' lock: see `# Internal workings`.
-static LOCK: AtomicBool = AtomicBool::new(false);
-
-/// Holds [`LOCK`] until dropped.
-struct Guard(());
-
-/// Takes the writers' lock, yielding while another thread holds it. Never
-/// called from the signal handler.
-fn lock() -> Guard {
-    while LOCK
-        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        std::thread::yield_now();
-    }
-    Guard(())
+/// Everything process-wide that is not an atomic the handler reads: the
+/// routes (claims, starts in flight, the inbox, the reap-all reactor) and
+/// the orphans. Behind the one lock ([`lock`]).
+#[derive(Default)]
+pub(crate) struct State {
+    /// The fork generation the contents belong to.
+    generation: u64,
+    pub(crate) routes: routes::Routes,
+    pub(crate) orphans: orphans::Book,
 }
 
-impl Drop for Guard {
-    fn drop(&mut self) {
-        LOCK.store(false, Ordering::Release);
+/// The one process-wide lock. The inner value is replaced, leaked, at the
+/// first use in a new fork generation (see [`lock`]).
+static STATE: Lock<Option<ManuallyDrop<State>>> = Lock::new(None);
+
+/// The process-wide state, locked. A futex lock: waiters sleep, nobody
+/// spins; no system call runs while it is held, except `sigaction` when
+/// the handler is (re)installed (rare: see `disposition.rs`).
+///
+/// In a forked child the first use finds contents of another generation
+/// (perhaps half-changed by a thread that does not exist there) and
+/// replaces them without dropping them: freeing is not safe where the
+/// allocator's state is unknown, so they are leaked.
+pub(crate) fn lock() -> Guard {
+    let mut guard = STATE.lock();
+    let generation = fork_generation();
+    if guard.as_ref().map(|s| s.generation) != Some(generation) {
+        *guard = Some(ManuallyDrop::new(State {
+            generation,
+            ..State::default()
+        }));
+    }
+    Guard(guard)
+}
+
+/// [`lock`]'s guard: derefs to the [`State`].
+pub(crate) struct Guard(LockGuard<'static, Option<ManuallyDrop<State>>>);
+
+impl Deref for Guard {
+    type Target = State;
+    fn deref(&self) -> &State {
+        self.0
+            .as_ref()
+            .map(|s| &**s)
+            .unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl DerefMut for Guard {
+    fn deref_mut(&mut self) -> &mut State {
+        self.0
+            .as_mut()
+            .map(|s| &mut **s)
+            .unwrap_or_else(|| unreachable!())
     }
 }
 
@@ -145,8 +188,8 @@ pub(crate) fn fork_generation() -> u64 {
 }
 
 /// What the `pthread_atfork` child handler does, in the (single-threaded)
-/// child right after `fork`: empties the slot table, resets the registry's
-/// counts, the writers' lock and the reap-all right, then advances the fork
+/// child right after `fork`: empties the slot table, resets the slot table's
+/// counts, the process lock, the routes' and orphans' counters, then advances the fork
 /// generation, so that everything inherited from the parent is inert and the
 /// child may create reactors of its own.
 ///
@@ -155,11 +198,11 @@ pub(crate) fn fork_generation() -> u64 {
 /// call empties an already empty table and advances the generation again);
 /// evchild's own fork path calls it only if the atfork handler did not run.
 pub(crate) fn advance_after_fork() {
-    registry::reset_in_child();
-    reap_all::reset_in_child();
-    crate::routes::after_fork_in_child();
+    handler::reset_in_child();
+    routes::reset_in_child();
+    orphans::reset_in_child();
+    STATE.reset_in_child();
     // Last, with Release: whoever sees the new generation sees the reset.
-    LOCK.store(false, Ordering::Release);
     FORK_GENERATION.fetch_add(1, Ordering::AcqRel);
 }
 
@@ -184,18 +227,16 @@ pub(crate) fn init() {
     {
         return;
     }
-    // SAFETY: `atfork_child` is an `extern "C" fn()` that lives for the life
-    // of the process (a static function of this crate), and is
-    // async-signal-safe (see `advance_after_fork`), as a child handler of a
-    // multi-threaded parent must be. No prepare or parent handler.
-    let rc = unsafe { libc::pthread_atfork(None, None, Some(atfork_child)) };
-    // ENOMEM is the only documented failure: try again at the next `new`;
-    // evchild's own fork path still advances the generation meanwhile.
-    ATFORK.store(if rc == 0 { 2 } else { 0 }, Ordering::Release);
+    // `atfork_child` is async-signal-safe (see `advance_after_fork`), as a
+    // child handler of a multi-threaded parent must be. ENOMEM is the only
+    // documented failure: try again at the next `new`; evchild's own fork
+    // path still advances the generation meanwhile.
+    let registered = crate::sys::atfork_child(atfork_child);
+    ATFORK.store(if registered { 2 } else { 0 }, Ordering::Release);
 }
 
-/// Counters for tests (through the `fuzzing` feature): not part of the API.
-#[cfg(any(test, feature = "fuzzing"))]
+/// Counters for evchild's own tests (`evchild::__private`): not part of the
+/// API.
 pub(crate) mod debug {
     /// How many `sigaction(SIGCHLD, &new, ..)` calls evchild has made to
     /// install or refresh its handler in this process.
@@ -205,6 +246,6 @@ pub(crate) mod debug {
 
     /// How many registrations are live in this process's generation.
     pub(crate) fn registrations() -> usize {
-        super::registry::users()
+        super::handler::users()
     }
 }

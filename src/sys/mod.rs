@@ -1,0 +1,45 @@
+//! Every raw system call evchild makes, each wrapped once, and the few
+//! other things that need `unsafe` (the fork-safe lock, a value that may be
+//! leaked in a forked child). Outside this module and the `SIGCHLD`
+//! handler's chaining, the crate is `#![deny(unsafe_code)]`.
+//!
+//! Each wrapper takes and returns safe types (`BorrowedFd`, `OwnedFd`,
+//! [`Pid`](crate::Pid), `io::Result`), retries nothing it was not asked to,
+//! and says in its docs whether it is async-signal-safe: those are the only
+//! ones the handler, the `pthread_atfork` child handler and a forked child
+//! before `exec` may call.
+//!
+//! * `wait.rs`: `waitid` (raw, with the resource usage), `wait4`, the
+//!   [`Reap`](crate::reap::Reap) seam's real implementation.
+//! * `signal.rs`: `kill`, `killpg`, `pidfd_send_signal`, `sigaction`, the
+//!   call through a chained handler, `SIGPIPE` bookkeeping.
+//! * `pidfd.rs`: `pidfd_open` and the one-time probe.
+//! * `fd.rs`: pipes, `close`, one-byte writes, `epoll_ctl` on raw sets.
+//! * `timer.rs`: the `timerfd` and `poll`.
+//! * `lock.rs`: the process-wide lock (a futex word a forked child resets).
+//! * `leak.rs`: [`Leakable`], a value dropped normally or leaked in a
+//!   forked child.
+//! * `fork.rs`: `fork`, `_exit`.
+
+#![allow(unsafe_code)]
+
+mod fd;
+mod fork;
+mod leak;
+mod lock;
+mod pidfd;
+mod signal;
+mod timer;
+mod wait;
+
+pub(crate) use fd::{close_in_forked_child, epoll_del, wake_pipe, write_byte, WakePipe};
+pub(crate) use fork::{atfork_child, exit_now, fork};
+pub(crate) use leak::Leakable;
+pub(crate) use lock::{futex_wait, futex_wake_all, Lock, LockGuard};
+pub(crate) use pidfd::{pidfd_open, pidfd_supported};
+pub(crate) use signal::{
+    call_chained, getpgid, kill, kill_group, pidfd_send_signal, raise_sigchld, sigchld_action,
+    sigchld_query, sigchld_set, take_pending_sigpipe, Action, ActionSlot,
+};
+pub(crate) use timer::{timer_create, timer_drain, timer_set, wait_readable};
+pub(crate) use wait::{is_unreaped_child, kill_and_reap, probe_child, SysReap};
