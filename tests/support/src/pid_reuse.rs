@@ -82,22 +82,26 @@ pub fn force_pids_or_skip(name: &str) -> bool {
         );
         return true;
     }
-    match how_to_force_pids() {
+    // Under the lock: the probe of the namespace starts a child, which a
+    // test of this binary that reaps every child must not see.
+    let check = Check::start();
+    let how = how_to_force_pids();
+    let here = match how {
         ForcePids::Here => true,
         ForcePids::InNamespace => {
-            let check = Check::start();
             OwnProcess::new(name)
                 .in_new_pid_namespace()
                 .run()
                 .assert_passed();
-            check.finish();
             false
         }
         ForcePids::No(reason) => {
             crate::skip!("cannot force pid reuse: {reason}");
             false
         }
-    }
+    };
+    check.finish();
+    here
 }
 
 /// Why pids cannot be forced in this process, if they cannot: not root (of
