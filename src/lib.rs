@@ -280,10 +280,10 @@
 //!   as libuv and libev do when they stop, or restored the default after
 //!   ignoring it): evchild installs its handler again, chaining to nothing.
 //!
-//! The handler is async-signal-safe: it saves and restores `errno`, writes
-//! one byte to the non-blocking, close-on-exec wake pipe of each reactor that
-//! needs it, chains, and does nothing else: no lock, no allocation, no
-//! panic, no logging.
+//! The handler is async-signal-safe: it saves and restores `errno`, counts
+//! its call (an atomic), writes one byte to the non-blocking, close-on-exec
+//! wake pipe of each reactor that needs it, chains, and does nothing else:
+//! no lock, no allocation, no panic, no logging.
 //!
 //! # Fork safety
 //!

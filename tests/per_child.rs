@@ -33,7 +33,7 @@ fn try_wait_running_exited_reported() {
         // Dead, not yet reported: the status, and the zombie stays.
         assert_eq!(
             reactor.try_wait(id).expect("try_wait"),
-            ChildStatus::Exited(exited(5))
+            ChildStatus::Dead(Outcome::Reaped(exited(5)))
         );
         assert!(util::is_our_child(id.pid()), "try_wait reaped the child");
         assert_eq!(deaths.total(), 0);
@@ -75,8 +75,12 @@ fn try_wait_sees_a_queued_report() {
         // One callback ran (and panicked); the other's report is queued.
         let statuses = [one, two].map(|id| reactor.try_wait(id).expect("try_wait"));
         match statuses {
-            [ChildStatus::Reported, ChildStatus::Exited(s)] => assert_eq!(s, exited(2)),
-            [ChildStatus::Exited(s), ChildStatus::Reported] => assert_eq!(s, exited(1)),
+            [ChildStatus::Reported, ChildStatus::Dead(Outcome::Reaped(s))] => {
+                assert_eq!(s, exited(2))
+            }
+            [ChildStatus::Dead(Outcome::Reaped(s)), ChildStatus::Reported] => {
+                assert_eq!(s, exited(1))
+            }
             other => panic!("expected one reported and one queued: {other:?}"),
         }
         dispatch_until_a_panic(&mut reactor);

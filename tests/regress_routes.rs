@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use evchild::{ChildStatus, Claim, Error, Hooks, Reactor, SigchldOwner};
+use evchild::{ChildStatus, Claim, Error, Hooks, Outcome, Reactor, SigchldOwner};
 use util::{Check, Deaths};
 
 /// A `LibraryAlways` reactor dispatching on its own thread until dropped.
@@ -108,7 +108,7 @@ fn mainloop_reactors_get_routed_statuses_through_dispatch() {
 fn try_wait_sees_a_routed_status() {
     routed_to_mainloop(
         |reactor, id| match reactor.try_wait(id).expect("try_wait") {
-            ChildStatus::Exited(status) => assert_eq!(status.code(), Some(7)),
+            ChildStatus::Dead(Outcome::Reaped(status)) => assert_eq!(status.code(), Some(7)),
             other => panic!("try_wait: {other:?}"),
         },
     );

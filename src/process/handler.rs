@@ -186,7 +186,9 @@ fn wait_for_readers() {
 /// Every step is async-signal-safe (signal-safety(7)):
 /// 1. Save `errno`: reading a thread-local integer. The `write(2)` calls below
 ///    may change it, and the interrupted code must not see that.
-/// 2. Enter the reader generation: atomic loads and read-modify-writes only,
+/// 2. Count the call (one atomic increment: how `disposition` tells whether
+///    a handler installed over ours chains to it). Enter the reader
+///    generation: atomic loads and read-modify-writes only,
 ///    no lock, so a handler interrupting a registering thread cannot deadlock.
 /// 3. For each used slot, `write(2)` one byte: on the list. The pipe is
 ///    non-blocking; `EAGAIN` (pipe full, reader already due) and any other

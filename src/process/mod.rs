@@ -114,7 +114,7 @@ mod handler;
 
 use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use crate::sys::{Lock, LockGuard};
 
@@ -180,6 +180,32 @@ impl DerefMut for Guard {
             .map(|s| &mut **s)
             .unwrap_or_else(|| unreachable!())
     }
+}
+
+/// Whether pidfds can be used here (`sys::pidfd_probe`, asked once per
+/// process): 0 not asked yet, 1 yes, 2 no.
+static PIDFDS: AtomicU8 = AtomicU8::new(0);
+
+/// Whether `pidfd_open` and `waitid(P_PIDFD)` work in this process (Linux
+/// ≥ 5.4, no seccomp veto). Probed at the first call.
+pub(crate) fn pidfd_supported() -> bool {
+    match PIDFDS.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let yes = crate::sys::pidfd_probe();
+            PIDFDS.store(if yes { 1 } else { 2 }, Ordering::Relaxed);
+            yes
+        }
+    }
+}
+
+/// Numbers reactors, so a `ChildId` says which reactor issued it.
+static REACTORS: AtomicU32 = AtomicU32::new(0);
+
+/// A new reactor's number (never reused in this process).
+pub(crate) fn next_reactor() -> u32 {
+    REACTORS.fetch_add(1, Ordering::Relaxed)
 }
 
 /// The current fork generation: one atomic load. Async-signal-safe.

@@ -24,7 +24,7 @@
 //! [`DropPolicy::Leave`]: crate::DropPolicy::Leave
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -40,6 +40,9 @@ use crate::Pid;
 struct Orphan {
     pid: Pid,
     pidfd: Option<OwnedFd>,
+    /// Its pidfd is in the orphan set. Otherwise it is looked at on
+    /// `SIGCHLD` wake-ups.
+    in_set: bool,
     /// Being looked at (or added to the set) by some thread, outside the
     /// lock: nobody else touches it meanwhile.
     busy: bool,
@@ -56,7 +59,7 @@ pub(crate) struct Book {
 
 /// Orphans listed: lets a start skip the lock when there are none.
 static LISTED: AtomicUsize = AtomicUsize::new(0);
-/// Orphans listed without a pidfd in the set.
+/// Orphans listed that are not in the set.
 static PIDLESS: AtomicUsize = AtomicUsize::new(0);
 
 /// In a forked child: the parent's orphans are not this process's
@@ -100,18 +103,19 @@ pub(crate) fn adopt(children: Vec<(Pid, Option<OwnedFd>)>) {
                 _ => false,
             };
             // Not in the set: looked at on SIGCHLD wake-ups instead.
-            (pid, pidfd.filter(|_| added))
+            (pid, pidfd, added)
         })
         .collect();
     let mut state = lock();
     let book = &mut state.orphans;
-    for (pid, pidfd) in children {
-        if pidfd.is_none() {
+    for (pid, pidfd, in_set) in children {
+        if !in_set {
             PIDLESS.fetch_add(1, Ordering::Release);
         }
         let key = book.orphans.insert(Orphan {
             pid,
             pidfd,
+            in_set,
             busy: false,
         });
         book.by_pid.insert(pid, key);
@@ -141,8 +145,8 @@ pub(crate) fn take(pid: Pid) -> Option<Option<OwnedFd>> {
         let orphan = book.remove(key);
         let set = book.set.clone();
         drop(state);
-        if let (Some(fd), Some(set)) = (&orphan.pidfd, set) {
-            crate::sys::epoll_del(set.0.as_raw_fd(), fd.as_fd());
+        if let (Some(fd), Some(set), true) = (&orphan.pidfd, set, orphan.in_set) {
+            crate::sys::epoll_del(set.0.as_raw_fd(), fd.as_raw_fd());
         }
         return Some(orphan.pidfd);
     }
@@ -155,7 +159,7 @@ impl Book {
             self.by_pid.remove(&orphan.pid);
         }
         LISTED.fetch_sub(1, Ordering::Release);
-        if orphan.pidfd.is_none() {
+        if !orphan.in_set {
             PIDLESS.fetch_sub(1, Ordering::Release);
         }
         orphan
@@ -163,14 +167,16 @@ impl Book {
 }
 
 /// The orphan set is ready: reaps the orphans whose pidfds are, with
-/// `sys` (one wait each).
-pub(crate) fn reap_ready(set: &Epoll, sys: &mut impl Reap) {
-    let mut events = [EpollEvent::empty(); 32];
+/// `sys` (one wait each), a batch of at most 64. Returns whether the set
+/// may still hold ready ones (a full batch): the caller must look again
+/// (its loop's registration may be edge-triggered).
+pub(crate) fn reap_ready(set: &Epoll, sys: &mut impl Reap) -> bool {
+    let mut events = [EpollEvent::empty(); 64];
     let n = loop {
         match set.wait(&mut events, 0u8) {
             Err(Errno::EINTR) => continue,
             Ok(n) => break n,
-            Err(_) => return,
+            Err(_) => return false,
         }
     };
     let pids: Vec<Pid> = events[..n]
@@ -181,11 +187,10 @@ pub(crate) fn reap_ready(set: &Epoll, sys: &mut impl Reap) {
     let keys: Vec<usize> = {
         let state = lock();
         let by_pid = &state.orphans.by_pid;
-        pids.iter()
-            .filter_map(|pid| by_pid.get(pid).copied())
-            .collect()
+        pids.iter().filter_map(|pid| by_pid.get(pid).copied()).collect()
     };
     look_at(keys.into_iter(), sys, Some(set));
+    n == events.len()
 }
 
 /// A `SIGCHLD` woke a reactor: looks at the orphans without a pidfd (one
@@ -200,7 +205,7 @@ pub(crate) fn reap_signalled(sys: &mut impl Reap) {
             .orphans
             .orphans
             .iter()
-            .filter(|(_, o)| o.pidfd.is_none())
+            .filter(|(_, o)| !o.in_set)
             .map(|(key, _)| key)
             .collect()
     };
@@ -246,19 +251,46 @@ fn look_at(keys: impl Iterator<Item = usize>, sys: &mut impl Reap, set: Option<&
         };
         gone.push((key, done));
     }
-    let mut removed = Vec::new();
+    // Out of the set: those reaped, and those whose pidfd was ready yet
+    // nothing could be reaped (a zombie a tracer holds), which would keep
+    // every reactor waking: they are looked at on `SIGCHLD` wake-ups from
+    // now on (kept busy until they have left the set).
+    let mut reaped = Vec::new();
+    let mut stuck = Vec::new();
     let mut state = lock();
     for (key, done) in gone {
         if done {
-            removed.push(state.orphans.remove(key));
+            let orphan = state.orphans.remove(key);
+            if orphan.in_set {
+                reaped.push(orphan.pidfd);
+            }
         } else if let Some(orphan) = state.orphans.orphans.get_mut(key) {
-            orphan.busy = false;
+            match (&orphan.pidfd, orphan.in_set) {
+                (Some(fd), true) => {
+                    orphan.in_set = false;
+                    PIDLESS.fetch_add(1, Ordering::Release);
+                    stuck.push((key, fd.as_raw_fd()));
+                }
+                _ => orphan.busy = false,
+            }
         }
     }
     drop(state);
-    for orphan in removed {
-        if let (Some(fd), Some(set)) = (&orphan.pidfd, set) {
-            crate::sys::epoll_del(set.0.as_raw_fd(), fd.as_fd());
+    let Some(set) = set else { return };
+    for fd in reaped.iter().flatten() {
+        crate::sys::epoll_del(set.0.as_raw_fd(), fd.as_raw_fd());
+    }
+    if stuck.is_empty() {
+        return;
+    }
+    for &(_, fd) in &stuck {
+        // Open: the orphan is busy, so nobody takes or closes it meanwhile.
+        crate::sys::epoll_del(set.0.as_raw_fd(), fd);
+    }
+    let mut state = lock();
+    for (key, _) in stuck {
+        if let Some(orphan) = state.orphans.orphans.get_mut(key) {
+            orphan.busy = false;
         }
     }
 }

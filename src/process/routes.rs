@@ -79,6 +79,9 @@ pub(crate) struct Routes {
 /// Reap-all passes running: from [`Pass::begin`] to the end of routing.
 /// Raised under the lock; a futex word that starts and claimants sleep on.
 static PASSES: AtomicU32 = AtomicU32::new(0);
+/// Threads sleeping on [`PASSES`]: a pass that ends wakes them only if
+/// there are any (no system call otherwise).
+static PASS_WAITERS: AtomicU32 = AtomicU32::new(0);
 /// Statuses in the inbox: lets `dispatch` skip the lock when there is none.
 static INBOX: AtomicUsize = AtomicUsize::new(0);
 /// Whether a reap-all reactor exists.
@@ -95,13 +98,22 @@ pub(super) fn reset_in_child() {
 
 /// Sleeps until no reap-all pass is running.
 fn wait_passes() {
-    loop {
-        let passes = PASSES.load(Ordering::Acquire);
-        if passes == 0 {
-            return;
-        }
+    while PASSES.load(Ordering::Acquire) != 0 {
+        sleep_on_passes();
+    }
+}
+
+/// Sleeps until [`PASSES`] changes (or a spurious wake-up). The waiter
+/// count is raised before `PASSES` is read again, and a pass lowers
+/// `PASSES` before it reads the count (both sequentially consistent), so
+/// either the sleeper sees the pass ended or the pass sees the sleeper.
+fn sleep_on_passes() {
+    PASS_WAITERS.fetch_add(1, Ordering::SeqCst);
+    let passes = PASSES.load(Ordering::SeqCst);
+    if passes != 0 {
         futex_wait(&PASSES, passes);
     }
+    PASS_WAITERS.fetch_sub(1, Ordering::SeqCst);
 }
 
 /// The right to reap every child of the process (`LibraryAlways`): at most
@@ -169,13 +181,12 @@ impl Start {
     pub(crate) fn begin() -> Start {
         loop {
             let mut state = lock();
-            let passes = PASSES.load(Ordering::Acquire);
-            if passes == 0 {
+            if PASSES.load(Ordering::Acquire) == 0 {
                 state.routes.in_flight += 1;
                 return Start { open: true };
             }
             drop(state);
-            futex_wait(&PASSES, passes);
+            sleep_on_passes();
         }
     }
 
@@ -342,7 +353,7 @@ pub(crate) struct Pass {
 impl Pass {
     pub(crate) fn begin() -> Pass {
         let state = lock();
-        PASSES.fetch_add(1, Ordering::AcqRel);
+        PASSES.fetch_add(1, Ordering::SeqCst);
         let careful = state.routes.in_flight > 0;
         Pass {
             careful,
@@ -394,8 +405,10 @@ impl Pass {
 
     fn end(&mut self) {
         if std::mem::replace(&mut self.open, false) {
-            PASSES.fetch_sub(1, Ordering::AcqRel);
-            futex_wake_all(&PASSES);
+            PASSES.fetch_sub(1, Ordering::SeqCst);
+            if PASS_WAITERS.load(Ordering::SeqCst) != 0 {
+                futex_wake_all(&PASSES);
+            }
         }
     }
 }

@@ -18,12 +18,10 @@ use crate::{ChildId, Error, Outcome, Pid, Reactor, Result};
 pub enum ChildStatus {
     /// Alive (stopped children included).
     Running,
-    /// Dead, with this status, and its death callback has not run yet (the
-    /// next `dispatch` runs it, with the same status).
-    Exited(ExitStatus),
-    /// Reaped by other code; its callback, not run yet, gets
-    /// [`Outcome::Lost`].
-    Lost,
+    /// Dead, and its death callback has not run yet: the next `dispatch`
+    /// runs it with this outcome ([`Outcome::Reaped`] with the status, or
+    /// [`Outcome::Lost`] if other code reaped it).
+    Dead(Outcome),
     /// `Mainloop` mode: reaped by the application, which has not reported
     /// it with [`reaped`](Reactor::reaped) yet; the callback runs then,
     /// with the status the application passes.
@@ -75,28 +73,29 @@ impl<C> Reactor<C> {
             };
             self.stats.wait_calls += sys.calls;
             return match probed {
-                Ok(Some(status)) if status.is_death() => {
-                    Ok(ChildStatus::Exited(ExitStatus::from_raw(status.raw)))
-                }
+                Ok(Some(status)) if status.is_death() => Ok(ChildStatus::Dead(Outcome::Reaped(
+                    ExitStatus::from_raw(status.raw),
+                ))),
                 Ok(_) => Ok(ChildStatus::Running),
                 // Gone: a reap-all reactor may have routed its status here
                 // (the callback gets it), or, in `Mainloop` mode, the
                 // application reaped it and will report it.
                 Err(nix::errno::Errno::ECHILD) => {
                     Ok(match crate::process::routes::peek_routed(id) {
-                        Some(status) => ChildStatus::Exited(ExitStatus::from_raw(status.raw)),
+                        Some(status) => {
+                            ChildStatus::Dead(Outcome::Reaped(ExitStatus::from_raw(status.raw)))
+                        }
                         None if self.mode() == crate::SigchldOwner::Mainloop => {
                             ChildStatus::AwaitingReport
                         }
-                        None => ChildStatus::Lost,
+                        None => ChildStatus::Dead(Outcome::Lost),
                     })
                 }
                 Err(e) => Err(Error::io("waitid(WNOWAIT)", e)),
             };
         }
         Ok(match self.queued(id) {
-            Some(Outcome::Reaped(status)) => ChildStatus::Exited(status),
-            Some(Outcome::Lost) => ChildStatus::Lost,
+            Some(outcome) => ChildStatus::Dead(outcome),
             None => ChildStatus::Reported,
         })
     }

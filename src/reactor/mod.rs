@@ -27,7 +27,6 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use mio::event::Source;
 use mio::unix::SourceFd;
@@ -100,9 +99,6 @@ impl<C> Watched for Entry<C> {
         self.serial
     }
 }
-
-/// Numbers reactors, so a [`ChildId`] says which reactor issued it.
-static REACTORS: AtomicU32 = AtomicU32::new(0);
 
 /// An event source for a `mio` loop that starts children and reports each
 /// one's death exactly once (libxl's `libxl__ev_child`).
@@ -188,7 +184,7 @@ impl<C> Reactor<C> {
     ///   is ignored or has `SA_NOCLDWAIT`; [`Error::TooManyReactors`].
     pub fn new(hooks: Hooks<C>) -> Result<Self> {
         crate::process::init();
-        let number = REACTORS.fetch_add(1, Ordering::Relaxed);
+        let number = crate::process::next_reactor();
         let mut reactor = Reactor {
             owner: Pid::this(),
             generation: crate::process::fork_generation(),

@@ -111,16 +111,11 @@ pub(crate) fn close_in_forked_child(fds: impl IntoIterator<Item = RawFd>) {
 /// `epoll` is a set the caller keeps open for as long as it calls this (a
 /// reactor's own set outlives its pidfds; the orphan set lives as long as
 /// its generation).
-pub(crate) fn epoll_del(epoll: RawFd, fd: BorrowedFd<'_>) {
-    // SAFETY: integers only; a null event is allowed for EPOLL_CTL_DEL.
-    // `fd` is borrowed, so open; `epoll` is open (see above), and at worst
-    // the call fails with EBADF.
-    unsafe {
-        libc::epoll_ctl(
-            epoll,
-            libc::EPOLL_CTL_DEL,
-            fd.as_raw_fd(),
-            std::ptr::null_mut(),
-        )
-    };
+/// Likewise `fd`: a number the caller keeps open for the call (at worst,
+/// a wrong number makes the call fail, or removes that descriptor from the
+/// set, which only costs its wake-ups: nothing is read or written).
+pub(crate) fn epoll_del(epoll: RawFd, fd: RawFd) {
+    // SAFETY: integers only; a null event is allowed for EPOLL_CTL_DEL; the
+    // call touches no memory of ours.
+    unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
 }

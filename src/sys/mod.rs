@@ -36,7 +36,7 @@ pub(crate) use fd::{close_in_forked_child, epoll_del, wake_pipe, write_byte, Wak
 pub(crate) use fork::{atfork_child, exit_now, fork};
 pub(crate) use leak::Leakable;
 pub(crate) use lock::{futex_wait, futex_wake_all, Lock, LockGuard};
-pub(crate) use pidfd::{pidfd_open, pidfd_supported};
+pub(crate) use pidfd::{pidfd_open, pidfd_probe};
 pub(crate) use signal::{
     call_chained, getpgid, kill, kill_group, pidfd_send_signal, raise_sigchld, sigchld_action,
     sigchld_query, sigchld_set, take_pending_sigpipe, Action, ActionSlot,

@@ -1,20 +1,15 @@
 //! `pidfd_open(2)`, and whether pidfds can be used here at all.
 //!
-//! `pidfd_open` and `waitid(P_PIDFD)` are probed once per process. `ENOSYS`
+//! `pidfd_open` and `waitid(P_PIDFD)` are probed once per process
+//! (`process::pidfd_supported` keeps the answer). `ENOSYS`
 //! (kernel too old), `EINVAL` and `EPERM` (seccomp filters answer either)
 //! mean "not here": `Backend::Auto` then chooses `Peek`. A failure for one
 //! child later (`EMFILE`) makes that child alone fall back to `SIGCHLD`.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::Pid;
-
-const UNKNOWN: u8 = 0;
-const YES: u8 = 1;
-const NO: u8 = 2;
-static SUPPORTED: AtomicU8 = AtomicU8::new(UNKNOWN);
 
 /// `pidfd_open(pid, 0)`: close-on-exec (the kernel always sets it).
 pub(crate) fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
@@ -30,22 +25,16 @@ pub(crate) fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Whether `pidfd_open` and `waitid(P_PIDFD)` (Linux ≥ 5.4) work here:
-/// asked once per process, on a pidfd of this process itself.
-pub(crate) fn pidfd_supported() -> bool {
-    match SUPPORTED.load(Ordering::Relaxed) {
-        YES => true,
-        NO => false,
-        _ => {
-            let ok = match pidfd_open(Pid::this()) {
-                Ok(fd) => super::wait::waitid_pidfd_works(fd.as_raw_fd()),
-                Err(e) => !matches!(
-                    e.raw_os_error(),
-                    Some(libc::ENOSYS | libc::EINVAL | libc::EPERM)
-                ),
-            };
-            SUPPORTED.store(if ok { YES } else { NO }, Ordering::Relaxed);
-            ok
-        }
+/// Whether `pidfd_open` and `waitid(P_PIDFD)` (Linux ≥ 5.4) work here,
+/// asked on a pidfd of this process itself (which is not our child, so a
+/// kernel that knows `P_PIDFD` answers `ECHILD`, one that does not,
+/// `EINVAL`). `process::pidfd_supported` asks once per process.
+pub(crate) fn pidfd_probe() -> bool {
+    match pidfd_open(Pid::this()) {
+        Ok(fd) => super::wait::waitid_pidfd_works(fd.as_raw_fd()),
+        Err(e) => !matches!(
+            e.raw_os_error(),
+            Some(libc::ENOSYS | libc::EINVAL | libc::EPERM)
+        ),
     }
 }

@@ -186,7 +186,7 @@ impl Watcher {
         }
         self.mode = mode;
         self.backend = match backend {
-            Backend::Auto | Backend::Pidfd if sys::pidfd_supported() => Backend::Pidfd,
+            Backend::Auto | Backend::Pidfd if process::pidfd_supported() => Backend::Pidfd,
             Backend::Auto | Backend::Pidfd => Backend::Peek,
             other => other,
         };
@@ -332,7 +332,7 @@ impl Watcher {
     pub(crate) fn orphan(&mut self, pid: Pid, watch: Watch) -> (Pid, Option<OwnedFd>) {
         let pidfd = self
             .unwatch_keep_pidfd(watch)
-            .or_else(|| sys::pidfd_supported().then(|| sys::pidfd_open(pid).ok())?);
+            .or_else(|| process::pidfd_supported().then(|| sys::pidfd_open(pid).ok())?);
         (pid, pidfd)
     }
 
@@ -426,8 +426,9 @@ impl Watcher {
         sys: &mut SysReap,
         out: &mut dyn FnMut(Reaped<T>),
     ) -> Result<()> {
-        if woken.orphans {
-            orphans::reap_ready(&self.orphan_set, sys);
+        if woken.orphans && orphans::reap_ready(&self.orphan_set, sys) {
+            // More may be ready than one batch: look again soon.
+            self.pipe.wake();
         }
         if woken.pipe {
             orphans::reap_signalled(sys);

@@ -58,7 +58,7 @@ impl Polled {
 
     fn remove(&self) {
         if let Some(fd) = &self.fd {
-            crate::sys::epoll_del(self.epoll, fd.as_fd());
+            crate::sys::epoll_del(self.epoll, fd.as_raw_fd());
         }
     }
 }
