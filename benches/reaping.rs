@@ -42,6 +42,9 @@ use std::task::Poll as TaskPoll;
 use std::time::{Duration, Instant};
 
 use evchild::{Backend, Exit, Hooks, Pid, Reactor, SigchldOwner};
+use evchild_testkit::bench::{
+    load_average, machine, median, pid_max, raise_nofile, rusage, thread_cpu,
+};
 use mio::{Events, Interest, Poll, Token};
 
 /// The short-lived child.
@@ -134,35 +137,8 @@ impl Config {
 }
 
 // ---------------------------------------------------------------------------
-// Clocks
+// Samples (the clocks are in evchild_testkit::bench)
 // ---------------------------------------------------------------------------
-
-fn timeval(tv: libc::timeval) -> Duration {
-    Duration::from_secs(tv.tv_sec.max(0) as u64) + Duration::from_micros(tv.tv_usec.max(0) as u64)
-}
-
-/// User + system CPU of `who` (`RUSAGE_SELF`: every thread of this process;
-/// `RUSAGE_CHILDREN`: the children that have been waited for).
-fn rusage(who: libc::c_int) -> Duration {
-    // SAFETY: all-zero is a valid `rusage`; getrusage only writes it.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is valid and writable for the call.
-    let rc = unsafe { libc::getrusage(who, &mut ru) };
-    assert_eq!(rc, 0, "getrusage: {}", io::Error::last_os_error());
-    timeval(ru.ru_utime) + timeval(ru.ru_stime)
-}
-
-/// CPU time of the calling thread, in nanoseconds' resolution.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is valid and writable for the call.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime: {}", io::Error::last_os_error());
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
 
 /// What one measured stream cost.
 #[derive(Clone, Copy, Debug)]
@@ -236,65 +212,8 @@ impl Meter {
 }
 
 // ---------------------------------------------------------------------------
-// System limits and checks
+// Checks
 // ---------------------------------------------------------------------------
-
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit
-/// now in force.
-fn raise_nofile() -> u64 {
-    // SAFETY: all-zero is a valid `rlimit`; getrlimit overwrites it.
-    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
-    // SAFETY: `limit` is valid and writable.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return 0;
-    }
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: `raised` is a valid `rlimit`; setrlimit only reads it.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            return raised.rlim_cur as u64;
-        }
-    }
-    limit.rlim_cur as u64
-}
-
-fn read_trimmed(path: &str) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|s| s.trim().to_owned())
-}
-
-/// The 1, 5 and 15-minute load averages: other work on the machine skews
-/// the figures.
-fn load_average() -> String {
-    read_trimmed("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-fn pid_max() -> usize {
-    read_trimmed("/proc/sys/kernel/pid_max")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(32768)
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = read_trimmed("/proc/sys/kernel/osrelease").unwrap_or_else(|| "?".into());
-    format!("{cores} × {cpu}, Linux {kernel}")
-}
 
 /// `waitid(P_ALL, WEXITED | WNOHANG | WNOWAIT)`: the pid of an exited,
 /// unreaped child, if any. Reaps nothing.
@@ -976,22 +895,14 @@ fn peer_helper(spec: &str) -> Res<()> {
     Ok(())
 }
 
-/// What `SIGCHLD` does now: `None` for the default action, else a
-/// description. Every cell must leave it at the default.
-fn sigchld_handler() -> Option<&'static str> {
+/// The current `SIGCHLD` handler (`SIG_DFL`, `SIG_IGN` or a function).
+fn sigchld_handler() -> Option<libc::sighandler_t> {
     // SAFETY: all-zero is a valid `sigaction`; with a null new action,
     // sigaction only reads the current one into `old`.
     let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
     // SAFETY: `old` is valid and writable; a null `act` changes nothing.
     let rc = unsafe { libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old) };
-    if rc != 0 {
-        return Some("unknown (sigaction failed)");
-    }
-    match old.sa_sigaction {
-        libc::SIG_DFL => None,
-        libc::SIG_IGN => Some("ignored"),
-        _ => Some("a handler"),
-    }
+    (rc == 0).then_some(old.sa_sigaction)
 }
 
 // ---------------------------------------------------------------------------
@@ -1013,11 +924,26 @@ impl Subject {
     }
 
     fn run(self, idle: &Idle, cfg: &Config, nofile: u64) -> Res<Result<Sample, String>> {
+        let before = sigchld_handler();
         let sample = match self {
             Subject::Evchild(v) => evchild_cell(v, idle, cfg, nofile)?,
             Subject::Peer(p) => Ok(peer_cell_isolated(p, cfg)?),
         };
-        if let Some(what) = sigchld_handler() {
+        // A cell must leave `SIGCHLD` as it found it, so the next cell is
+        // measured alike; except that evchild's own handler, once a
+        // `SIGCHLD` variant installed it, stays installed for the life of
+        // the process (the crate docs), and only costs a signal per exit.
+        let after = sigchld_handler();
+        let evchild_installed = matches!(self, Subject::Evchild(v) if v != Variant::Pidfd)
+            && before == Some(libc::SIG_DFL)
+            && after.is_some_and(|h| h != libc::SIG_DFL && h != libc::SIG_IGN);
+        if after != before && !evchild_installed {
+            let what = match after {
+                Some(libc::SIG_DFL) => "the default action",
+                Some(libc::SIG_IGN) => "SIGCHLD ignored",
+                Some(_) => "another handler",
+                None => "unknown (sigaction failed)",
+            };
             return Err(format!("{}: SIGCHLD left with {what}", self.name()).into());
         }
         Ok(sample)
@@ -1030,18 +956,6 @@ struct Row {
     subject: Subject,
     samples: Vec<Sample>,
     skipped: Option<String>,
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
 }
 
 impl Row {
@@ -1181,8 +1095,8 @@ fn main() -> Res<()> {
          RLIMIT_NOFILE {nofile}, pid_max {pid_max}",
         cfg.rounds, cfg.children, cfg.warmup, cfg.depth, cfg.idle
     );
-    if let Some(what) = sigchld_handler() {
-        return Err(format!("SIGCHLD has {what} before the run: run this alone").into());
+    if sigchld_handler() != Some(libc::SIG_DFL) {
+        return Err("SIGCHLD is not at its default action before the run: run this alone".into());
     }
 
     let mut levels = cfg.idle.clone();

@@ -34,6 +34,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use evchild::{Backend, Exit, Hooks, Reactor, SigchldOwner};
+use evchild_testkit::bench::{load_average, median, min_max, rusage};
 use mio::{Events, Interest, Poll, Token};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -111,20 +112,6 @@ impl Subject {
 // ---------------------------------------------------------------------------
 // The worker: one subject's stream in a process of its own
 // ---------------------------------------------------------------------------
-
-fn timeval(tv: libc::timeval) -> Duration {
-    Duration::from_secs(tv.tv_sec.max(0) as u64) + Duration::from_micros(tv.tv_usec.max(0) as u64)
-}
-
-/// User + system CPU of `who`.
-fn rusage(who: libc::c_int) -> Duration {
-    // SAFETY: all-zero is a valid `rusage`; getrusage only writes it.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is valid and writable for the call.
-    let rc = unsafe { libc::getrusage(who, &mut ru) };
-    assert_eq!(rc, 0, "getrusage: {}", io::Error::last_os_error());
-    timeval(ru.ru_utime) + timeval(ru.ru_stime)
-}
 
 fn mark(text: &[u8]) {
     // SAFETY: writing a valid buffer to an invalid descriptor: EBADF.
@@ -611,31 +598,6 @@ fn strace_table(depth: usize, cells: &[StraceCell]) -> String {
 // ---------------------------------------------------------------------------
 // CPU: the parent's CPU per child, interleaved
 // ---------------------------------------------------------------------------
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn min_max(v: &[f64]) -> (f64, f64) {
-    (
-        v.iter().copied().fold(f64::INFINITY, f64::min),
-        v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-    )
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
 
 fn cpu(subjects: &[Subject], n: usize, warmup: usize, depth: usize, rounds: usize) -> Res<String> {
     let load_before = load_average();

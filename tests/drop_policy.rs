@@ -4,7 +4,7 @@
 //! tests reap them here (by pid, with `waitpid`), after checking what the
 //! policy promised. `KillAndReap` promises no zombie at all.
 
-mod util;
+use evchild_testkit as util;
 
 use std::process::{Child, Command};
 use std::sync::Arc as Rc;

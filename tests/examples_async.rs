@@ -14,7 +14,7 @@
 //! it leaves no child behind (zombies included); the test checks the same
 //! of its own process, and that it leaked no descriptor.
 
-mod util;
+use evchild_testkit as util;
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;

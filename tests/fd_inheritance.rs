@@ -15,7 +15,7 @@
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-mod util;
+use evchild_testkit as util;
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -178,10 +178,7 @@ fn library_children_inherit_no_descriptor_of_ours() {
     let check = util::Check::start();
     {
         let _kill = KillOnPanic;
-        let pidfd = util::pidfd_available();
-        if !pidfd {
-            eprintln!("no pidfds on this system: the pidfd backend is not tested");
-        }
+        let pidfd = util::pidfd_or_skip("the Pidfd backend's part");
         for backend in util::BACKENDS {
             if backend == Backend::Pidfd && !pidfd {
                 continue;

@@ -21,7 +21,7 @@
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-mod util;
+use evchild_testkit as util;
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::{Command, ExitStatus, Stdio};

@@ -4,7 +4,7 @@
 //! its own (that is the point), so it must not share a process with tests
 //! whose children it would steal.
 
-mod util;
+use evchild_testkit as util;
 
 use std::process::ExitStatus;
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //!
 //! In its own binary: the reap-all reactor takes every child of the process.
 
-mod util;
+use evchild_testkit as util;
 
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -16,7 +16,7 @@
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-mod util;
+use evchild_testkit as util;
 
 use std::collections::{BTreeSet, HashSet};
 use std::io;
@@ -906,7 +906,8 @@ fn handler_only_while_children_live() {
         assert_handler_released();
         // A pidfd reactor (where the kernel has pidfds) with a live child
         // all along, which must not count as a user of the handler.
-        let mut pidfd = util::pidfd_available().then(|| util::library_with(Backend::Pidfd));
+        let mut pidfd =
+            util::pidfd_or_skip("the pidfd bystander").then(|| util::library_with(Backend::Pidfd));
         let mut pidfd_deaths = Deaths::default();
         let bystander = pidfd
             .as_mut()

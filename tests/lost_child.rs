@@ -5,7 +5,7 @@
 //! one uses `LibraryAlways`. The `Library` test runs with the backend of
 //! `EVCHILD_TEST_BACKEND`.
 
-mod util;
+use evchild_testkit as util;
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;

@@ -4,7 +4,7 @@
 //! In its own binary: the tests install the application's own `SIGCHLD`
 //! handler and reap with `waitpid(-1)`.
 
-mod util;
+use evchild_testkit as util;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;

@@ -7,14 +7,14 @@
 //! with this run's backend (`EVCHILD_TEST_BACKEND`), except the one that
 //! goes through all of them.
 
-mod util;
+use evchild_testkit as util;
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use evchild::{Backend, Error, IntoStdio, Output, OutputOptions, Reactor};
-use util::{pidfd_available, record, Check, Deaths, KillOnPanic, Loop, BACKENDS};
+use util::{record, Check, Deaths, KillOnPanic, Loop, BACKENDS};
 
 const LIMIT: Duration = Duration::from_secs(60);
 const MIB: usize = 1 << 20;
@@ -285,8 +285,9 @@ fn a_missing_program_registers_nothing() {
 fn one_callback_with_the_right_status_under_every_backend() {
     let check = Check::start();
     let _kill = KillOnPanic;
+    let pidfd = util::pidfd_or_skip("the Pidfd backend's part");
     for backend in BACKENDS {
-        if backend == Backend::Pidfd && !pidfd_available() {
+        if backend == Backend::Pidfd && !pidfd {
             continue;
         }
         let (mut reactor, mut lp, mut outputs) = util::library_loop_with::<Outputs>(backend);

@@ -2,7 +2,7 @@
 //! `forget`, `cancel_terminate`, `pidfd`, typed signals, `fork_with`.
 //! Real children, exact statuses, under this run's backend.
 
-mod util;
+use evchild_testkit as util;
 
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};

@@ -11,7 +11,7 @@
 //! calls async-signal-safe functions (`_exit`, `read`, `close`) until it
 //! dies (see `util::fork_exit` and `util::fork_waiting`).
 
-mod util;
+use evchild_testkit as util;
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
@@ -111,8 +111,7 @@ fn children_beyond_the_descriptor_limit_fall_back_to_sigchld() {
     const N: usize = 12;
     const EARLY: i32 = 4;
     let check = util::Check::start();
-    if !util::pidfd_available() {
-        eprintln!("no pidfds on this system: nothing to test");
+    if !util::pidfd_or_skip("the whole test") {
         return check.finish();
     }
     {
@@ -193,8 +192,7 @@ fn children_beyond_the_descriptor_limit_fall_back_to_sigchld() {
 fn no_room_for_any_pidfd() {
     const N: usize = 8;
     let check = util::Check::start();
-    if !util::pidfd_available() {
-        eprintln!("no pidfds on this system: nothing to test");
+    if !util::pidfd_or_skip("the whole test") {
         return check.finish();
     }
     {

@@ -7,7 +7,7 @@
 //! init's, and a `LibraryAlways` reactor's unknown-child hook can collect
 //! them and show how they died.
 
-mod util;
+use evchild_testkit as util;
 
 use std::io;
 use std::os::unix::process::{CommandExt, ExitStatusExt};

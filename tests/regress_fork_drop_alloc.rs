@@ -5,14 +5,13 @@
 //! a pending (undelivered) report, a `terminate` deadline, a stop-report
 //! child, and (with `Pidfd`) pidfds. Expected: 0 and 0.
 //!
-//! The reactor is built in a helper process (this binary re-executed for the
-//! ignored test `helper_fork_drop_alloc`, one test thread), whose forked
+//! The reactor is built in a helper process (the test in a process of its
+//! own, role `helper`: see `evchild_testkit::own_process`), whose forked
 //! child drops it and reports the counts through its exit code: allocations
 //! (capped at 15) in the low four bits, frees (capped at 15) in the high.
 //! This file installs its own global allocator, so it holds nothing else.
 
-mod regress_common;
-mod util;
+use evchild_testkit as util;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::panic::{self, AssertUnwindSafe};
@@ -20,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use evchild::{Backend, DropPolicy, Pid};
-use util::{Check, Deaths, BACKENDS};
+use util::{Check, Deaths, OwnProcess, BACKENDS};
 
 struct Counting;
 
@@ -68,29 +67,30 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-const HELPER: &str = "helper_fork_drop_alloc";
-const ROLE: &str = "fork-drop-alloc";
+const NAME: &str = "dropping_a_reactor_in_a_forked_child_allocates_and_frees_nothing";
+const HELPER: &str = "helper";
 const BACKEND_ENV: &str = "EVCHILD_REGRESS_BACKEND";
 /// The helper's own failures, above any count code.
 const SETUP_FAILED: i32 = 255;
 
 #[test]
 fn dropping_a_reactor_in_a_forked_child_allocates_and_frees_nothing() {
+    if util::own_process_role(NAME).as_deref() == Some(HELPER) {
+        return helper();
+    }
     let check = Check::start();
-    let pidfd = regress_common::pidfd_or_skip("drop in a forked child");
-    let dir = regress_common::temp_dir("fork-drop-alloc");
+    let pidfd = util::pidfd_or_skip("drop in a forked child");
     let mut problems = Vec::new();
     for backend in BACKENDS {
         if backend == Backend::Pidfd && !pidfd {
             continue;
         }
-        let (status, output) = regress_common::run_helper(
-            HELPER,
-            ROLE,
-            &[(BACKEND_ENV, format!("{backend:?}"))],
-            &dir.join(format!("{backend:?}.log")),
-            Duration::from_secs(20),
-        );
+        let ran = OwnProcess::new(NAME)
+            .role(HELPER)
+            .env(BACKEND_ENV, format!("{backend:?}"))
+            .limit(Duration::from_secs(60))
+            .run();
+        let (status, output) = (ran.status, ran.output);
         match status.code() {
             Some(0) => {}
             Some(code) if code != SETUP_FAILED => problems.push(format!(
@@ -104,18 +104,13 @@ fn dropping_a_reactor_in_a_forked_child_allocates_and_frees_nothing() {
             )),
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     check.finish();
 }
 
-#[test]
-#[ignore = "helper process of dropping_a_reactor_in_a_forked_child_allocates_and_frees_nothing"]
-fn helper_fork_drop_alloc() {
-    if regress_common::role().as_deref() != Some(ROLE) {
-        println!("{HELPER}: a helper process, run by another test");
-        return;
-    }
+/// The helper process: builds the reactor, forks, and exits with the
+/// counts of the forked child's drop.
+fn helper() {
     let backend = match std::env::var(BACKEND_ENV).as_deref() {
         Ok("Pidfd") => Backend::Pidfd,
         Ok("Peek") => Backend::Peek,

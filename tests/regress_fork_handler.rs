@@ -13,15 +13,15 @@
 //! file stays empty (the registry is emptied in a forked child by a fork
 //! generation, whatever its pid).
 //!
-//! P runs in a helper process (this binary re-executed for the ignored test
-//! `helper_fork_handler`, one test thread) so that C and D may run ordinary
+//! P runs in a helper process (the test in a process of its own, role `p`:
+//! see `evchild_testkit::own_process`) so that C and D may run ordinary
 //! code. The test makes itself a child subreaper so that C, orphaned when P
-//! exits, becomes its child and is reaped by it. Needs root (skips with a
-//! printed reason otherwise); this file changes the process's subreaper
-//! attribute and forces pid reuse, so it holds nothing else.
+//! exits, becomes its child and is reaped by it. Pids are forced as root, or
+//! else in a user and pid namespace (`evchild_testkit::pid_reuse`); the test
+//! skips, visibly, where neither works. This file changes the process's
+//! subreaper attribute and forces pid reuse, so it holds nothing else.
 
-mod regress_common;
-mod util;
+use evchild_testkit as util;
 
 use std::fs::OpenOptions;
 use std::os::fd::IntoRawFd;
@@ -31,10 +31,11 @@ use std::time::{Duration, Instant};
 use std::process::{Command, Stdio};
 
 use evchild::{Backend, Forked, Hooks, Reactor, SigchldOwner};
-use util::{Check, KillOnPanic};
+use util::{Check, KillOnPanic, OwnProcess};
 
-const HELPER: &str = "helper_fork_handler";
-const ROLE: &str = "fork-handler";
+const NAME: &str = "inherited_handler_never_writes_into_a_strangers_file";
+/// The role of the helper process P.
+const P: &str = "p";
 const DIR_ENV: &str = "EVCHILD_REGRESS_DIR";
 const VARIANT_ENV: &str = "EVCHILD_REGRESS_VARIANT";
 
@@ -110,12 +111,14 @@ fn wait_bounded(pid: libc::pid_t, limit: Duration) -> Option<i32> {
 
 #[test]
 fn inherited_handler_never_writes_into_a_strangers_file() {
+    if util::own_process_role(NAME).as_deref() == Some(P) {
+        return helper_p();
+    }
+    if !util::force_pids_or_skip(NAME) {
+        return;
+    }
     let check = Check::start();
     let _kill = KillOnPanic;
-    if let Some(reason) = regress_common::cannot_force_pids() {
-        println!("skipping: {reason}");
-        return check.finish();
-    }
     let subreaper = Subreaper::new();
     let problems: Vec<String> = VARIANTS.iter().filter_map(|v| one_variant(v)).collect();
     drop(subreaper);
@@ -125,17 +128,14 @@ fn inherited_handler_never_writes_into_a_strangers_file() {
 
 /// Runs P, C and D for one variant; returns the problem, if any.
 fn one_variant(variant: &str) -> Option<String> {
-    let dir = regress_common::temp_dir("fork-handler");
-    let (status, p_output) = regress_common::run_helper(
-        HELPER,
-        ROLE,
-        &[
-            (DIR_ENV, dir.display().to_string()),
-            (VARIANT_ENV, variant.to_string()),
-        ],
-        &dir.join("p.log"),
-        Duration::from_secs(20),
-    );
+    let dir = util::temp_dir("fork-handler");
+    let ran = OwnProcess::new(NAME)
+        .role(P)
+        .env(DIR_ENV, dir.display().to_string())
+        .env(VARIANT_ENV, variant)
+        .limit(Duration::from_secs(60))
+        .run();
+    let (status, p_output) = (ran.status, ran.output);
     if status.code() != Some(0) {
         let _ = std::fs::remove_dir_all(&dir);
         return Some(format!(
@@ -159,7 +159,9 @@ fn one_variant(variant: &str) -> Option<String> {
     match code {
         Some(CLEAN) => None,
         Some(NO_REUSE) => {
-            println!("{variant}: skipped: D never got P's pid; C's log:\n{c_log}");
+            util::skip!(
+                "{variant}: D never got P's pid (another process took it); C's log:\n{c_log}"
+            );
             None
         }
         Some(WRITTEN) => Some(format!(
@@ -173,13 +175,8 @@ fn one_variant(variant: &str) -> Option<String> {
     }
 }
 
-#[test]
-#[ignore = "helper process of inherited_handler_never_writes_into_a_strangers_file"]
-fn helper_fork_handler() {
-    if regress_common::role().as_deref() != Some(ROLE) {
-        println!("{HELPER}: a helper process, run by another test");
-        return;
-    }
+/// P: holds the handler, forks C, and exits.
+fn helper_p() {
     let dir = PathBuf::from(std::env::var(DIR_ENV).expect("the test's directory"));
     let variant = std::env::var(VARIANT_ENV).expect("the variant");
     let p = std::process::id();
@@ -263,7 +260,7 @@ fn c_main(dir: &Path, p: libc::pid_t) -> i32 {
     }
     let victim = dir.join("victim");
     for attempt in 0..20 {
-        if let Err(e) = regress_common::next_pid_will_be(p) {
+        if let Err(e) = util::next_pid_will_be(p) {
             log(format!("ns_last_pid: {e}"));
             return C_FAILED;
         }

@@ -5,24 +5,24 @@
 //! "taken" in the child's copy of the process-wide flag).
 //!
 //! The test binary is multithreaded, and a forked child of it may only call
-//! async-signal-safe functions; so the work runs in a helper process (this
-//! binary re-executed for the ignored test `helper_forked_reset`, on one
-//! test thread), whose forked child may create reactors and spawn. (libtest
+//! async-signal-safe functions; so the work runs in a helper process (the
+//! test in a process of its own, role `helper`: see
+//! `evchild_testkit::own_process`), whose forked child may create reactors
+//! and spawn. (libtest
 //! still keeps its main thread, idle in a channel receive while the test
 //! thread runs: it holds no lock the child needs, and glibc's `malloc` is
 //! fork-safe.)
 
-mod regress_common;
-mod util;
+use evchild_testkit as util;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use evchild::{Error, Hooks, Outcome, Reactor, SigchldOwner};
-use util::{Check, Deaths};
+use util::{Check, Deaths, OwnProcess};
 
-const HELPER: &str = "helper_forked_reset";
-const ROLE: &str = "forked-reset";
+const NAME: &str = "forked_child_may_create_a_library_always_reactor";
+const HELPER: &str = "helper";
 
 // The forked child's exit codes.
 const OK: i32 = 0;
@@ -46,11 +46,15 @@ fn describe(code: Option<i32>) -> &'static str {
 
 #[test]
 fn forked_child_may_create_a_library_always_reactor() {
+    if util::own_process_role(NAME).as_deref() == Some(HELPER) {
+        return helper();
+    }
     let check = Check::start();
-    let dir = regress_common::temp_dir("forked-reset");
-    let (status, output) =
-        regress_common::run_helper(HELPER, ROLE, &[], &dir.join("log"), Duration::from_secs(20));
-    let _ = std::fs::remove_dir_all(&dir);
+    let ran = OwnProcess::new(NAME)
+        .role(HELPER)
+        .limit(Duration::from_secs(60))
+        .run();
+    let (status, output) = (ran.status, ran.output);
     assert_eq!(
         status.code(),
         Some(OK),
@@ -62,15 +66,7 @@ fn forked_child_may_create_a_library_always_reactor() {
 
 /// The helper process: single test thread, so its forked child may do
 /// anything.
-#[test]
-#[ignore = "helper process of forked_child_may_create_a_library_always_reactor"]
-fn helper_forked_reset() {
-    if regress_common::role().as_deref() != Some(ROLE) {
-        println!(
-            "{HELPER}: a helper process; run by forked_child_may_create_a_library_always_reactor"
-        );
-        return;
-    }
+fn helper() {
     let threads = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
     println!("helper {}: {threads} thread(s)", std::process::id());
     let reactor = Reactor::<Deaths>::new(Hooks::new(SigchldOwner::LibraryAlways))

@@ -7,8 +7,7 @@
 //! must not claim `Pidfd` for a `Mainloop` reactor, which watches nothing
 //! through pidfds.
 
-mod regress_common;
-mod util;
+use evchild_testkit as util;
 
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
@@ -34,7 +33,7 @@ fn sleeper() -> Command {
 fn idle_dispatch_makes_no_wait_call_per_child() {
     let check = Check::start();
     let _kill = KillOnPanic;
-    let pidfd = regress_common::pidfd_or_skip("idle dispatch");
+    let pidfd = util::pidfd_or_skip("idle dispatch");
     let mut problems = Vec::new();
     for backend in BACKENDS {
         if backend == Backend::Pidfd && !pidfd {

@@ -9,7 +9,7 @@
 //! it: the tests only dispatch (reaping is the observable harm) and drop the
 //! reactor with the default `DropPolicy::Leave`.
 
-mod util;
+use evchild_testkit as util;
 
 use std::panic::{self, AssertUnwindSafe};
 use std::process::Child;
@@ -28,10 +28,7 @@ fn bad_pids() -> [(&'static str, Pid); 3] {
 }
 
 fn backends() -> Vec<Backend> {
-    let pidfd = util::pidfd_available();
-    if !pidfd {
-        println!("skipping the Pidfd backend: pidfd_open is not supported here");
-    }
+    let pidfd = util::pidfd_or_skip("the Pidfd backend's part");
     BACKENDS
         .into_iter()
         .filter(|&b| b != Backend::Pidfd || pidfd)

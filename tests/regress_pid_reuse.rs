@@ -1,7 +1,8 @@
 //! Issue 7, cases 3 and 4: a registered child A is reaped by other code
 //! against the contract (here: the test's own `waitpid(A)`), and the kernel
 //! gives A's pid to a new child B of the process (forced through
-//! `/proc/sys/kernel/ns_last_pid`, as root). Whatever the reactor does for A
+//! `/proc/sys/kernel/ns_last_pid`: as root, or else with the test alone in a
+//! new user and pid namespace, see `evchild_testkit::pid_reuse`). Whatever the reactor does for A
 //! afterwards must not touch B:
 //!
 //! * the `Pidfd` backend knows A is gone (its pidfd says so): A is reported
@@ -9,28 +10,19 @@
 //! * no backend's `terminate` deadline, nor `DropPolicy::Kill` /
 //!   `KillAndReap`, sends B a `SIGKILL` meant for A.
 //!
-//! This file forces pid reuse, so it holds nothing else. Skips (with a
-//! printed reason) when not root or without `ns_last_pid`.
+//! This file forces pid reuse, so it holds nothing else. Skips, visibly
+//! (`evchild_testkit::skip!`), where pids cannot be forced.
 
-mod regress_common;
-mod util;
+use evchild_testkit as util;
 
 use std::process::Child;
 use std::time::{Duration, Instant};
 
 use evchild::{Backend, ChildId, DropPolicy, Outcome, Pid, Reactor};
-use regress_common::{cannot_force_pids, pidfd_or_skip, proc_state, spawn_with_pid};
-use util::{exited, reap_child, record, signaled, wait_zombie, Check, Deaths, KillOnPanic};
-
-fn can_force(test: &str) -> bool {
-    match cannot_force_pids() {
-        Some(reason) => {
-            println!("skipping {test}: {reason}");
-            false
-        }
-        None => true,
-    }
-}
+use util::{
+    exited, force_pids_or_skip, pidfd_or_skip, proc_state, reap_child, record, signaled,
+    spawn_with_pid, wait_zombie, Check, Deaths, KillOnPanic,
+};
 
 /// Registers A (`sleep 30`) with `reactor`.
 fn spawn_a(reactor: &mut Reactor<Deaths>) -> ChildId {
@@ -40,12 +32,12 @@ fn spawn_a(reactor: &mut Reactor<Deaths>) -> ChildId {
         .id
 }
 
-/// Starts B (`script`) under A's freed pid; `None` (after printing why) if
+/// Starts B (`script`) under A's freed pid; `None` (after a skip line) if
 /// another process of the machine kept taking it.
 fn b_under(a: ChildId, script: &str) -> Option<Child> {
     let b = spawn_with_pid(&mut util::quiet_sh(script), a.pid().as_raw());
     if b.is_none() {
-        println!("skipping: could not get pid {} again for B", a.pid());
+        util::skip!("could not get pid {} again for B", a.pid());
     }
     b
 }
@@ -106,9 +98,12 @@ fn kill_and_wait(mut b: Child) {
 
 #[test]
 fn pidfd_child_stolen_then_pid_reused_by_an_exited_child_is_lost() {
+    if !force_pids_or_skip("pidfd_child_stolen_then_pid_reused_by_an_exited_child_is_lost") {
+        return;
+    }
     let check = Check::start();
     let _kill = KillOnPanic;
-    if !can_force("pidfd, B exited") || !pidfd_or_skip("pid reuse, B exited") {
+    if !pidfd_or_skip("pid reuse, B exited") {
         return check.finish();
     }
     let (mut reactor, mut lp, mut deaths) = util::library_loop_with::<Deaths>(Backend::Pidfd);
@@ -147,9 +142,13 @@ fn pidfd_child_stolen_then_pid_reused_by_an_exited_child_is_lost() {
 
 #[test]
 fn pidfd_child_stolen_then_pid_reused_by_a_running_child_is_lost_promptly() {
+    if !force_pids_or_skip("pidfd_child_stolen_then_pid_reused_by_a_running_child_is_lost_promptly")
+    {
+        return;
+    }
     let check = Check::start();
     let _kill = KillOnPanic;
-    if !can_force("pidfd, B running") || !pidfd_or_skip("pid reuse, B running") {
+    if !pidfd_or_skip("pid reuse, B running") {
         return check.finish();
     }
     let mut reactor = util::library_with::<Deaths>(Backend::Pidfd);
@@ -164,10 +163,11 @@ fn pidfd_child_stolen_then_pid_reused_by_a_running_child_is_lost_promptly() {
         return check.finish();
     };
 
-    // Within a few dispatches (bounded by time: the loop may spin).
+    // Within a few dispatches (each after a wait of at most 50 ms): a count
+    // of rounds, not a time, so the machine's speed does not matter.
     let start = Instant::now();
     let mut rounds = 0;
-    while deaths.total() == 0 && rounds < 20 && start.elapsed() < Duration::from_secs(2) {
+    while deaths.total() == 0 && rounds < 20 {
         let _ = util::readable_within(
             std::os::fd::AsRawFd::as_raw_fd(&reactor),
             Duration::from_millis(50),
@@ -199,9 +199,12 @@ fn pidfd_child_stolen_then_pid_reused_by_a_running_child_is_lost_promptly() {
 
 #[test]
 fn terminate_deadline_never_kills_the_new_owner_of_a_stolen_pid_pidfd() {
+    if !force_pids_or_skip("terminate_deadline_never_kills_the_new_owner_of_a_stolen_pid_pidfd") {
+        return;
+    }
     let check = Check::start();
     let _kill = KillOnPanic;
-    if can_force("terminate deadline, Pidfd") && pidfd_or_skip("terminate deadline") {
+    if pidfd_or_skip("terminate deadline") {
         terminate_deadline_case(&[Backend::Pidfd]);
     }
     check.finish();
@@ -258,9 +261,12 @@ fn terminate_deadline_case(backends: &[Backend]) {
 
 #[test]
 fn drop_policy_never_kills_the_new_owner_of_a_stolen_pid_pidfd() {
+    if !force_pids_or_skip("drop_policy_never_kills_the_new_owner_of_a_stolen_pid_pidfd") {
+        return;
+    }
     let check = Check::start();
     let _kill = KillOnPanic;
-    if can_force("drop policy, Pidfd") && pidfd_or_skip("drop policy") {
+    if pidfd_or_skip("drop policy") {
         drop_policy_case(&[Backend::Pidfd]);
     }
     check.finish();
@@ -306,11 +312,12 @@ fn drop_policy_case(backends: &[Backend]) {
 /// another reactor must not reap B in A's place.
 #[test]
 fn orphan_reaper_never_reaps_the_new_owner_of_a_stolen_pid() {
+    if !force_pids_or_skip("orphan_reaper_never_reaps_the_new_owner_of_a_stolen_pid") {
+        return;
+    }
     let check = Check::start();
     let _kill = KillOnPanic;
-    if !can_force("orphan_reaper_never_reaps_the_new_owner_of_a_stolen_pid")
-        || !pidfd_or_skip("the orphan reaper by pidfd")
-    {
+    if !pidfd_or_skip("the orphan reaper by pidfd") {
         return check.finish();
     }
     for backend in util::SIGCHLD_BACKENDS {

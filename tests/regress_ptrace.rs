@@ -6,21 +6,20 @@
 //!
 //! This file makes the test process a tracer, so it holds nothing else.
 
-mod regress_common;
-mod util;
-
-#[path = "regress_common/ptrace.rs"]
-mod ptrace;
+use evchild_testkit as util;
 
 use evchild::Backend;
-use ptrace::ptrace_stop_is_not_a_death;
+use util::ptrace::ptrace_stop_is_not_a_death;
 use util::{Check, Deaths, KillOnPanic, BACKENDS};
 
 #[test]
 fn ptrace_stop_is_not_a_death_in_any_backend() {
     let check = Check::start();
     let _kill = KillOnPanic;
-    let pidfd = regress_common::pidfd_or_skip("ptrace stops");
+    if !util::ptrace::ptrace_or_skip() {
+        return check.finish();
+    }
+    let pidfd = util::pidfd_or_skip("ptrace stops");
     let mut problems = Vec::new();
     for backend in BACKENDS {
         if backend == Backend::Pidfd && !pidfd {

@@ -7,8 +7,7 @@
 //! Its own test binary: the reap-all reactor reaps every child of the
 //! process.
 
-mod regress_common;
-mod util;
+use evchild_testkit as util;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
@@ -126,12 +125,12 @@ fn a_routed_child_is_not_signalled_by_pid() {
 }
 
 /// Two statuses for one pid (reused between two reactors' children) are
-/// both kept: the inbox is keyed by the claim, not the pid. Needs root, to
-/// force the pid through `ns_last_pid`.
+/// both kept: the inbox is keyed by the claim, not the pid. Forces the pid
+/// through `ns_last_pid`: as root, or else alone in a user and pid
+/// namespace (`evchild_testkit::pid_reuse`); skips, visibly, elsewhere.
 #[test]
 fn the_inbox_keeps_two_statuses_of_one_pid() {
-    if let Some(why) = regress_common::cannot_force_pids() {
-        eprintln!("SKIPPED: {why}");
+    if !util::force_pids_or_skip("the_inbox_keeps_two_statuses_of_one_pid") {
         return;
     }
     let check = Check::start();
@@ -152,7 +151,7 @@ fn the_inbox_keeps_two_statuses_of_one_pid() {
         // of the second reactor (other processes may take it first: retry).
         let mut b = None;
         for _ in 0..50 {
-            regress_common::next_pid_will_be(a.pid().as_raw()).expect("ns_last_pid");
+            util::next_pid_will_be(a.pid().as_raw()).expect("ns_last_pid");
             let id = second
                 .spawn(Command::new("sh").args(["-c", "exit 2"]), util::record)
                 .expect("spawn b")

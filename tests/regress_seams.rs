@@ -3,7 +3,7 @@
 //! replacements and foreign handlers. `Library` mode only (the reap-all
 //! cases are in `regress_routes.rs`, a process of their own).
 
-mod util;
+use evchild_testkit as util;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -39,8 +39,9 @@ fn dispatch_until<C>(
 #[test]
 fn orphans_cost_nothing_until_they_die() {
     let check = Check::start();
+    let pidfd = util::pidfd_or_skip("the Pidfd backend's part");
     for backend in util::BACKENDS {
-        if backend == Backend::Pidfd && !util::pidfd_available() {
+        if backend == Backend::Pidfd && !pidfd {
             continue;
         }
         let mut left = util::library_with::<Deaths>(backend);
@@ -103,8 +104,9 @@ fn orphans_cost_nothing_until_they_die() {
 #[test]
 fn watch_of_a_left_child_keeps_its_status() {
     let check = Check::start();
+    let pidfd = util::pidfd_or_skip("the Pidfd backend's part");
     for backend in util::BACKENDS {
-        if backend == Backend::Pidfd && !util::pidfd_available() {
+        if backend == Backend::Pidfd && !pidfd {
             continue;
         }
         let mut a = util::library_with::<Deaths>(backend);
@@ -141,8 +143,7 @@ fn watch_of_a_left_child_keeps_its_status() {
 /// handler back (it used to only query the disposition).
 #[test]
 fn pidfd_children_needing_the_handler_survive_sig_dfl() {
-    if !util::pidfd_available() {
-        eprintln!("SKIPPED: no pidfds here");
+    if !util::pidfd_or_skip("the whole test") {
         return;
     }
     let check = Check::start();

@@ -13,8 +13,7 @@
 //!
 //! This file changes the `SIGCHLD` disposition, so it holds nothing else.
 
-mod regress_common;
-mod util;
+use evchild_testkit as util;
 
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -175,7 +174,7 @@ fn foreign_sig_ign_with_pidfd_refuses_new_children() {
     // Reset SIGCHLD before `finish` releases the lock: a later reset would
     // land in the middle of the next test.
     let restore = RestoreDefault;
-    if !regress_common::pidfd_or_skip("SIG_IGN") {
+    if !util::pidfd_or_skip("SIG_IGN") {
         drop(restore);
         return check.finish();
     }

@@ -5,8 +5,7 @@
 //! with `Pidfd`), so stops and continues of other children stop waking
 //! every reactor. (`LibraryAlways`: see `regress_library_always.rs`.)
 
-mod regress_common;
-mod util;
+use evchild_testkit as util;
 
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use util::{disposition, record, Check, Deaths, KillOnPanic, BACKENDS};
 fn stop_registration_is_cleared_when_its_child_dies() {
     let check = Check::start();
     let _kill = KillOnPanic;
-    let pidfd = regress_common::pidfd_or_skip("stop registration");
+    let pidfd = util::pidfd_or_skip("stop registration");
     let mut problems = Vec::new();
     for backend in BACKENDS {
         if backend == Backend::Pidfd && !pidfd {

@@ -7,7 +7,7 @@
 //! stdin when it is writable, read stdout and stderr when they are readable
 //! until `WouldBlock`, drop stdin to close it.
 
-mod util;
+use evchild_testkit as util;
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
@@ -445,8 +445,9 @@ fn exec_failure_missing_directory() {
 fn exec_failure_keeps_handler_for_live_children() {
     let check = Check::start();
     let _kill = KillOnPanic;
+    let pidfd = util::pidfd_or_skip("the Pidfd backend's part");
     for backend in util::BACKENDS {
-        if backend == Backend::Pidfd && !util::pidfd_available() {
+        if backend == Backend::Pidfd && !pidfd {
             continue;
         }
         let (mut reactor, mut lp, mut app) = util::library_loop_with::<App>(backend);

@@ -2,7 +2,7 @@
 //! `LibraryAlways` mode. Its own process: it makes the handler drop
 //! `SA_NOCLDSTOP`, which every other test would see.
 
-mod util;
+use evchild_testkit as util;
 
 use std::process::Command;
 use std::time::Duration;

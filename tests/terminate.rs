@@ -7,7 +7,7 @@
 //! grace where the child is expected to obey, a lower bound only (and a
 //! generous upper one) where it must be killed.
 
-mod util;
+use evchild_testkit as util;
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};

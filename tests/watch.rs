@@ -3,7 +3,7 @@
 //! reaps it once watched, and dropping a `Child` neither waits nor kills),
 //! and the pids it refuses.
 
-mod util;
+use evchild_testkit as util;
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command};

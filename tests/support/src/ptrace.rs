@@ -1,12 +1,16 @@
-//! The ptrace check of issue 7, case 9, shared by `regress_ptrace.rs`
-//! (every `Library` backend) and `regress_library_always.rs`.
+//! A child in a ptrace stop (issue 7, case 9), shared by
+//! `regress_ptrace.rs` (every `Library` backend) and
+//! `regress_library_always.rs`: the reactor's process is the tracer of its
+//! child, so `wait4(pid)`/`waitid` report the child's ptrace stops.
 
 use std::time::{Duration, Instant};
 
 use evchild::{ChildId, Forked, Outcome, Reactor};
 
-use crate::util::{exit_child, exited, record, Deaths};
-
+use crate::fd::readable_within;
+use crate::fork::exit_child;
+use crate::process::proc_state;
+use crate::report::{exited, record, Deaths};
 /// Forks through the reactor a child that asks to be traced by us, stops
 /// itself, and once let go `_exit`s with 5.
 pub fn fork_traced(reactor: &mut Reactor<Deaths>) -> ChildId {
@@ -34,7 +38,7 @@ pub fn fork_traced(reactor: &mut Reactor<Deaths>) -> ChildId {
 pub fn wait_traced_stop(pid: libc::pid_t) {
     let end = Instant::now() + Duration::from_secs(5);
     loop {
-        match crate::regress_common::proc_state(pid) {
+        match proc_state(pid) {
             Some('t') => return,
             other if Instant::now() >= end => {
                 panic!("child {pid} not in a ptrace stop after 5 s: state {other:?}")
@@ -95,7 +99,7 @@ pub fn ptrace_stop_is_not_a_death(reactor: &mut Reactor<Deaths>, what: &str) -> 
     }
     let end = Instant::now() + Duration::from_secs(5);
     while reactor.contains(id) && Instant::now() < end {
-        crate::util::readable_within(
+        readable_within(
             std::os::fd::AsRawFd::as_raw_fd(reactor),
             Duration::from_millis(20),
         );
@@ -109,4 +113,18 @@ pub fn ptrace_stop_is_not_a_death(reactor: &mut Reactor<Deaths>, what: &str) -> 
         )),
     }
     problems
+}
+
+/// Whether a child may ask to be traced by this process; if not (Yama's
+/// `kernel.yama.ptrace_scope` is 3: no ptrace at all), [`skip!`]s and
+/// returns `false`. Other refusals (a seccomp filter) fail the test, loudly.
+///
+/// [`skip!`]: crate::skip!
+pub fn ptrace_or_skip() -> bool {
+    let scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope");
+    if scope.is_ok_and(|s| s.trim() == "3") {
+        crate::skip!("ptrace is disabled here (kernel.yama.ptrace_scope = 3)");
+        return false;
+    }
+    true
 }
