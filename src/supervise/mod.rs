@@ -105,6 +105,7 @@ mod policy;
 mod pool;
 mod start;
 mod status;
+mod sys;
 pub mod worker;
 
 #[cfg(any(test, feature = "fuzzing"))]
@@ -113,6 +114,7 @@ pub(crate) mod fuzz;
 use std::collections::VecDeque;
 use std::fmt;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::event::Source;
@@ -175,12 +177,52 @@ pub enum WorkerState {
     Idle,
     /// Serving a request.
     Busy,
-    /// Asked to stop (`SIGTERM`; `SIGKILL` after a grace).
+    /// Asked to stop (the stop signal; `SIGKILL` after a grace).
     Retiring,
 }
 
+impl fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Idle => "idle",
+            WorkerState::Busy => "busy",
+            WorkerState::Retiring => "retiring",
+        })
+    }
+}
+
+impl fmt::Display for PoolId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pool {}", self.0)
+    }
+}
+
+/// Which time limit a worker broke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Timeout {
+    /// It did not report ready within [`PoolConfig::start_timeout`] (a
+    /// fault).
+    Start,
+    /// It was busy for longer than [`PoolConfig::busy_timeout`].
+    Busy,
+    /// It sent no report for [`PoolConfig::heartbeat`].
+    Heartbeat,
+}
+
+impl fmt::Display for Timeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Timeout::Start => "did not report ready within the start timeout",
+            Timeout::Busy => "was busy for longer than the busy timeout",
+            Timeout::Heartbeat => "sent no heartbeat within the interval",
+        })
+    }
+}
+
 /// What happened in a pool, in order; read with
-/// [`Supervisor::next_event`].
+/// [`Supervisor::next_event`]. Its `Display` is one line for a log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
@@ -190,8 +232,10 @@ pub enum Event {
         worker: WorkerId,
         /// Its pid.
         pid: Pid,
+        /// The pool's generation it belongs to.
+        generation: u64,
     },
-    /// A worker could not be started; the pool is throttled.
+    /// A worker could not be started (a fault).
     StartFailed {
         /// The pool.
         pool: PoolId,
@@ -218,6 +262,13 @@ pub enum Event {
         /// The worker.
         worker: WorkerId,
     },
+    /// The pool killed a worker that broke a time limit.
+    TimedOut {
+        /// The worker.
+        worker: WorkerId,
+        /// Which limit.
+        limit: Timeout,
+    },
     /// A worker died and was reaped.
     Exited {
         /// The worker.
@@ -227,23 +278,116 @@ pub enum Event {
         /// Whether it counted against the crash throttle.
         fault: bool,
     },
-    /// A fault suspended starts until `until`.
+    /// A fault suspended starts for `delay`.
     Throttled {
         /// The pool.
         pool: PoolId,
-        /// When starts resume.
-        until: Instant,
+        /// How long starts are suspended, from the event.
+        delay: Duration,
     },
     /// Starts resumed.
     Unthrottled {
         /// The pool.
         pool: PoolId,
     },
+    /// The pool had `faults` faults within `window`
+    /// ([`PoolConfig::give_up`]) and starts no more workers until
+    /// [`Supervisor::unthrottle`] or a reload.
+    GaveUp {
+        /// The pool.
+        pool: PoolId,
+        /// The faults counted.
+        faults: usize,
+        /// The window they fell in.
+        window: Duration,
+    },
+    /// A reload is complete: every worker of the older generations has
+    /// been replaced by a ready one of `generation`.
+    Reloaded {
+        /// The pool.
+        pool: PoolId,
+        /// The new generation.
+        generation: u64,
+    },
+    /// A reload was abandoned because a worker of the new generation
+    /// faulted: the workers that were serving go on; those of the new
+    /// generation still starting are killed; the pool's configuration is
+    /// the one before the reload.
+    ReloadAbandoned {
+        /// The pool.
+        pool: PoolId,
+        /// The abandoned generation.
+        generation: u64,
+        /// What went wrong, for a log.
+        reason: String,
+    },
     /// The pool was shut down and its last worker reaped.
     Stopped {
         /// The pool.
         pool: PoolId,
     },
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Started {
+                worker,
+                pid,
+                generation,
+            } => write!(f, "{worker} started: pid {pid}, generation {generation}"),
+            Event::StartFailed { pool, error } => {
+                write!(f, "{pool}: a worker could not start: {error}")
+            }
+            Event::Ready { worker } => write!(f, "{worker} ready"),
+            Event::Busy { worker } => write!(f, "{worker} busy"),
+            Event::Idle { worker } => write!(f, "{worker} idle"),
+            Event::Retiring { worker } => write!(f, "{worker} retiring"),
+            Event::TimedOut { worker, limit } => write!(f, "{worker} killed: it {limit}"),
+            Event::Exited {
+                worker,
+                exit,
+                fault,
+            } => {
+                write!(f, "{worker} (pid {}) ", exit.id.pid())?;
+                match exit.status() {
+                    Some(status) => write!(f, "{status}")?,
+                    None => f.write_str("lost (reaped by other code)")?,
+                }
+                if *fault {
+                    f.write_str(" [fault]")?;
+                }
+                Ok(())
+            }
+            Event::Throttled { pool, delay } => write!(
+                f,
+                "{pool}: throttled after a fault: no start for {:.3} s",
+                delay.as_secs_f64()
+            ),
+            Event::Unthrottled { pool } => write!(f, "{pool}: starts resumed"),
+            Event::GaveUp {
+                pool,
+                faults,
+                window,
+            } => write!(
+                f,
+                "{pool}: gave up after {faults} faults within {:.3} s: no more starts",
+                window.as_secs_f64()
+            ),
+            Event::Reloaded { pool, generation } => {
+                write!(f, "{pool}: reloaded, generation {generation} serving")
+            }
+            Event::ReloadAbandoned {
+                pool,
+                generation,
+                reason,
+            } => write!(
+                f,
+                "{pool}: reload to generation {generation} abandoned, the workers serving go on: {reason}"
+            ),
+            Event::Stopped { pool } => write!(f, "{pool}: stopped"),
+        }
+    }
 }
 
 /// The earlier of two optional time-outs, where `None` means no limit
@@ -271,7 +415,13 @@ pub fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
 /// kills it with `SIGPIPE`, if it has not ignored the signal, as Rust
 /// programs do). Stop the pools first with [`shutdown`](Self::shutdown).
 pub struct Supervisor {
+    /// Which supervisor this is, process-wide: a death callback of another
+    /// (dropped) supervisor's worker carries another number.
+    id: u64,
     pools: Vec<Pool>,
+    /// Every descriptor of the supervisor (its epoll set, each pool's two
+    /// ends), for a forked worker to close those that are not its own.
+    fds: Vec<RawFd>,
     events: VecDeque<Event>,
     /// The status pipes, as one descriptor for the application's loop.
     poll: Poll,
@@ -287,10 +437,14 @@ impl Supervisor {
     ///
     /// [`Error::Io`] if its epoll instance cannot be created.
     pub fn new() -> Result<Self> {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let poll = Poll::new().map_err(|e| Error::io("epoll_create", e))?;
         Ok(Supervisor {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
             pools: Vec::new(),
+            fds: vec![poll.as_raw_fd()],
             events: VecDeque::new(),
-            poll: Poll::new().map_err(|e| Error::io("epoll_create", e))?,
+            poll,
             ready: Events::with_capacity(16),
             stopping: None,
         })
@@ -321,12 +475,14 @@ impl Supervisor {
                 reason: "the supervisor is shutting down",
             });
         }
-        let mut pool = Pool::new(id, name.to_owned(), config, start)?;
+        let mut pool = Pool::new(self.id, id, name.to_owned(), config, start)?;
         self.poll
             .registry()
             .register(pool.status.receiver(), Token(id.0), Interest::READABLE)
             .map_err(|e| Error::io("epoll_ctl", e))?;
-        pool.act(reactor, &mut self.events);
+        self.fds.push(pool.status.receiver().as_raw_fd());
+        self.fds.push(pool.status.write_raw());
+        pool.act(reactor, &mut self.events, &self.fds);
         self.pools.push(pool);
         Ok(id)
     }
@@ -383,25 +539,131 @@ impl Supervisor {
                 result = Err(e);
             }
             core.tick(now);
-            pool.act(reactor, &mut self.events);
+            pool.act(reactor, &mut self.events, &self.fds);
         }
         self.advance_shutdown(reactor);
         result
     }
 
+    fn pool_entry(&mut self, id: PoolId) -> Result<&mut Pool> {
+        self.pools.get_mut(id.0).ok_or(Error::Pool {
+            pool: id.0,
+            reason: "no such pool",
+        })
+    }
+
     /// Starts a new generation of a pool: see the [module docs](self).
+    /// Lifts the throttle and the give-up.
     ///
     /// # Errors
     ///
     /// [`Error::Pool`] if there is no such pool; a stopping pool ignores it.
     pub fn reload<C: HasSupervisor>(&mut self, reactor: &mut Reactor<C>, id: PoolId) -> Result<()> {
-        let pool = self.pools.get_mut(id.0).ok_or(Error::Pool {
-            pool: id.0,
-            reason: "no such pool",
-        })?;
-        pool.core.reload(Instant::now());
-        pool.act(reactor, &mut self.events);
+        self.reload_inner(reactor, id, None)
+    }
+
+    /// [`reload`](Self::reload) with a new configuration, which the new
+    /// generation is sized by (and which is dropped again if the reload is
+    /// abandoned).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Pool`] if there is no such pool, [`Error::InvalidConfig`] if
+    /// `config` cannot work (nothing changed).
+    pub fn reload_with<C: HasSupervisor>(
+        &mut self,
+        reactor: &mut Reactor<C>,
+        id: PoolId,
+        config: PoolConfig,
+    ) -> Result<()> {
+        config.validate()?;
+        self.reload_inner(reactor, id, Some(config))
+    }
+
+    fn reload_inner<C: HasSupervisor>(
+        &mut self,
+        reactor: &mut Reactor<C>,
+        id: PoolId,
+        config: Option<PoolConfig>,
+    ) -> Result<()> {
+        self.pool_entry(id)?.core.reload(config, Instant::now());
+        self.pools[id.0].act(reactor, &mut self.events, &self.fds);
         Ok(())
+    }
+
+    /// A new configuration for a pool, without a reload (resizing, say):
+    /// the sizes apply at once. Workers above a smaller maximum retire,
+    /// idle ones first, busy ones after the [drain
+    /// time](PoolConfig::drain).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Pool`] if there is no such pool, [`Error::InvalidConfig`] if
+    /// `config` cannot work (nothing changed).
+    pub fn set_config<C: HasSupervisor>(
+        &mut self,
+        reactor: &mut Reactor<C>,
+        id: PoolId,
+        config: PoolConfig,
+    ) -> Result<()> {
+        config.validate()?;
+        self.pool_entry(id)?.core.set_config(config, Instant::now());
+        self.pools[id.0].act(reactor, &mut self.events, &self.fds);
+        Ok(())
+    }
+
+    /// [`set_config`](Self::set_config) with new worker bounds (`min`,
+    /// `max`), the rest unchanged: gunicorn's `TTIN`/`TTOU`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`set_config`](Self::set_config).
+    pub fn resize<C: HasSupervisor>(
+        &mut self,
+        reactor: &mut Reactor<C>,
+        id: PoolId,
+        min: usize,
+        max: usize,
+    ) -> Result<()> {
+        let config = self.pool_entry(id)?.config().clone().workers(min, max);
+        self.set_config(reactor, id, config)
+    }
+
+    /// Lifts the crash throttle and the give-up of a pool now: starts
+    /// resume at once (one at a time, as after a throttle, until a worker
+    /// reports ready). A no-op for a pool that is neither.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Pool`] if there is no such pool.
+    pub fn unthrottle<C: HasSupervisor>(
+        &mut self,
+        reactor: &mut Reactor<C>,
+        id: PoolId,
+    ) -> Result<()> {
+        self.pool_entry(id)?.core.unthrottle(Instant::now());
+        self.pools[id.0].act(reactor, &mut self.events, &self.fds);
+        Ok(())
+    }
+
+    /// The application's hint that work is waiting and no worker took it
+    /// (its listener is readable, say): if no worker of the pool is idle or
+    /// starting, and the pool may start one (room under the maximum, not
+    /// throttled), one starts now rather than at the next interval
+    /// (Postfix's `master` does this with the listener itself). Returns
+    /// whether a worker was started.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Pool`] if there is no such pool.
+    pub fn demand<C: HasSupervisor>(
+        &mut self,
+        reactor: &mut Reactor<C>,
+        id: PoolId,
+    ) -> Result<bool> {
+        let started = self.pool_entry(id)?.core.demand(Instant::now());
+        self.pools[id.0].act(reactor, &mut self.events, &self.fds);
+        Ok(started)
     }
 
     /// Takes an idle worker of the current generation for a job of the
@@ -409,7 +671,7 @@ impl Supervisor {
     /// idle (the pool grows as its idle minimum asks).
     pub fn checkout(&mut self, id: PoolId) -> Option<WorkerInfo> {
         let pool = self.pools.get_mut(id.0)?;
-        let token = pool.core.checkout()?;
+        let token = pool.core.checkout(Instant::now())?;
         pool.flush_notes(&mut self.events);
         pool.worker(WorkerId { pool: id, token })
     }
@@ -441,8 +703,8 @@ impl Supervisor {
                 continue;
             }
             if !pool.is_stopping() {
-                pool.core.shutdown(grace);
-                pool.act(reactor, &mut self.events);
+                pool.core.shutdown(grace, Instant::now());
+                pool.act(reactor, &mut self.events, &self.fds);
                 if pool.is_stopped() {
                     continue;
                 }
@@ -451,17 +713,26 @@ impl Supervisor {
         }
     }
 
-    /// A worker's death callback.
+    /// A worker's death callback: `supervisor` is the id of the
+    /// supervisor that started it. The death of another supervisor's
+    /// worker (one dropped before its workers died) is not ours, nor is a
+    /// death whose child is not the one the pool knows by that token.
     pub(crate) fn worker_died<C: HasSupervisor>(
         &mut self,
         reactor: &mut Reactor<C>,
+        supervisor: u64,
         pool: PoolId,
         token: u64,
         exit: Exit,
     ) {
+        if supervisor != self.id {
+            return;
+        }
         if let Some(p) = self.pools.get_mut(pool.0) {
-            p.died(token, exit, &mut self.events);
-            p.act(reactor, &mut self.events);
+            if !p.died(token, exit, &mut self.events) {
+                return;
+            }
+            p.act(reactor, &mut self.events, &self.fds);
         }
         self.advance_shutdown(reactor);
     }
