@@ -547,12 +547,19 @@ impl Core {
     /// throttle (or the give-up) holds from now on.
     fn drop_pending_starts(&mut self) {
         let workers = &mut self.workers;
+        let mut dropped = Vec::new();
         self.actions.retain(|a| match a {
             Action::Start { token, .. } => {
                 workers.remove(token);
+                dropped.push(*token);
                 false
             }
             _ => true,
+        });
+        // Nor are they signalled: they never existed.
+        self.actions.retain(|a| match a {
+            Action::Stop { token } | Action::Kill { token } => !dropped.contains(token),
+            Action::Start { .. } => true,
         });
     }
 
@@ -705,6 +712,8 @@ impl Core {
             generation: self.generation,
             cause,
         });
+        // New workers not started yet never will be.
+        self.drop_pending_starts();
         let generation = self.generation;
         let starting: Vec<u64> = self
             .workers

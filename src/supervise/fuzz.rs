@@ -167,7 +167,7 @@ pub(crate) fn run(data: &[u8]) {
     let ms = |b: u8| Duration::from_millis(u64::from(b) * 10);
     let min = usize::from(bytes.or(1) % 5);
     let max = min.max(1) + usize::from(bytes.or(3) % 6);
-    let min_idle = usize::from(bytes.or(1) % 4);
+    let min_idle = usize::from(bytes.or(1) % 4).min(max);
     let max_idle = min_idle + usize::from(bytes.or(2) % 4);
     let mut cfg = PoolConfig::new()
         .start(usize::from(bytes.or(2) % 8))
