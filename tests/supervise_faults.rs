@@ -161,7 +161,7 @@ fn a_crash_loop_is_throttled_and_bounded() {
     let throttled: Vec<(Instant, Instant)> = events
         .iter()
         .filter_map(|(t, e)| match e {
-            Event::Throttled { until, .. } => Some((*t, *until)),
+            Event::Throttled { delay, .. } => Some((*t, *t + *delay)),
             _ => None,
         })
         .collect();
