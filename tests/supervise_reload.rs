@@ -201,7 +201,9 @@ fn persistent_connections_are_finished_within_the_drain_time() {
         })
         .collect();
     // Each persistent client holds a worker busy.
-    assert!(h.run_until(Duration::from_secs(10), |h| h.count(pool, WorkerState::Busy) >= 4));
+    assert!(h.run_until(Duration::from_secs(10), |h| h
+        .count(pool, WorkerState::Busy)
+        >= 4));
     h.run_until(Duration::from_millis(200), |_| false);
     let t0 = Instant::now();
     h.app.sup.reload(&mut h.reactor, pool).unwrap();

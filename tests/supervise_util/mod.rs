@@ -127,7 +127,11 @@ fn handle(stream: TcpStream, pid: u32, slow: bool) -> std::io::Result<()> {
             let line = String::from_utf8_lossy(&line[..nl]).into_owned();
             waited = Duration::ZERO;
             if let Some(ms) = line.strip_prefix("sleep ") {
-                let ms = if slow { 10_000 } else { ms.trim().parse().unwrap_or(0) };
+                let ms = if slow {
+                    10_000
+                } else {
+                    ms.trim().parse().unwrap_or(0)
+                };
                 std::thread::sleep(Duration::from_millis(ms));
                 writeln!(out, "ok")?;
             } else if let Some(text) = line.strip_prefix("echo ") {
