@@ -729,6 +729,11 @@ impl Supervisor {
             return;
         }
         if let Some(p) = self.pools.get_mut(pool.0) {
+            // Reports the worker wrote before it died come first (a ready
+            // report decides whether its death is a fault).
+            let now = Instant::now();
+            let Pool { status, core, .. } = p;
+            let _ = status.drain(|token, report| core.report(token, report, now));
             if !p.died(token, exit, &mut self.events) {
                 return;
             }

@@ -196,6 +196,39 @@ fn send(report: Report) -> bool {
 mod tests {
     use super::*;
 
+    /// Issue 14, item 10: the environment is read under std's lock, so a
+    /// safe `remove_var` on another thread (which moves the variables after
+    /// the one it removes) cannot race with the lookup.
+    #[test]
+    fn the_channel_lookup_does_not_race_with_set_var() {
+        const N: usize = 5000;
+        let (_read, write) = nix::unistd::pipe().unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&write);
+        // Variables before ours: each removal moves ours down one slot.
+        for i in 0..N {
+            std::env::set_var(format!("EVCHILD_TEST_CHURN_{i}"), "x");
+        }
+        std::env::set_var(ENV, format!("{fd}:42"));
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let d = std::sync::Arc::clone(&done);
+        let churn = std::thread::spawn(move || {
+            for i in 0..N {
+                std::env::remove_var(format!("EVCHILD_TEST_CHURN_{i}"));
+            }
+            d.store(true, Ordering::Relaxed);
+        });
+        let (mut lookups, mut wrong) = (0, 0);
+        while !done.load(Ordering::Relaxed) {
+            lookups += 1;
+            if from_env() != Some((fd, 42)) {
+                wrong += 1;
+            }
+        }
+        churn.join().unwrap();
+        std::env::remove_var(ENV);
+        assert_eq!(wrong, 0, "{wrong} of {lookups} lookups went wrong");
+    }
+
     #[test]
     fn parses_the_environment_value() {
         assert_eq!(parse(b"5:42"), Some((5, 42)));

@@ -56,6 +56,7 @@ pub fn worker_main_if_asked() {
 /// persistent connection too), then exit 0. Mode `beat`: a heartbeat every
 /// loop (100 ms), and exit 3 as soon as a report fails (the master is
 /// gone). Mode `first-slow`: the first request sleeps 10 s whatever it asks.
+/// Mode `ready-exit`: report ready and exit 0 at once.
 fn serve(listener: RawFd, mode: &str) -> i32 {
     let handler = if mode == "stubborn" {
         SigHandler::SigIgn
@@ -68,6 +69,9 @@ fn serve(listener: RawFd, mode: &str) -> i32 {
     // async-signal-safe.
     unsafe { sigaction(Signal::SIGTERM, &action) }.expect("sigaction");
     evchild::supervise::worker::ready();
+    if mode == "ready-exit" {
+        return 0;
+    }
     let beat = mode == "beat";
     let pid = std::process::id();
     let mut served = 0;
