@@ -124,6 +124,11 @@ impl PoolConfig {
         self
     }
 
+    /// The fewest and most workers, as set by [`workers`](Self::workers).
+    pub fn worker_range(&self) -> (usize, usize) {
+        (self.min_workers, self.max_workers)
+    }
+
     /// The maintenance interval (default 1 s).
     pub fn interval(mut self, interval: Duration) -> Self {
         self.interval = interval;
