@@ -285,11 +285,6 @@ fn shutdown_stops_everything_and_reports_once() {
     assert!(!notes.iter().any(|n| matches!(n, Note::Throttled(_))));
 }
 
-fn serve_one(s: &mut Script, t: u64) {
-    s.core.report(t, Report::Busy, s.now);
-    s.core.report(t, Report::Idle, s.now);
-}
-
 fn count(actions: &[Action], pred: impl Fn(&Action) -> bool) -> usize {
     actions.iter().filter(|a| pred(a)).count()
 }

@@ -51,49 +51,90 @@
 //! # Workers and their states
 //!
 //! Each worker gets the write end of its pool's status pipe and reports with
-//! [`worker::ready`], [`worker::busy`] and [`worker::idle`] (no allocation;
-//! usable after fork or exec). A worker is [`WorkerState::Starting`] until it
-//! reports ready, then `Idle` ⇄ `Busy`, and `Retiring` once the pool has
-//! sent it `SIGTERM` (too many idle workers, its request limit, an old
-//! generation, the stop); it leaves the scoreboard when it is reaped. A
-//! worker that does not report ready within the start timeout is killed and
-//! counts as a failed start. Workers may accept on a listener the parent
-//! opened (Apache's model: keep its descriptor inheritable), or the parent
-//! may take an idle worker for a job of its own with
-//! [`Supervisor::checkout`] (OpenSRF's model). On `SIGTERM` a worker should
-//! finish the request in hand and exit.
+//! [`worker::ready`], [`worker::busy`], [`worker::idle`] and
+//! [`worker::heartbeat`] (no allocation; usable after fork or exec). A
+//! worker is [`WorkerState::Starting`] until it reports ready, then `Idle` ⇄
+//! `Busy`, and `Retiring` once the pool has sent it its stop signal (too
+//! many idle workers, its request limit, a reload, the stop); it leaves the
+//! scoreboard when it is reaped. A worker that does not report ready within
+//! the start timeout is killed and counts as a failed start. Workers may
+//! accept on a listener the parent opened (Apache's model: keep its
+//! descriptor inheritable), or the parent may take an idle worker for a job
+//! of its own with [`Supervisor::checkout`] (OpenSRF's model). On its stop
+//! signal (`SIGTERM` unless [`PoolConfig::stop_signal`]) a worker should
+//! finish the request in hand and exit, between two requests of a
+//! persistent connection too.
 //!
 //! # Sizing
 //!
-//! Dead workers below the minimum are replaced at once. Once per interval,
-//! with too few idle workers the pool starts 1, then 2, 4, … up to a cap
-//! per interval while the shortage lasts (Apache); with too many, it
-//! retires one. No start ever takes the pool above its maximum.
+//! A worker that dies without the pool asking (the OOM killer, an operator,
+//! a crash after ready) is replaced at once. Once per interval, with too
+//! few idle workers the pool starts 1, then 2, 4, … workers per interval
+//! while the shortage lasts (Apache's doubling: the rate is capped by the
+//! room left under the maximum and by [`PoolConfig::max_spawn_rate`], not by
+//! the shortage, which under load stays at 1 however many workers are
+//! needed); with too many, it retires one. An application that sees work
+//! waiting with no worker idle (its listener readable) calls
+//! [`Supervisor::demand`], and a worker starts at once (Postfix's
+//! `master`). No start ever takes the pool above its maximum.
+//! [`Supervisor::set_config`] and [`Supervisor::resize`] change the sizes
+//! at once.
 //!
-//! # Crash throttle
+//! # Crash throttle and giving up
 //!
 //! A *fault* is a start that failed (`spawn` or `fork` error), a worker that
-//! died before it reported ready (or did not in time), or one that died
-//! abnormally (a signal, a non-zero code) before serving its first request
-//! (Postfix's rule: a worker that served a request has shown the command
-//! works, and a worker killed by the OOM killer or an operator should be
-//! replaced, not throttled; [`PoolConfig::strict_faults`] counts every
-//! abnormal death). A fault suspends starts for a delay that
-//! doubles on repeated faults up to a cap and is forgotten after a quiet
-//! period ([`PoolConfig::throttle`]); when it is lifted the pool starts one
-//! worker at a time until one reports ready. So a command that crashes at
-//! once costs one start per throttle period, at most `60 s / max delay`
-//! plus a few starts per minute. Deaths the pool caused are never faults.
+//! died before it reported ready, or one killed for not reporting ready
+//! within the start timeout. A worker that reported ready has shown that
+//! the command works: its death is no fault, unless
+//! [`PoolConfig::strict_faults`] (then every abnormal death is). A fault
+//! suspends starts for a delay that doubles on repeated faults up to a cap
+//! and is forgotten after a quiet period ([`PoolConfig::throttle`]); when it
+//! is lifted the pool starts one worker at a time until one reports ready.
+//! So a command that crashes at once costs one start per throttle period.
+//! After [`PoolConfig::give_up`] faults within a window the pool stops
+//! starting altogether and says so ([`Event::GaveUp`]); the application
+//! decides what next. A reload, or [`Supervisor::unthrottle`], lifts both.
+//! Deaths the pool caused are never faults.
 //!
-//! # Reload and stop
+//! # Liveness
 //!
-//! [`Supervisor::reload`] starts a new generation: idle workers of older
-//! ones are retired at once, busy ones when they report idle (or after the
-//! retire grace). Listeners are the application's and stay open.
+//! [`PoolConfig::busy_timeout`] kills a worker busy for too long (gunicorn's
+//! `timeout`), [`PoolConfig::heartbeat`] one silent for too long (systemd's
+//! `WatchdogSec`); both are replaced at once ([`Event::TimedOut`]).
+//! [`PoolConfig::idle_timeout`] retires workers idle for too long above the
+//! minimum (Postfix's `max_idle`), and [`PoolConfig::max_requests_jitter`]
+//! spreads the request limit so that workers do not all retire together.
+//!
+//! # Reload without an outage
+//!
+//! [`Supervisor::reload`] (or [`Supervisor::reload_with`] a new
+//! configuration) starts a new generation first, as many workers as the
+//! pool serves with (within the new sizes), while the old generation keeps
+//! serving. Each time a new worker reports ready, one old worker is retired
+//! in its place: an idle one at once, a busy one when it reports idle or
+//! after the [drain time](PoolConfig::drain), whichever comes first. The
+//! capacity never falls below what it was; [`Event::Reloaded`] says when
+//! the last old worker has been replaced. If the new generation faults, the
+//! reload is abandoned ([`Event::ReloadAbandoned`], with the reason): its
+//! workers still starting are killed, and the old ones serve on. A reload
+//! lifts the throttle. Listeners are the application's and stay open.
+//!
+//! # Stop, and a master that dies
+//!
 //! [`Supervisor::shutdown`] stops the pools in reverse order of creation,
-//! one after the other: no more starts, `SIGTERM` to each worker (or its
-//! process group), `SIGKILL` after the grace, and [`Event::Stopped`] once
-//! the last one is reaped.
+//! one after the other: no more starts, the stop signal to each worker (or
+//! its process group), `SIGKILL` after the grace, and [`Event::Stopped`]
+//! once the last one is reaped.
+//!
+//! Workers never outlive a master killed outright: the status pipe's read
+//! end is the master's alone (close-on-exec, and closed by a forked worker
+//! with every other descriptor of the supervisor), so a worker's next
+//! report fails with `EPIPE` instead of blocking, and
+//! [`worker::is_orphaned`] tells it to exit; with
+//! [`PoolConfig::parent_death_signal`] the kernel signals each worker
+//! (executed or forked) when the master dies. The status descriptor is
+//! never inheritable by a spawn it was not meant for: it is handed to a
+//! worker in that child only, and the worker makes it close-on-exec.
 //!
 //! Children that are not workers are none of the supervisor's business:
 //! the reactor's other children and unknown pids (`LibraryAlways`' hook) go

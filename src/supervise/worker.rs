@@ -5,7 +5,7 @@
 //! allocation, no lock, so it may be called in a worker forked without exec
 //! (even from a multithreaded parent) as well as in an executed one. Where
 //! the channel is comes from the pool: a forked worker is told before its
-//! function runs; an executed worker reads [`ENV`](super::ENV)
+//! function runs; an executed worker reads [`ENV`]
 //! (`"<descriptor>:<token>"`) once, on its first call (or [`is_worker`]),
 //! through `std::env` (under std's environment lock, so it does not race
 //! with `set_var` on another thread; that first call allocates), and makes
@@ -24,7 +24,7 @@
 //!
 //! Workers in other languages speak the same protocol: each report is one
 //! `write(2)` of 10 bytes to the descriptor named in
-//! [`ENV`](super::ENV) (`"<descriptor>:<token>"`): the byte `0xE7`, then
+//! [`ENV`] (`"<descriptor>:<token>"`): the byte `0xE7`, then
 //! `R` (ready), `B` (busy), `I` (idle) or `H` (heartbeat), then the token as an unsigned
 //! 64-bit little-endian integer. In `sh`, for tokens below 256:
 //!
