@@ -269,9 +269,7 @@ impl PoolConfig {
     /// [`worker::is_orphaned`](super::worker::is_orphaned)).
     ///
     /// Linux sends it when the *thread* that started the worker ends: run
-    /// the supervisor on a thread that lives as long as the pool. With it,
-    /// executed workers are spawned through std's `fork` path rather than
-    /// `posix_spawn`.
+    /// the supervisor on a thread that lives as long as the pool.
     pub fn parent_death_signal(mut self, signal: i32) -> Self {
         self.parent_death_signal = Some(signal);
         self

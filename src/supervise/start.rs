@@ -47,8 +47,12 @@ pub struct Start(How);
 impl Start {
     /// Each worker is `make(spec)`, spawned. The pool adds
     /// [`ENV`](super::ENV) to its environment (and a process group, if
-    /// configured); the program reports with
-    /// [`worker::ready`](super::worker::ready) and friends.
+    /// configured), and a `pre_exec` step that lets this child alone
+    /// inherit the status descriptor (and sets the parent-death signal, if
+    /// configured): std then spawns through `fork` and `exec` rather than
+    /// `posix_spawn`. A command may add `pre_exec` steps of its own. The
+    /// program reports with [`worker::ready`](super::worker::ready) and
+    /// friends.
     ///
     /// ```
     /// use std::process::Command;
