@@ -161,8 +161,9 @@ impl PoolConfig {
         self
     }
 
-    /// How long a retired worker (too many idle, request limit, old
-    /// generation) has between `SIGTERM` and `SIGKILL` (default 10 s).
+    /// How long a retired worker (too many idle, request limit, replaced by
+    /// a reload, above a new maximum) has between its stop signal and
+    /// `SIGKILL` (default 10 s).
     pub fn retire_grace(mut self, grace: Duration) -> Self {
         self.retire_grace = grace;
         self

@@ -707,9 +707,10 @@ impl Supervisor {
         Ok(started)
     }
 
-    /// Takes an idle worker of the current generation for a job of the
-    /// parent's: it is `Busy` until it reports idle. `None` if no worker is
-    /// idle (the pool grows as its idle minimum asks).
+    /// Takes an idle worker for a job of the parent's (one of the current
+    /// generation if any is idle, and never one that is to retire): it is
+    /// `Busy` until it reports idle. `None` if no worker is idle (the pool
+    /// grows as its idle minimum asks; see also [`demand`](Self::demand)).
     pub fn checkout(&mut self, id: PoolId) -> Option<WorkerInfo> {
         let pool = self.pools.get_mut(id.0)?;
         let token = pool.core.checkout(Instant::now())?;
