@@ -833,7 +833,7 @@ impl Core {
         if let Some(cfg) = cfg {
             self.apply_config(cfg);
         }
-        self.lift(now);
+        self.lift();
         // Everything not retiring nor leaving: old generations included.
         let serving = self
             .workers
@@ -848,7 +848,7 @@ impl Core {
     }
 
     /// Lifts the throttle and the give-up, forgets recent faults.
-    fn lift(&mut self, now: Instant) {
+    fn lift(&mut self) {
         if self.throttle.lift() {
             self.notes.push_back(Note::Unthrottled);
         }
@@ -856,7 +856,6 @@ impl Core {
         self.probing = false;
         self.faults.clear();
         self.rate = SpawnRate::new(self.cfg.max_spawn_rate);
-        let _ = now;
     }
 
     /// The operator's call: starts resume now.
@@ -864,7 +863,7 @@ impl Core {
         if self.stopping.is_some() {
             return;
         }
-        self.lift(now);
+        self.lift();
         self.fill(now);
     }
 
