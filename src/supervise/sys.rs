@@ -54,32 +54,25 @@ pub(crate) fn set_cloexec(fd: RawFd, on: bool) -> Result<(), Errno> {
     Ok(())
 }
 
-/// `getppid(2)` (always succeeds).
+/// `getppid(2)` (always succeeds). Async-signal-safe.
 pub(crate) fn getppid() -> i32 {
-    // SAFETY: no arguments, no memory; async-signal-safe.
-    unsafe { libc::getppid() }
+    nix::unistd::getppid().as_raw()
 }
 
-/// `getpid(2)` (always succeeds).
+/// `getpid(2)` (always succeeds). Async-signal-safe.
 pub(crate) fn getpid() -> i32 {
-    // SAFETY: no arguments, no memory; async-signal-safe.
-    unsafe { libc::getpid() }
+    nix::unistd::getpid().as_raw()
 }
 
 /// In a new worker: `prctl(PR_SET_PDEATHSIG, signal)`, then, for the race
 /// with a master that died before it, the signal to itself at once if its
-/// parent is no longer `master`. `Err` if `prctl` failed.
+/// parent is no longer `master`. `Err` if `signal` is no signal or `prctl`
+/// failed. Async-signal-safe: three system calls, no allocation.
 pub(crate) fn set_parent_death_signal(signal: i32, master: i32) -> Result<(), Errno> {
-    // SAFETY: prctl(2) with PR_SET_PDEATHSIG takes integers only; kill(2)
-    // and getpid(2) likewise. All three are plain system calls, safe after
-    // fork in a multithreaded process.
-    unsafe {
-        if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) != 0 {
-            return Err(Errno::last());
-        }
-        if libc::getppid() != master {
-            libc::kill(libc::getpid(), signal);
-        }
+    let signal = nix::sys::signal::Signal::try_from(signal)?;
+    nix::sys::prctl::set_pdeathsig(signal)?;
+    if getppid() != master {
+        nix::sys::signal::kill(nix::unistd::getpid(), signal)?;
     }
     Ok(())
 }
