@@ -250,3 +250,66 @@ fn persistent_connections_are_finished_within_the_drain_time() {
     drop(listener);
     check.finish();
 }
+
+/// `resize` changes the sizes at once, and a reload may carry a new
+/// configuration that sizes the new generation.
+#[test]
+fn resize_and_a_reload_with_new_sizes() {
+    let check = Check::start();
+    let _reap = KillOnPanic;
+    let (listener, _addr) = listener();
+    let mut h = Harness::new();
+    let config = PoolConfig::new()
+        .start(2)
+        .workers(2, 4)
+        .idle(0, 8)
+        .interval(INTERVAL);
+    let fd = listener.as_raw_fd();
+    let pool = h.add_pool(
+        "resize",
+        config.clone(),
+        Start::command(move |_| worker_command(fd, "serve")),
+    );
+    assert!(h.run_until(Duration::from_secs(10), |h| capacity(h, pool) == 2));
+    // Up: 5 at once (the maximum rises with it).
+    h.app.sup.resize(&mut h.reactor, pool, 5, 8).unwrap();
+    assert_eq!(h.active(pool), 5);
+    assert!(h.run_until(Duration::from_secs(10), |h| capacity(h, pool) == 5));
+    // Down: idle workers above the new maximum retire at once.
+    h.app.sup.resize(&mut h.reactor, pool, 1, 3).unwrap();
+    assert_eq!(h.active(pool), 3);
+    assert_eq!(h.count(pool, WorkerState::Retiring), 2);
+    assert!(h.run_until(Duration::from_secs(10), |h| h.reactor.len() == 3));
+    assert_eq!(
+        h.app.sup.pool(pool).unwrap().config().worker_range(),
+        (1, 3)
+    );
+    // A reload to 2:2: the new generation has 2 workers, and all 3 old
+    // ones go once they are ready.
+    h.app
+        .sup
+        .reload_with(&mut h.reactor, pool, config.workers(2, 2))
+        .unwrap();
+    assert!(
+        h.run_until(Duration::from_secs(10), |h| has(h, |e| matches!(
+            e,
+            Event::Reloaded { generation: 2, .. }
+        )))
+    );
+    assert!(h.run_until(Duration::from_secs(10), |h| h.reactor.len() == 2));
+    let p = h.app.sup.pool(pool).unwrap();
+    assert!(p.workers().all(|w| w.generation == 2));
+    assert_eq!(p.active(), 2);
+    // An impossible configuration changes nothing.
+    let err = h
+        .app
+        .sup
+        .set_config(&mut h.reactor, pool, PoolConfig::new().workers(3, 1))
+        .unwrap_err();
+    assert!(matches!(err, evchild::Error::InvalidConfig { .. }), "{err}");
+    assert_eq!(h.active(pool), 2);
+    h.stop(Duration::from_secs(2), Duration::from_secs(10));
+    drop(h);
+    drop(listener);
+    check.finish();
+}
