@@ -37,7 +37,8 @@
 //! default 3), `EVCHILD_BENCH_CLIENTS` (default 16),
 //! `EVCHILD_BENCH_OPS_SECS` (seconds per run of part 3, default 10),
 //! `EVCHILD_BENCH_QUICK` (20 kills, 1 s cells, 4 s runs),
-//! `EVCHILD_BENCH_ONLY=ops` (part 3 alone). Without `--bench` (under
+//! `EVCHILD_BENCH_ONLY=ops` (part 3 alone), `EVCHILD_BENCH_HEAP_MIB` (a heap
+//! of that size in the master during part 1, default 0). Without `--bench` (under
 //! `cargo test --benches`) it runs a smoke-sized pass of part 1 and skips
 //! the others.
 
@@ -88,7 +89,14 @@ fn main() -> Res<()> {
     } else {
         env_or("EVCHILD_BENCH_KILLS", 200)
     };
-    println!("## Replacement latency: SIGKILL → replacement ready ({kills} kills per size)\n");
+    // The master's heap: std spawns a worker through `fork` (the pool's
+    // `pre_exec` step), whose cost grows with the parent's mapped memory.
+    let heap_mib = env_or("EVCHILD_BENCH_HEAP_MIB", 0) as usize;
+    let heap: Vec<u8> = vec![1u8; heap_mib << 20];
+    std::hint::black_box(&heap);
+    println!(
+        "## Replacement latency: SIGKILL → replacement ready ({kills} kills per size, master heap {heap_mib} MiB)\n"
+    );
     println!("| workers | p50 | p99 | max |");
     println!("|---:|---:|---:|---:|");
     for n in [10usize, 200] {

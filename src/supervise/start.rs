@@ -50,9 +50,12 @@ impl Start {
     /// configured), and a `pre_exec` step that lets this child alone
     /// inherit the status descriptor (and sets the parent-death signal, if
     /// configured): std then spawns through `fork` and `exec` rather than
-    /// `posix_spawn`. A command may add `pre_exec` steps of its own. The
-    /// program reports with [`worker::ready`](super::worker::ready) and
-    /// friends.
+    /// `posix_spawn`, whose cost grows with the master's mapped memory
+    /// (measured by `benches/supervise.rs`: a replacement ready in 2 ms with
+    /// a small master, 73 ms with 1 GiB of heap, against 4 ms through
+    /// `posix_spawn`). Keep the master small, as prefork masters are. A
+    /// command may add `pre_exec` steps of its own. The program reports with
+    /// [`worker::ready`](super::worker::ready) and friends.
     ///
     /// ```
     /// use std::process::Command;
