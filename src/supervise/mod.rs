@@ -776,6 +776,7 @@ impl Supervisor {
             let now = Instant::now();
             let Pool { status, core, .. } = p;
             let _ = status.drain(|token, report| core.report(token, report, now));
+            p.flush_notes(&mut self.events);
             if !p.died(token, exit, &mut self.events) {
                 return;
             }
