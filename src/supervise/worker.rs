@@ -25,12 +25,14 @@
 //! Workers in other languages speak the same protocol: each report is one
 //! `write(2)` of 10 bytes to the descriptor named in
 //! [`ENV`] (`"<descriptor>:<token>"`): the byte `0xE7`, then
-//! `R` (ready), `B` (busy), `I` (idle) or `H` (heartbeat), then the token as an unsigned
-//! 64-bit little-endian integer. In `sh`, for tokens below 256:
+//! `R` (ready), `B` (busy), `I` (idle) or `H` (heartbeat), then the token
+//! as an unsigned 64-bit little-endian integer. In `sh`, for tokens below
+//! 256 (through `/proc/self/fd`: POSIX shells take only descriptors 0 to 9
+//! in `>&N`, and the channel's number may be higher):
 //!
 //! ```sh
 //! fd=${EVCHILD_WORKER%%:*}; token=${EVCHILD_WORKER#*:}
-//! report() { eval "printf '\347$1\\$(printf %03o "$token")\0\0\0\0\0\0\0' >&$fd"; }
+//! report() { eval "printf '\347$1\\$(printf %03o "$token")\0\0\0\0\0\0\0' >/proc/self/fd/$fd"; }
 //! report R   # ready; then report B / report I around each request
 //! ```
 //!
