@@ -252,7 +252,7 @@ fn stopping_a_pool_in_process_groups_ends_the_workers_helpers_too() {
 /// stdin with `done LINE` on its stdout, as a job the parent handed it.
 const SH_WORKER: &str = r#"
 fd=${EVCHILD_WORKER%%:*}; token=${EVCHILD_WORKER#*:}
-report() { eval "printf '\347$1\\$(printf %03o "$token")\0\0\0\0\0\0\0' >&$fd"; }
+report() { eval "printf '\347$1\\$(printf %03o "$token")\0\0\0\0\0\0\0' >/proc/self/fd/$fd"; }
 report R
 while read -r job; do
     echo "done $job"

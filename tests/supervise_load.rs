@@ -8,7 +8,9 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use evchild::supervise::{Event, PoolConfig, Start, WorkerState};
-use supervise_util::{join, listener, load, worker_command, Harness};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use supervise_util::{join, listener, load_while, worker_command, Harness};
 use util::{Check, KillOnPanic};
 
 /// Not a test: the worker program of this binary (see `supervise_util`).
@@ -41,22 +43,27 @@ fn grows_to_the_maximum_under_load_and_retires_idle_workers_after() {
         "the initial workers never reported ready"
     );
 
-    let t0 = Instant::now();
-    let clients = load(addr, 64, 10, t0 + Duration::from_secs(3));
-    let mut peak = 0;
+    // Load until the pool has grown to its maximum, however long this
+    // machine takes (no speed is asserted: figures are in the benchmark).
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load_while(addr, 64, 10, Arc::clone(&stop));
     let mut peak_processes = 0;
-    while Instant::now() < t0 + Duration::from_secs(3) {
-        h.turn(Duration::from_millis(20));
-        peak = peak.max(h.active(pool));
+    let grown = h.run_until(Duration::from_secs(60), |h| {
         peak_processes = peak_processes.max(h.reactor.len());
+        h.active(pool) == 12
+    });
+    // A little longer at the maximum: it stays there.
+    h.run_until(2 * INTERVAL, |h| {
+        peak_processes = peak_processes.max(h.reactor.len());
+        false
+    });
+    stop.store(true, Ordering::Relaxed);
+    while !clients.iter().all(|c| c.is_finished()) {
+        h.turn(Duration::from_millis(20));
     }
     let outcomes = join(clients);
     let failed: Vec<_> = outcomes.iter().filter(|o| !o.ok).collect();
-    assert!(
-        outcomes.len() > 500,
-        "only {} requests in 3 s",
-        outcomes.len()
-    );
+    assert!(grown, "the pool grows to its maximum under load");
     assert!(
         failed.is_empty(),
         "{} of {} requests failed: {:?}",
@@ -64,7 +71,6 @@ fn grows_to_the_maximum_under_load_and_retires_idle_workers_after() {
         outcomes.len(),
         &failed[..failed.len().min(5)]
     );
-    assert_eq!(peak, 12, "the pool grows to its maximum under load");
     assert!(
         peak_processes <= 12,
         "{peak_processes} worker processes: more than the maximum"

@@ -47,6 +47,9 @@ struct Model {
     throttled_until: Option<Instant>,
     probing: bool,
     stopped: bool,
+    gave_up: bool,
+    /// A reload or an unthrottle is lifting the throttle now.
+    lifting: bool,
 }
 
 impl Model {
@@ -66,8 +69,9 @@ impl Model {
                     self.last_token = token;
                     assert!(self.throttled_until.is_none(), "start while throttled");
                     assert!(!self.core.is_stopping(), "start while stopping");
+                    assert!(!self.gave_up, "start after giving up");
                     assert_eq!(generation, self.core.generation());
-                    assert!(self.core.active() <= self.core.config().max_workers);
+                    assert!(self.core.members() <= self.core.config().max_workers);
                     if self.probing {
                         let starting = self
                             .core
@@ -91,12 +95,16 @@ impl Model {
             }
         }
         let cfg = self.core.config();
-        assert!(self.core.active() <= cfg.max_workers);
-        if !self.core.is_stopping() && self.throttled_until.is_none() && !self.probing {
+        assert!(self.core.members() <= cfg.max_workers);
+        if !self.core.is_stopping()
+            && self.throttled_until.is_none()
+            && !self.probing
+            && !self.gave_up
+        {
             assert!(
-                self.core.active() >= cfg.min_workers,
-                "{} active, min {}",
-                self.core.active(),
+                self.core.members() >= cfg.min_workers,
+                "{} members, min {}",
+                self.core.members(),
                 cfg.min_workers
             );
         }
@@ -105,17 +113,30 @@ impl Model {
     fn note(&mut self, note: Note) {
         assert!(!self.stopped, "{note:?} after Stopped");
         match note {
-            Note::Throttled(until) => {
+            Note::Throttled(delay) => {
                 assert!(self.throttled_until.is_none(), "throttled twice");
-                assert!(until >= self.now);
-                self.throttled_until = Some(until);
+                assert!(!delay.is_zero());
+                self.throttled_until = Some(self.now + delay);
                 self.probing = false;
             }
             Note::Unthrottled => {
                 let until = self.throttled_until.take().expect("unthrottled twice");
-                assert!(self.now >= until, "lifted early");
-                self.probing = true;
+                if self.lifting {
+                    self.probing = false;
+                } else {
+                    assert!(self.now >= until, "lifted early");
+                    self.probing = true;
+                }
             }
+            Note::GaveUp { faults, .. } => {
+                assert!(!self.gave_up, "gave up twice");
+                assert!(faults >= 1);
+                self.gave_up = true;
+            }
+            Note::Reloaded { generation } | Note::ReloadAbandoned { generation, .. } => {
+                assert_eq!(generation, self.core.generation());
+            }
+            Note::TimedOut { token, .. } => assert!(self.tokens.contains(&token)),
             Note::Ready(_) => self.probing = false,
             Note::Stopped => {
                 assert!(self.core.is_stopping());
@@ -146,7 +167,7 @@ pub(crate) fn run(data: &[u8]) {
     let ms = |b: u8| Duration::from_millis(u64::from(b) * 10);
     let min = usize::from(bytes.or(1) % 5);
     let max = min.max(1) + usize::from(bytes.or(3) % 6);
-    let min_idle = usize::from(bytes.or(1) % 4);
+    let min_idle = usize::from(bytes.or(1) % 4).min(max);
     let max_idle = min_idle + usize::from(bytes.or(2) % 4);
     let mut cfg = PoolConfig::new()
         .start(usize::from(bytes.or(2) % 8))
@@ -159,8 +180,18 @@ pub(crate) fn run(data: &[u8]) {
     if let Some(n) = bytes.next().filter(|n| *n % 2 == 1) {
         cfg = cfg
             .max_requests(u64::from(n % 7) + 1)
+            .max_requests_jitter(u64::from(n % 5))
             .strict_faults(n % 3 == 0);
     }
+    if let Some(n) = bytes.next().filter(|n| *n % 2 == 1) {
+        cfg = cfg
+            .give_up(usize::from(n % 5) + 1, ms(n))
+            .busy_timeout(ms(n / 2 + 1))
+            .heartbeat(ms(n / 3 + 1))
+            .idle_timeout(ms(n / 4 + 1))
+            .drain(ms(n / 5));
+    }
+    let sizes = cfg.clone();
     cfg.validate().expect("a valid configuration");
     let now = Instant::now();
     let mut m = Model {
@@ -172,6 +203,8 @@ pub(crate) fn run(data: &[u8]) {
         throttled_until: None,
         probing: false,
         stopped: false,
+        gave_up: false,
+        lifting: false,
     };
     m.settle();
     let mut ops = 0;
@@ -181,13 +214,13 @@ pub(crate) fn run(data: &[u8]) {
             break;
         }
         let arg = bytes.or(0);
-        match op % 9 {
+        match op % 12 {
             0 => {
                 m.now += ms(arg);
                 m.core.tick(m.now);
             }
             1..=3 => {
-                let report = [Report::Ready, Report::Busy, Report::Idle][usize::from(op % 9 - 1)];
+                let report = [Report::Ready, Report::Busy, Report::Idle][usize::from(op % 12 - 1)];
                 let token = m.pick(arg);
                 let known = m.tokens.contains(&token);
                 m.core.report(token, report, m.now);
@@ -204,18 +237,55 @@ pub(crate) fn run(data: &[u8]) {
                 }
             }
             5 => m.fail_next_start = true,
-            6 => m.core.reload(m.now),
+            6 => {
+                let cfg = (arg % 2 == 1).then(|| {
+                    let min = usize::from(arg / 2 % 3);
+                    sizes
+                        .clone()
+                        .workers(min, min + usize::from(arg / 8 % 4) + 1)
+                });
+                let cfg = cfg.filter(|c| c.validate().is_ok());
+                m.lifting = true;
+                m.core.reload(cfg, m.now);
+                m.gave_up = false;
+                m.probing = false;
+            }
             7 => {
-                if let Some(token) = m.core.checkout() {
+                if let Some(token) = m.core.checkout(m.now) {
                     assert_eq!(
                         m.core.worker(token).map(|w| w.state),
                         Some(WorkerState::Busy)
                     );
                 }
             }
+            9 => {
+                m.lifting = true;
+                m.core.unthrottle(m.now);
+                if !m.core.is_stopping() {
+                    m.gave_up = false;
+                    m.probing = false;
+                }
+            }
+            10 => {
+                if arg % 2 == 0 {
+                    m.core.demand(m.now);
+                } else {
+                    let min = usize::from(arg / 2 % 3);
+                    let cfg = sizes
+                        .clone()
+                        .workers(min, min + usize::from(arg / 8 % 4) + 1);
+                    if cfg.validate().is_ok() {
+                        m.core.set_config(cfg, m.now);
+                    }
+                }
+            }
+            11 => {
+                let token = m.pick(arg);
+                m.core.report(token, Report::Heartbeat, m.now);
+            }
             _ => {
                 if arg % 4 == 0 {
-                    m.core.shutdown(ms(arg));
+                    m.core.shutdown(ms(arg), m.now);
                 } else {
                     m.now += Duration::from_millis(u64::from(arg));
                     m.core.tick(m.now);
@@ -223,6 +293,7 @@ pub(crate) fn run(data: &[u8]) {
             }
         }
         m.settle();
+        m.lifting = false;
     }
     // Every worker dies: a stopping pool then says Stopped.
     if m.core.is_stopping() {

@@ -51,49 +51,90 @@
 //! # Workers and their states
 //!
 //! Each worker gets the write end of its pool's status pipe and reports with
-//! [`worker::ready`], [`worker::busy`] and [`worker::idle`] (no allocation;
-//! usable after fork or exec). A worker is [`WorkerState::Starting`] until it
-//! reports ready, then `Idle` ⇄ `Busy`, and `Retiring` once the pool has
-//! sent it `SIGTERM` (too many idle workers, its request limit, an old
-//! generation, the stop); it leaves the scoreboard when it is reaped. A
-//! worker that does not report ready within the start timeout is killed and
-//! counts as a failed start. Workers may accept on a listener the parent
-//! opened (Apache's model: keep its descriptor inheritable), or the parent
-//! may take an idle worker for a job of its own with
-//! [`Supervisor::checkout`] (OpenSRF's model). On `SIGTERM` a worker should
-//! finish the request in hand and exit.
+//! [`worker::ready`], [`worker::busy`], [`worker::idle`] and
+//! [`worker::heartbeat`] (no allocation; usable after fork or exec). A
+//! worker is [`WorkerState::Starting`] until it reports ready, then `Idle` ⇄
+//! `Busy`, and `Retiring` once the pool has sent it its stop signal (too
+//! many idle workers, its request limit, a reload, the stop); it leaves the
+//! scoreboard when it is reaped. A worker that does not report ready within
+//! the start timeout is killed and counts as a failed start. Workers may
+//! accept on a listener the parent opened (Apache's model: keep its
+//! descriptor inheritable), or the parent may take an idle worker for a job
+//! of its own with [`Supervisor::checkout`] (OpenSRF's model). On its stop
+//! signal (`SIGTERM` unless [`PoolConfig::stop_signal`]) a worker should
+//! finish the request in hand and exit, between two requests of a
+//! persistent connection too.
 //!
 //! # Sizing
 //!
-//! Dead workers below the minimum are replaced at once. Once per interval,
-//! with too few idle workers the pool starts 1, then 2, 4, … up to a cap
-//! per interval while the shortage lasts (Apache); with too many, it
-//! retires one. No start ever takes the pool above its maximum.
+//! A worker that dies without the pool asking (the OOM killer, an operator,
+//! a crash after ready) is replaced at once. Once per interval, with too
+//! few idle workers the pool starts 1, then 2, 4, … workers per interval
+//! while the shortage lasts (Apache's doubling: the rate is capped by the
+//! room left under the maximum and by [`PoolConfig::max_spawn_rate`], not by
+//! the shortage, which under load stays at 1 however many workers are
+//! needed); with too many, it retires one. An application that sees work
+//! waiting with no worker idle (its listener readable) calls
+//! [`Supervisor::demand`], and a worker starts at once (Postfix's
+//! `master`). No start ever takes the pool above its maximum.
+//! [`Supervisor::set_config`] and [`Supervisor::resize`] change the sizes
+//! at once.
 //!
-//! # Crash throttle
+//! # Crash throttle and giving up
 //!
 //! A *fault* is a start that failed (`spawn` or `fork` error), a worker that
-//! died before it reported ready (or did not in time), or one that died
-//! abnormally (a signal, a non-zero code) before serving its first request
-//! (Postfix's rule: a worker that served a request has shown the command
-//! works, and a worker killed by the OOM killer or an operator should be
-//! replaced, not throttled; [`PoolConfig::strict_faults`] counts every
-//! abnormal death). A fault suspends starts for a delay that
-//! doubles on repeated faults up to a cap and is forgotten after a quiet
-//! period ([`PoolConfig::throttle`]); when it is lifted the pool starts one
-//! worker at a time until one reports ready. So a command that crashes at
-//! once costs one start per throttle period, at most `60 s / max delay`
-//! plus a few starts per minute. Deaths the pool caused are never faults.
+//! died before it reported ready, or one killed for not reporting ready
+//! within the start timeout. A worker that reported ready has shown that
+//! the command works: its death is no fault, unless
+//! [`PoolConfig::strict_faults`] (then every abnormal death is). A fault
+//! suspends starts for a delay that doubles on repeated faults up to a cap
+//! and is forgotten after a quiet period ([`PoolConfig::throttle`]); when it
+//! is lifted the pool starts one worker at a time until one reports ready.
+//! So a command that crashes at once costs one start per throttle period.
+//! After [`PoolConfig::give_up`] faults within a window the pool stops
+//! starting altogether and says so ([`Event::GaveUp`]); the application
+//! decides what next. A reload, or [`Supervisor::unthrottle`], lifts both.
+//! Deaths the pool caused are never faults.
 //!
-//! # Reload and stop
+//! # Liveness
 //!
-//! [`Supervisor::reload`] starts a new generation: idle workers of older
-//! ones are retired at once, busy ones when they report idle (or after the
-//! retire grace). Listeners are the application's and stay open.
+//! [`PoolConfig::busy_timeout`] kills a worker busy for too long (gunicorn's
+//! `timeout`), [`PoolConfig::heartbeat`] one silent for too long (systemd's
+//! `WatchdogSec`); both are replaced at once ([`Event::TimedOut`]).
+//! [`PoolConfig::idle_timeout`] retires workers idle for too long above the
+//! minimum (Postfix's `max_idle`), and [`PoolConfig::max_requests_jitter`]
+//! spreads the request limit so that workers do not all retire together.
+//!
+//! # Reload without an outage
+//!
+//! [`Supervisor::reload`] (or [`Supervisor::reload_with`] a new
+//! configuration) starts a new generation first, as many workers as the
+//! pool serves with (within the new sizes), while the old generation keeps
+//! serving. Each time a new worker reports ready, one old worker is retired
+//! in its place: an idle one at once, a busy one when it reports idle or
+//! after the [drain time](PoolConfig::drain), whichever comes first. The
+//! capacity never falls below what it was; [`Event::Reloaded`] says when
+//! the last old worker has been replaced. If the new generation faults, the
+//! reload is abandoned ([`Event::ReloadAbandoned`], with the reason): its
+//! workers still starting are killed, and the old ones serve on. A reload
+//! lifts the throttle. Listeners are the application's and stay open.
+//!
+//! # Stop, and a master that dies
+//!
 //! [`Supervisor::shutdown`] stops the pools in reverse order of creation,
-//! one after the other: no more starts, `SIGTERM` to each worker (or its
-//! process group), `SIGKILL` after the grace, and [`Event::Stopped`] once
-//! the last one is reaped.
+//! one after the other: no more starts, the stop signal to each worker (or
+//! its process group), `SIGKILL` after the grace, and [`Event::Stopped`]
+//! once the last one is reaped.
+//!
+//! Workers never outlive a master killed outright: the status pipe's read
+//! end is the master's alone (close-on-exec, and closed by a forked worker
+//! with every other descriptor of the supervisor), so a worker's next
+//! report fails with `EPIPE` instead of blocking, and
+//! [`worker::is_orphaned`] tells it to exit; with
+//! [`PoolConfig::parent_death_signal`] the kernel signals each worker
+//! (executed or forked) when the master dies. The status descriptor is
+//! never inheritable by a spawn it was not meant for: it is handed to a
+//! worker in that child only, and the worker makes it close-on-exec.
 //!
 //! Children that are not workers are none of the supervisor's business:
 //! the reactor's other children and unknown pids (`LibraryAlways`' hook) go
@@ -105,6 +146,7 @@ mod policy;
 mod pool;
 mod start;
 mod status;
+mod sys;
 pub mod worker;
 
 #[cfg(any(test, feature = "fuzzing"))]
@@ -113,6 +155,7 @@ pub(crate) mod fuzz;
 use std::collections::VecDeque;
 use std::fmt;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::event::Source;
@@ -175,12 +218,52 @@ pub enum WorkerState {
     Idle,
     /// Serving a request.
     Busy,
-    /// Asked to stop (`SIGTERM`; `SIGKILL` after a grace).
+    /// Asked to stop (the stop signal; `SIGKILL` after a grace).
     Retiring,
 }
 
+impl fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Idle => "idle",
+            WorkerState::Busy => "busy",
+            WorkerState::Retiring => "retiring",
+        })
+    }
+}
+
+impl fmt::Display for PoolId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pool {}", self.0)
+    }
+}
+
+/// Which time limit a worker broke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Timeout {
+    /// It did not report ready within [`PoolConfig::start_timeout`] (a
+    /// fault).
+    Start,
+    /// It was busy for longer than [`PoolConfig::busy_timeout`].
+    Busy,
+    /// It sent no report for [`PoolConfig::heartbeat`].
+    Heartbeat,
+}
+
+impl fmt::Display for Timeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Timeout::Start => "did not report ready within the start timeout",
+            Timeout::Busy => "was busy for longer than the busy timeout",
+            Timeout::Heartbeat => "sent no heartbeat within the interval",
+        })
+    }
+}
+
 /// What happened in a pool, in order; read with
-/// [`Supervisor::next_event`].
+/// [`Supervisor::next_event`]. Its `Display` is one line for a log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
@@ -190,8 +273,10 @@ pub enum Event {
         worker: WorkerId,
         /// Its pid.
         pid: Pid,
+        /// The pool's generation it belongs to.
+        generation: u64,
     },
-    /// A worker could not be started; the pool is throttled.
+    /// A worker could not be started (a fault).
     StartFailed {
         /// The pool.
         pool: PoolId,
@@ -218,6 +303,13 @@ pub enum Event {
         /// The worker.
         worker: WorkerId,
     },
+    /// The pool killed a worker that broke a time limit.
+    TimedOut {
+        /// The worker.
+        worker: WorkerId,
+        /// Which limit.
+        limit: Timeout,
+    },
     /// A worker died and was reaped.
     Exited {
         /// The worker.
@@ -227,23 +319,116 @@ pub enum Event {
         /// Whether it counted against the crash throttle.
         fault: bool,
     },
-    /// A fault suspended starts until `until`.
+    /// A fault suspended starts for `delay`.
     Throttled {
         /// The pool.
         pool: PoolId,
-        /// When starts resume.
-        until: Instant,
+        /// How long starts are suspended, from the event.
+        delay: Duration,
     },
     /// Starts resumed.
     Unthrottled {
         /// The pool.
         pool: PoolId,
     },
+    /// The pool had `faults` faults within `window`
+    /// ([`PoolConfig::give_up`]) and starts no more workers until
+    /// [`Supervisor::unthrottle`] or a reload.
+    GaveUp {
+        /// The pool.
+        pool: PoolId,
+        /// The faults counted.
+        faults: usize,
+        /// The window they fell in.
+        window: Duration,
+    },
+    /// A reload is complete: every worker of the older generations has
+    /// been replaced by a ready one of `generation`.
+    Reloaded {
+        /// The pool.
+        pool: PoolId,
+        /// The new generation.
+        generation: u64,
+    },
+    /// A reload was abandoned because a worker of the new generation
+    /// faulted: the workers that were serving go on; those of the new
+    /// generation still starting are killed; the pool's configuration is
+    /// the one before the reload.
+    ReloadAbandoned {
+        /// The pool.
+        pool: PoolId,
+        /// The abandoned generation.
+        generation: u64,
+        /// What went wrong, for a log.
+        reason: String,
+    },
     /// The pool was shut down and its last worker reaped.
     Stopped {
         /// The pool.
         pool: PoolId,
     },
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Started {
+                worker,
+                pid,
+                generation,
+            } => write!(f, "{worker} started: pid {pid}, generation {generation}"),
+            Event::StartFailed { pool, error } => {
+                write!(f, "{pool}: a worker could not start: {error}")
+            }
+            Event::Ready { worker } => write!(f, "{worker} ready"),
+            Event::Busy { worker } => write!(f, "{worker} busy"),
+            Event::Idle { worker } => write!(f, "{worker} idle"),
+            Event::Retiring { worker } => write!(f, "{worker} retiring"),
+            Event::TimedOut { worker, limit } => write!(f, "{worker} killed: it {limit}"),
+            Event::Exited {
+                worker,
+                exit,
+                fault,
+            } => {
+                write!(f, "{worker} (pid {}) ", exit.id.pid())?;
+                match exit.status() {
+                    Some(status) => write!(f, "{status}")?,
+                    None => f.write_str("lost (reaped by other code)")?,
+                }
+                if *fault {
+                    f.write_str(" [fault]")?;
+                }
+                Ok(())
+            }
+            Event::Throttled { pool, delay } => write!(
+                f,
+                "{pool}: throttled after a fault: no start for {:.3} s",
+                delay.as_secs_f64()
+            ),
+            Event::Unthrottled { pool } => write!(f, "{pool}: starts resumed"),
+            Event::GaveUp {
+                pool,
+                faults,
+                window,
+            } => write!(
+                f,
+                "{pool}: gave up after {faults} faults within {:.3} s: no more starts",
+                window.as_secs_f64()
+            ),
+            Event::Reloaded { pool, generation } => {
+                write!(f, "{pool}: reloaded, generation {generation} serving")
+            }
+            Event::ReloadAbandoned {
+                pool,
+                generation,
+                reason,
+            } => write!(
+                f,
+                "{pool}: reload to generation {generation} abandoned, the workers serving go on: {reason}"
+            ),
+            Event::Stopped { pool } => write!(f, "{pool}: stopped"),
+        }
+    }
 }
 
 /// The earlier of two optional time-outs, where `None` means no limit
@@ -271,7 +456,13 @@ pub fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
 /// kills it with `SIGPIPE`, if it has not ignored the signal, as Rust
 /// programs do). Stop the pools first with [`shutdown`](Self::shutdown).
 pub struct Supervisor {
+    /// Which supervisor this is, process-wide: a death callback of another
+    /// (dropped) supervisor's worker carries another number.
+    id: u64,
     pools: Vec<Pool>,
+    /// Every descriptor of the supervisor (its epoll set, each pool's two
+    /// ends), for a forked worker to close those that are not its own.
+    fds: Vec<RawFd>,
     events: VecDeque<Event>,
     /// The status pipes, as one descriptor for the application's loop.
     poll: Poll,
@@ -287,10 +478,14 @@ impl Supervisor {
     ///
     /// [`Error::Io`] if its epoll instance cannot be created.
     pub fn new() -> Result<Self> {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let poll = Poll::new().map_err(|e| Error::io("epoll_create", e))?;
         Ok(Supervisor {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
             pools: Vec::new(),
+            fds: vec![poll.as_raw_fd()],
             events: VecDeque::new(),
-            poll: Poll::new().map_err(|e| Error::io("epoll_create", e))?,
+            poll,
             ready: Events::with_capacity(16),
             stopping: None,
         })
@@ -321,12 +516,14 @@ impl Supervisor {
                 reason: "the supervisor is shutting down",
             });
         }
-        let mut pool = Pool::new(id, name.to_owned(), config, start)?;
+        let mut pool = Pool::new(self.id, id, name.to_owned(), config, start)?;
         self.poll
             .registry()
             .register(pool.status.receiver(), Token(id.0), Interest::READABLE)
             .map_err(|e| Error::io("epoll_ctl", e))?;
-        pool.act(reactor, &mut self.events);
+        self.fds.push(pool.status.receiver().as_raw_fd());
+        self.fds.push(pool.status.write_raw());
+        pool.act(reactor, &mut self.events, &self.fds);
         self.pools.push(pool);
         Ok(id)
     }
@@ -383,33 +580,140 @@ impl Supervisor {
                 result = Err(e);
             }
             core.tick(now);
-            pool.act(reactor, &mut self.events);
+            pool.act(reactor, &mut self.events, &self.fds);
         }
         self.advance_shutdown(reactor);
         result
     }
 
+    fn pool_entry(&mut self, id: PoolId) -> Result<&mut Pool> {
+        self.pools.get_mut(id.0).ok_or(Error::Pool {
+            pool: id.0,
+            reason: "no such pool",
+        })
+    }
+
     /// Starts a new generation of a pool: see the [module docs](self).
+    /// Lifts the throttle and the give-up.
     ///
     /// # Errors
     ///
     /// [`Error::Pool`] if there is no such pool; a stopping pool ignores it.
     pub fn reload<C: HasSupervisor>(&mut self, reactor: &mut Reactor<C>, id: PoolId) -> Result<()> {
-        let pool = self.pools.get_mut(id.0).ok_or(Error::Pool {
-            pool: id.0,
-            reason: "no such pool",
-        })?;
-        pool.core.reload(Instant::now());
-        pool.act(reactor, &mut self.events);
+        self.reload_inner(reactor, id, None)
+    }
+
+    /// [`reload`](Self::reload) with a new configuration, which the new
+    /// generation is sized by (and which is dropped again if the reload is
+    /// abandoned).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Pool`] if there is no such pool, [`Error::InvalidConfig`] if
+    /// `config` cannot work (nothing changed).
+    pub fn reload_with<C: HasSupervisor>(
+        &mut self,
+        reactor: &mut Reactor<C>,
+        id: PoolId,
+        config: PoolConfig,
+    ) -> Result<()> {
+        config.validate()?;
+        self.reload_inner(reactor, id, Some(config))
+    }
+
+    fn reload_inner<C: HasSupervisor>(
+        &mut self,
+        reactor: &mut Reactor<C>,
+        id: PoolId,
+        config: Option<PoolConfig>,
+    ) -> Result<()> {
+        self.pool_entry(id)?.core.reload(config, Instant::now());
+        self.pools[id.0].act(reactor, &mut self.events, &self.fds);
         Ok(())
     }
 
-    /// Takes an idle worker of the current generation for a job of the
-    /// parent's: it is `Busy` until it reports idle. `None` if no worker is
-    /// idle (the pool grows as its idle minimum asks).
+    /// A new configuration for a pool, without a reload (resizing, say):
+    /// the sizes apply at once. Workers above a smaller maximum retire,
+    /// idle ones first, busy ones after the [drain
+    /// time](PoolConfig::drain).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Pool`] if there is no such pool, [`Error::InvalidConfig`] if
+    /// `config` cannot work (nothing changed).
+    pub fn set_config<C: HasSupervisor>(
+        &mut self,
+        reactor: &mut Reactor<C>,
+        id: PoolId,
+        config: PoolConfig,
+    ) -> Result<()> {
+        config.validate()?;
+        self.pool_entry(id)?.core.set_config(config, Instant::now());
+        self.pools[id.0].act(reactor, &mut self.events, &self.fds);
+        Ok(())
+    }
+
+    /// [`set_config`](Self::set_config) with new worker bounds (`min`,
+    /// `max`), the rest unchanged: gunicorn's `TTIN`/`TTOU`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`set_config`](Self::set_config).
+    pub fn resize<C: HasSupervisor>(
+        &mut self,
+        reactor: &mut Reactor<C>,
+        id: PoolId,
+        min: usize,
+        max: usize,
+    ) -> Result<()> {
+        let config = self.pool_entry(id)?.config().clone().workers(min, max);
+        self.set_config(reactor, id, config)
+    }
+
+    /// Lifts the crash throttle and the give-up of a pool now: starts
+    /// resume at once (one at a time, as after a throttle, until a worker
+    /// reports ready). A no-op for a pool that is neither.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Pool`] if there is no such pool.
+    pub fn unthrottle<C: HasSupervisor>(
+        &mut self,
+        reactor: &mut Reactor<C>,
+        id: PoolId,
+    ) -> Result<()> {
+        self.pool_entry(id)?.core.unthrottle(Instant::now());
+        self.pools[id.0].act(reactor, &mut self.events, &self.fds);
+        Ok(())
+    }
+
+    /// The application's hint that work is waiting and no worker took it
+    /// (its listener is readable, say): if no worker of the pool is idle or
+    /// starting, and the pool may start one (room under the maximum, not
+    /// throttled), one starts now rather than at the next interval
+    /// (Postfix's `master` does this with the listener itself). Returns
+    /// whether a worker was started.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Pool`] if there is no such pool.
+    pub fn demand<C: HasSupervisor>(
+        &mut self,
+        reactor: &mut Reactor<C>,
+        id: PoolId,
+    ) -> Result<bool> {
+        let started = self.pool_entry(id)?.core.demand(Instant::now());
+        self.pools[id.0].act(reactor, &mut self.events, &self.fds);
+        Ok(started)
+    }
+
+    /// Takes an idle worker for a job of the parent's (one of the current
+    /// generation if any is idle, and never one that is to retire): it is
+    /// `Busy` until it reports idle. `None` if no worker is idle (the pool
+    /// grows as its idle minimum asks; see also [`demand`](Self::demand)).
     pub fn checkout(&mut self, id: PoolId) -> Option<WorkerInfo> {
         let pool = self.pools.get_mut(id.0)?;
-        let token = pool.core.checkout()?;
+        let token = pool.core.checkout(Instant::now())?;
         pool.flush_notes(&mut self.events);
         pool.worker(WorkerId { pool: id, token })
     }
@@ -441,8 +745,8 @@ impl Supervisor {
                 continue;
             }
             if !pool.is_stopping() {
-                pool.core.shutdown(grace);
-                pool.act(reactor, &mut self.events);
+                pool.core.shutdown(grace, Instant::now());
+                pool.act(reactor, &mut self.events, &self.fds);
                 if pool.is_stopped() {
                     continue;
                 }
@@ -451,17 +755,32 @@ impl Supervisor {
         }
     }
 
-    /// A worker's death callback.
+    /// A worker's death callback: `supervisor` is the id of the
+    /// supervisor that started it. The death of another supervisor's
+    /// worker (one dropped before its workers died) is not ours, nor is a
+    /// death whose child is not the one the pool knows by that token.
     pub(crate) fn worker_died<C: HasSupervisor>(
         &mut self,
         reactor: &mut Reactor<C>,
+        supervisor: u64,
         pool: PoolId,
         token: u64,
         exit: Exit,
     ) {
+        if supervisor != self.id {
+            return;
+        }
         if let Some(p) = self.pools.get_mut(pool.0) {
-            p.died(token, exit, &mut self.events);
-            p.act(reactor, &mut self.events);
+            // Reports the worker wrote before it died come first (a ready
+            // report decides whether its death is a fault).
+            let now = Instant::now();
+            let Pool { status, core, .. } = p;
+            let _ = status.drain(|token, report| core.report(token, report, now));
+            p.flush_notes(&mut self.events);
+            if !p.died(token, exit, &mut self.events) {
+                return;
+            }
+            p.act(reactor, &mut self.events, &self.fds);
         }
         self.advance_shutdown(reactor);
     }

@@ -36,13 +36,16 @@ impl SpawnRate {
 
     /// The interval's decision: given the idle shortage (how many more idle
     /// workers `min_idle` asks for) and the room left under the maximum,
-    /// how many to start now. Advances the rate.
+    /// how many to start now: the rate, up to the room (not the shortage:
+    /// under load the workers just started go busy at once, and a pool
+    /// that only ever fills the shortage grows one worker an interval).
+    /// Advances the rate.
     pub(crate) fn decide(&mut self, shortage: usize, room: usize) -> usize {
         if shortage == 0 {
             self.rate = 1;
             return 0;
         }
-        let n = self.rate.min(shortage).min(room);
+        let n = self.rate.min(room);
         self.rate = (self.rate * 2).min(self.cap);
         n
     }
@@ -127,9 +130,24 @@ impl Throttle {
     }
 
     /// The delay of the current (or last) throttle.
-    #[cfg(test)]
     pub(crate) fn delay(&self) -> Duration {
         self.delay
+    }
+
+    /// Lifts the throttle now, whatever its end (a reload, the operator);
+    /// the next fault starts again from the base delay. Whether it was on.
+    pub(crate) fn lift(&mut self) -> bool {
+        self.last_end = None;
+        self.delay = self.base;
+        self.until.take().is_some()
+    }
+
+    /// New parameters; a throttle in force keeps its end.
+    pub(crate) fn configure(&mut self, base: Duration, max: Duration, reset_after: Duration) {
+        self.base = base;
+        self.max = max.max(base);
+        self.reset_after = reset_after;
+        self.delay = self.delay.clamp(self.base, self.max);
     }
 }
 
@@ -150,12 +168,12 @@ mod tests {
     }
 
     #[test]
-    fn spawn_rate_never_exceeds_the_shortage_or_the_room() {
+    fn spawn_rate_is_capped_by_the_room_not_the_shortage() {
         let mut rate = SpawnRate::new(32);
-        for _ in 0..5 {
-            rate.decide(100, 100);
-        }
-        assert_eq!(rate.decide(3, 100), 3);
+        // A shortage of 1 all along (idle(1, _) under load): 1, 2, 4, 8.
+        let starts: Vec<usize> = (0..4).map(|_| rate.decide(1, 100)).collect();
+        assert_eq!(starts, [1, 2, 4, 8]);
+        assert_eq!(rate.decide(3, 100), 16);
         assert_eq!(rate.decide(100, 2), 2);
         assert_eq!(rate.decide(100, 0), 0);
     }

@@ -4,8 +4,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::core::{Action, Core, Note};
-use super::start::{spec, Start};
+use super::core::{Action, Cause, Core, Note};
+use super::start::{spec, Start, StartOptions};
 use super::status::StatusPipe;
 use super::{Event, HasSupervisor, PoolConfig, PoolId, WorkerId, WorkerState};
 use crate::{ChildId, Exit, Pid, Reactor, Result, Spawned};
@@ -59,6 +59,8 @@ pub struct LastExit {
 /// docs](super). Read it with [`Supervisor::pool`](super::Supervisor::pool).
 #[derive(Debug)]
 pub struct Pool {
+    /// The id of the supervisor that owns it.
+    supervisor: u64,
     pub(crate) id: PoolId,
     name: String,
     pub(crate) core: Core,
@@ -68,12 +70,21 @@ pub struct Pool {
     stdio: HashMap<u64, Spawned>,
     last_exits: VecDeque<LastExit>,
     starts: u64,
+    /// What the last fault was, in words, for an abandoned reload.
+    failures: HashMap<u64, String>,
 }
 
 impl Pool {
-    pub(crate) fn new(id: PoolId, name: String, config: PoolConfig, start: Start) -> Result<Self> {
+    pub(crate) fn new(
+        supervisor: u64,
+        id: PoolId,
+        name: String,
+        config: PoolConfig,
+        start: Start,
+    ) -> Result<Self> {
         config.validate()?;
         Ok(Pool {
+            supervisor,
             id,
             name,
             core: Core::new(config, Instant::now()),
@@ -83,6 +94,7 @@ impl Pool {
             stdio: HashMap::new(),
             last_exits: VecDeque::new(),
             starts: 0,
+            failures: HashMap::new(),
         })
     }
 
@@ -158,6 +170,19 @@ impl Pool {
         self.core.throttled_until()
     }
 
+    /// Whether the pool gave up after too many faults
+    /// ([`PoolConfig::give_up`]): it starts no worker until
+    /// [`unthrottle`](super::Supervisor::unthrottle) or a reload.
+    pub fn has_given_up(&self) -> bool {
+        self.core.has_given_up()
+    }
+
+    /// Whether a reload is in progress: the new generation is starting and
+    /// replacing the old one.
+    pub fn is_reloading(&self) -> bool {
+        self.core.is_reloading()
+    }
+
     /// Whether [`shutdown`](super::Supervisor::shutdown) has reached this
     /// pool.
     pub fn is_stopping(&self) -> bool {
@@ -178,11 +203,12 @@ impl Pool {
     }
 
     /// Executes the state machine's actions, until there are none, and
-    /// turns its notes into events.
+    /// turns its notes into events. `fds`: the supervisor's descriptors.
     pub(crate) fn act<C: HasSupervisor>(
         &mut self,
         reactor: &mut Reactor<C>,
         events: &mut VecDeque<Event>,
+        fds: &[std::os::fd::RawFd],
     ) {
         loop {
             self.flush_notes(events);
@@ -190,11 +216,17 @@ impl Pool {
                 return;
             };
             let now = Instant::now();
+            let group = self.core.config().process_group;
             match action {
                 Action::Start { token, generation } => {
                     let spec = spec(self.id, token, generation);
-                    let group = self.core.config().process_group;
-                    match self.start.start(reactor, &self.status, spec, group) {
+                    let options = StartOptions {
+                        supervisor: self.supervisor,
+                        process_group: group,
+                        parent_death_signal: self.core.config().parent_death_signal,
+                        fds,
+                    };
+                    match self.start.start(reactor, &self.status, spec, options) {
                         Ok((child, spawned)) => {
                             self.starts += 1;
                             self.children.insert(token, child);
@@ -207,31 +239,36 @@ impl Pool {
                             events.push_back(Event::Started {
                                 worker: spec.worker,
                                 pid: child.pid(),
+                                generation,
                             });
                         }
                         Err(error) => {
-                            self.core.start_failed(token, now);
+                            let error = error.to_string();
+                            self.failures
+                                .insert(token, format!("{} could not start: {error}", spec.worker));
                             events.push_back(Event::StartFailed {
                                 pool: self.id,
-                                error: error.to_string(),
+                                error,
                             });
+                            self.core.start_failed(token, now);
                         }
                     }
                 }
-                Action::Stop { token, grace } => {
+                Action::Stop { token } => {
                     if let Some(&child) = self.children.get(&token) {
                         // An error means its death is already being
                         // reported: nothing left to stop.
-                        let _ = if self.core.config().process_group {
-                            reactor.terminate_group(child, grace)
+                        let signal = self.core.config().stop_signal;
+                        let _ = if group {
+                            reactor.kill_group(child, signal)
                         } else {
-                            reactor.terminate(child, grace)
+                            reactor.kill(child, signal)
                         };
                     }
                 }
                 Action::Kill { token } => {
                     if let Some(&child) = self.children.get(&token) {
-                        let _ = if self.core.config().process_group {
+                        let _ = if group {
                             reactor.kill_group(child, libc::SIGKILL)
                         } else {
                             reactor.kill(child, libc::SIGKILL)
@@ -251,34 +288,79 @@ impl Pool {
                 Note::Busy(t) => Event::Busy { worker: worker(t) },
                 Note::Idle(t) => Event::Idle { worker: worker(t) },
                 Note::Retiring(t) => Event::Retiring { worker: worker(t) },
+                Note::TimedOut { token, what } => Event::TimedOut {
+                    worker: worker(token),
+                    limit: what,
+                },
                 // Made into an event by `died`, which has the exit.
                 Note::Exited { .. } => continue,
-                Note::Throttled(until) => Event::Throttled { pool, until },
+                Note::Throttled(delay) => Event::Throttled { pool, delay },
                 Note::Unthrottled => Event::Unthrottled { pool },
+                Note::GaveUp { faults, window } => Event::GaveUp {
+                    pool,
+                    faults,
+                    window,
+                },
+                Note::Reloaded { generation } => Event::Reloaded { pool, generation },
+                Note::ReloadAbandoned { generation, cause } => {
+                    let (token, fallback) = match cause {
+                        Cause::StartFailed(t) => (t, "could not start"),
+                        Cause::Died(t) => (t, "died before it reported ready"),
+                        Cause::StartTimeout(t) => {
+                            (t, "did not report ready within the start timeout")
+                        }
+                    };
+                    let reason = match (cause, self.failures.remove(&token)) {
+                        (Cause::StartTimeout(_), _) | (_, None) => {
+                            format!("{} {fallback}", worker(token))
+                        }
+                        (_, Some(text)) => text,
+                    };
+                    Event::ReloadAbandoned {
+                        pool,
+                        generation,
+                        reason,
+                    }
+                }
                 Note::Stopped => Event::Stopped { pool },
             });
         }
+        self.failures.clear();
     }
 
-    /// A worker's death, from its reactor callback.
-    pub(crate) fn died(&mut self, token: u64, exit: Exit, events: &mut VecDeque<Event>) {
+    /// A worker's death, from its reactor callback. `false` if the death is
+    /// not of the child this pool knows by `token` (nothing changed).
+    pub(crate) fn died(&mut self, token: u64, exit: Exit, events: &mut VecDeque<Event>) -> bool {
+        if self.children.get(&token) != Some(&exit.id) {
+            return false;
+        }
         self.children.remove(&token);
         self.stdio.remove(&token);
         let info = self.core.worker(token).cloned();
         let abnormal = !exit.status().is_some_and(|s| s.success());
+        let id = WorkerId {
+            pool: self.id,
+            token,
+        };
+        if info
+            .as_ref()
+            .is_some_and(|w| w.state == WorkerState::Starting)
+        {
+            let status = exit
+                .status()
+                .map_or("was lost".to_owned(), |s| format!("ended ({s})"));
+            self.failures
+                .insert(token, format!("{id} {status} before it reported ready"));
+        }
         self.core.exited(token, abnormal, Instant::now());
         let fault = self
             .core
             .notes
             .iter()
             .any(|n| matches!(n, Note::Exited { token: t, fault: true } if *t == token));
-        let id = WorkerId {
-            pool: self.id,
-            token,
-        };
         if let Some(w) = info {
             if self.core.config().last_exits > 0 {
-                if self.last_exits.len() == self.core.config().last_exits {
+                while self.last_exits.len() >= self.core.config().last_exits {
                     self.last_exits.pop_front();
                 }
                 self.last_exits.push_back(LastExit {
@@ -296,5 +378,6 @@ impl Pool {
             exit,
             fault,
         });
+        true
     }
 }

@@ -1,6 +1,16 @@
-//! How a pool starts a worker: a command built for each worker (std's fast
-//! `posix_spawn` path, through [`Reactor::spawn`]), or a function run in a
-//! forked child (through [`Reactor::fork`]).
+//! How a pool starts a worker: a command built for each worker (through
+//! [`Reactor::spawn`]), or a function run in a forked child (through
+//! [`Reactor::fork_with`], so that a panic aborts the worker instead of
+//! unwinding into the master's frames).
+//!
+//! Either way the worker gets the pool's status write end and nothing else
+//! of the supervisor's: an executed worker through a `pre_exec` step that
+//! clears close-on-exec on that one descriptor in the child (the parent's
+//! copy is never inheritable, so a spawn on another thread cannot take it);
+//! a forked worker closes every other descriptor of the supervisor (its
+//! epoll set, the pipes' read ends, the other pools' write ends), so that
+//! its reports fail once the master is gone instead of blocking on a pipe
+//! it holds open itself.
 
 #![allow(unsafe_code)]
 
@@ -9,8 +19,9 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use super::status::{StatusPipe, ENV};
+use super::sys;
 use super::{HasSupervisor, PoolId, WorkerId};
-use crate::{ChildId, Exit, Forked, Reactor, Result, Spawned};
+use crate::{ChildId, Exit, Reactor, Result, Spawned};
 
 /// What a worker's start is told: which worker it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +47,14 @@ pub struct Start(How);
 impl Start {
     /// Each worker is `make(spec)`, spawned. The pool adds
     /// [`ENV`](super::ENV) to its environment (and a process group, if
-    /// configured); the program reports with
+    /// configured), and a `pre_exec` step that lets this child alone
+    /// inherit the status descriptor (and sets the parent-death signal, if
+    /// configured): std then spawns through `fork` and `exec` rather than
+    /// `posix_spawn`, whose cost grows with the master's mapped memory
+    /// (measured by `benches/supervise.rs`: a replacement ready in 2 ms with
+    /// a small master, 73 ms with 1 GiB of heap, against 4 ms through
+    /// `posix_spawn`). Keep the master small, as prefork masters are. A
+    /// command may add `pre_exec` steps of its own. The program reports with
     /// [`worker::ready`](super::worker::ready) and friends.
     ///
     /// ```
@@ -66,79 +84,110 @@ impl Start {
     /// anything goes. `run` must not return into the parent's loop: the
     /// pool calls `_exit` with its result.
     ///
-    /// A forked worker inherits every descriptor of the parent (the other
-    /// pools' pipes, the application's sockets): close what it does not
+    /// A forked worker closes the supervisor's descriptors that are not its
+    /// own before `run`, but inherits every other descriptor of the parent
+    /// (the reactor's, the application's sockets): close what it does not
     /// need, or a peer may wait for an end of file that this worker holds
-    /// back.
+    /// back. A panic in `run` aborts the worker (`SIGABRT`); it never
+    /// unwinds into the parent's frames.
     pub unsafe fn fork(run: impl FnMut(&WorkerSpec) -> i32 + Send + 'static) -> Self {
         Start(How::Fork(Box::new(run)))
     }
 
     /// Starts one worker through `reactor`; its death is reported to the
-    /// pool's supervisor.
+    /// supervisor `supervisor` (its id) and the pool. `fds` are the
+    /// supervisor's descriptors, which a forked worker closes (all but its
+    /// status write end).
     pub(crate) fn start<C: HasSupervisor>(
         &mut self,
         reactor: &mut Reactor<C>,
         status: &StatusPipe,
         spec: WorkerSpec,
-        process_group: bool,
+        how: StartOptions<'_>,
     ) -> Result<(ChildId, Option<Spawned>)> {
         let (pool, token) = (spec.worker.pool, spec.worker.token);
+        let supervisor = how.supervisor;
         let on_death = move |ctx: &mut C, reactor: &mut Reactor<C>, exit: Exit| {
-            ctx.supervisor().worker_died(reactor, pool, token, exit);
+            ctx.supervisor()
+                .worker_died(reactor, supervisor, pool, token, exit);
         };
-        // What the pool hands the reactor is `Send`: it captures two
-        // numbers, and reaches the pool through the context.
+        // What the pool hands the reactor is `Send`: it captures numbers,
+        // and reaches the pool through the context.
         assert_send(&on_death);
+        let fd = status.write_raw();
+        let master = sys::getpid();
+        let pdeathsig = how.parent_death_signal;
+        let process_group = how.process_group;
         match &mut self.0 {
             How::Command(make) => {
                 let mut cmd = make(&spec);
-                cmd.env(ENV, format!("{}:{}", status.write_raw(), token));
+                cmd.env(ENV, format!("{fd}:{token}"));
                 if process_group {
                     cmd.process_group(0);
                 }
-                // Only for this spawn may a child inherit the write end.
-                status.set_cloexec(false)?;
-                let spawned = reactor.spawn(&mut cmd, on_death);
-                let restored = status.set_cloexec(true);
-                let spawned = spawned?;
-                restored?;
+                // SAFETY: the closure runs in the child between fork and
+                // exec; it only makes system calls through `sys`, which are
+                // async-signal-safe (fcntl, prctl, getppid, kill), and
+                // allocates nothing.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        sys::set_cloexec(fd, false).map_err(std::io::Error::from)?;
+                        if let Some(signal) = pdeathsig {
+                            sys::set_parent_death_signal(signal, master)
+                                .map_err(std::io::Error::from)?;
+                        }
+                        Ok(())
+                    });
+                }
+                let spawned = reactor.spawn(&mut cmd, on_death)?;
                 Ok((spawned.id, Some(spawned)))
             }
             How::Fork(run) => {
-                let fd = status.write_raw();
+                let fds = how.fds;
+                let child = || {
+                    for &other in fds {
+                        if other != fd {
+                            sys::close(other);
+                        }
+                    }
+                    if let Some(signal) = pdeathsig {
+                        let _ = sys::set_parent_death_signal(signal, master);
+                    }
+                    super::worker::set_channel(fd, token);
+                    if process_group {
+                        let _ = nix::unistd::setpgid(
+                            nix::unistd::Pid::from_raw(0),
+                            nix::unistd::Pid::from_raw(0),
+                        );
+                    }
+                    run(&spec)
+                };
                 // SAFETY: the caller of `Start::fork` promised that `run` is
                 // fit for the forked child. What we do there before it is
-                // async-signal-safe: atomic stores (`set_channel`) and
-                // `setpgid(2)`; after it, `_exit(2)`.
-                match unsafe { reactor.fork(on_death) }? {
-                    Forked::Child => {
-                        super::worker::set_channel(fd, token);
-                        if process_group {
-                            let _ = nix::unistd::setpgid(
-                                nix::unistd::Pid::from_raw(0),
-                                nix::unistd::Pid::from_raw(0),
-                            );
-                        }
-                        let code = run(&spec);
-                        // SAFETY: `_exit` is async-signal-safe and skips
-                        // the parent's atexit handlers and stdio buffers.
-                        unsafe { libc::_exit(code) }
-                    }
-                    Forked::Parent(id) => {
-                        if process_group {
-                            // Also from the parent, so that a signal to the
-                            // group cannot come before the child's own call
-                            // (EACCES once it has, or ESRCH: harmless).
-                            let pid = nix::unistd::Pid::from_raw(id.pid().as_raw());
-                            let _ = nix::unistd::setpgid(pid, pid);
-                        }
-                        Ok((id, None))
-                    }
+                // async-signal-safe: close(2), prctl(2), getppid(2),
+                // setpgid(2) and atomic stores; `fork_with` then `_exit`s
+                // with its result, or aborts on a panic.
+                let id = unsafe { reactor.fork_with(child, on_death) }?;
+                if process_group {
+                    // Also from the parent, so that a signal to the group
+                    // cannot come before the child's own call (EACCES once
+                    // it has, or ESRCH: harmless).
+                    let pid = nix::unistd::Pid::from_raw(id.pid().as_raw());
+                    let _ = nix::unistd::setpgid(pid, pid);
                 }
+                Ok((id, None))
             }
         }
     }
+}
+
+/// The pool's settings for one start.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StartOptions<'a> {
+    pub(crate) supervisor: u64,
+    pub(crate) process_group: bool,
+    pub(crate) parent_death_signal: Option<i32>,
+    pub(crate) fds: &'a [std::os::fd::RawFd],
 }
 
 impl fmt::Debug for Start {

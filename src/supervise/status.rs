@@ -8,16 +8,19 @@
 //! longer knows (a worker that died after writing) is ignored.
 //!
 //! The write end is blocking (a worker waits if the parent falls 6,000
-//! messages behind, rather than lose one) and close-on-exec, except while
-//! one of the pool's own workers is being spawned: another thread of the
-//! process that spawns a child in that window passes it on too. The read
-//! end is non-blocking and close-on-exec.
+//! messages behind, rather than lose one) and close-on-exec in the parent,
+//! always: an executed worker gets it through a `pre_exec` step that clears
+//! the flag in that child only (so no spawn on another thread can inherit
+//! it), and sets it again itself when it reads [`ENV`] (so the worker's own
+//! children do not). A forked worker closes the read ends, so that a report
+//! fails with `EPIPE` once the master is gone instead of filling the pipe.
+//! The read end is non-blocking and close-on-exec.
 
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use mio::unix::pipe::Receiver;
-use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::fcntl::OFlag;
 
 use super::core::Report;
 use crate::{Error, Result};
@@ -36,6 +39,7 @@ pub(crate) const fn encode(report: Report, token: u64) -> [u8; MSG_LEN] {
         Report::Ready => b'R',
         Report::Busy => b'B',
         Report::Idle => b'I',
+        Report::Heartbeat => b'H',
     };
     let t = token.to_le_bytes();
     [MARK, state, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]]
@@ -77,18 +81,6 @@ impl StatusPipe {
     #[cfg(test)]
     pub(crate) fn write_fd(&self) -> &OwnedFd {
         &self.write
-    }
-
-    /// Lets the next spawned child inherit the write end (`false`) or not.
-    pub(crate) fn set_cloexec(&self, on: bool) -> Result<()> {
-        let flags = if on {
-            FdFlag::FD_CLOEXEC
-        } else {
-            FdFlag::empty()
-        };
-        fcntl(self.write.as_fd(), FcntlArg::F_SETFD(flags))
-            .map(drop)
-            .map_err(|e| Error::io("fcntl(F_SETFD)", e))
     }
 
     /// Reads every message waiting, calling `each(token, report)`.
@@ -140,6 +132,7 @@ fn decode(msg: &[u8]) -> Option<(u64, Report)> {
         b'R' => Report::Ready,
         b'B' => Report::Busy,
         b'I' => Report::Idle,
+        b'H' => Report::Heartbeat,
         _ => return None,
     };
     let token = u64::from_le_bytes(msg.get(2..MSG_LEN)?.try_into().ok()?);

@@ -1,27 +1,38 @@
-//! The worker's side of the status channel: [`ready`], [`busy`], [`idle`].
+//! The worker's side of the status channel: [`ready`], [`busy`], [`idle`],
+//! [`heartbeat`].
 //!
 //! Each call writes one fixed 10-byte message with one `write(2)`: no
 //! allocation, no lock, so it may be called in a worker forked without exec
 //! (even from a multithreaded parent) as well as in an executed one. Where
 //! the channel is comes from the pool: a forked worker is told before its
-//! function runs; an executed worker reads [`ENV`](super::ENV)
-//! (`"<descriptor>:<token>"`) once, on its first call, with `getenv(3)`,
-//! which allocates nothing. (`getenv` races with `setenv` in another
-//! thread: an executed worker should make its first call, or
-//! [`is_worker`], before it starts threads that change the environment.)
+//! function runs; an executed worker reads [`ENV`]
+//! (`"<descriptor>:<token>"`) once, on its first call (or [`is_worker`]),
+//! through `std::env` (under std's environment lock, so it does not race
+//! with `set_var` on another thread; that first call allocates), and makes
+//! the descriptor close-on-exec, so that the worker's own children do not
+//! inherit it.
+//!
+//! A report fails (returns `false`), rather than blocking for ever, once the
+//! master is gone: the worker holds no read end of the pipe, so the write
+//! fails with `EPIPE` (Rust programs ignore `SIGPIPE`; others should too),
+//! and [`is_orphaned`] says so. A report that blocks because the master
+//! is alive but behind (a full pipe) fails with `EINTR` when a signal
+//! handler runs, so that a `SIGTERM` handler that sets a flag is seen.
 //!
 //! A process that is not a pool's worker has no channel: every call returns
 //! `false` and does nothing, so a worker program also runs on its own.
 //!
 //! Workers in other languages speak the same protocol: each report is one
 //! `write(2)` of 10 bytes to the descriptor named in
-//! [`ENV`](super::ENV) (`"<descriptor>:<token>"`): the byte `0xE7`, then
-//! `R` (ready), `B` (busy) or `I` (idle), then the token as an unsigned
-//! 64-bit little-endian integer. In `sh`, for tokens below 256:
+//! [`ENV`] (`"<descriptor>:<token>"`): the byte `0xE7`, then
+//! `R` (ready), `B` (busy), `I` (idle) or `H` (heartbeat), then the token
+//! as an unsigned 64-bit little-endian integer. In `sh`, for tokens below
+//! 256 (through `/proc/self/fd`: POSIX shells take only descriptors 0 to 9
+//! in `>&N`, and the channel's number may be higher):
 //!
 //! ```sh
 //! fd=${EVCHILD_WORKER%%:*}; token=${EVCHILD_WORKER#*:}
-//! report() { eval "printf '\347$1\\$(printf %03o "$token")\0\0\0\0\0\0\0' >&$fd"; }
+//! report() { eval "printf '\347$1\\$(printf %03o "$token")\0\0\0\0\0\0\0' >/proc/self/fd/$fd"; }
 //! report R   # ready; then report B / report I around each request
 //! ```
 //!
@@ -29,17 +40,23 @@
 //! * `ready()` once it can take work (within the pool's start timeout);
 //! * `busy()` when it takes a request and `idle()` when it is done, so the
 //!   pool can size itself and count requests;
-//! * on `SIGTERM`, finish the request in hand (if any) and exit: that is
-//!   how the pool retires workers and stops gracefully. `SIGKILL` follows
-//!   a grace period.
-
-#![allow(unsafe_code)]
+//! * `heartbeat()` (or any report) more often than the pool's heartbeat
+//!   interval, if it has one;
+//! * on the stop signal (`SIGTERM` unless configured), finish the request
+//!   in hand (if any) and exit, between requests on a persistent
+//!   connection too: that is how the pool retires workers and stops
+//!   gracefully. `SIGKILL` follows a grace period;
+//! * exit when a report fails and [`is_orphaned`] is true: the master is
+//!   gone.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+
+use nix::errno::Errno;
 
 use super::core::Report;
-use super::status::{encode, MSG_LEN};
+use super::status::{encode, ENV};
+use super::sys;
 
 /// Not looked up yet.
 const UNKNOWN: i32 = -2;
@@ -48,18 +65,26 @@ const NONE: i32 = -1;
 
 static FD: AtomicI32 = AtomicI32::new(UNKNOWN);
 static TOKEN: AtomicU64 = AtomicU64::new(0);
+/// The master's pid, as seen when the channel was set.
+static MASTER: AtomicI32 = AtomicI32::new(0);
+/// A report failed with `EPIPE`: nobody reads the channel any more.
+static ORPHANED: AtomicBool = AtomicBool::new(false);
 
 /// Tells the pool this worker can take work. Returns whether the message
-/// was written (`false` outside a pool, or if the pipe is gone).
+/// was written (`false` outside a pool, if the master is gone, or if a
+/// signal interrupted a report blocked on a full pipe).
 ///
 /// ```no_run
+/// use evchild::supervise::worker;
 /// // In a worker's main loop:
-/// evchild::supervise::worker::ready();
+/// worker::ready();
 /// loop {
 ///     // let conn = listener.accept()?;
-///     evchild::supervise::worker::busy();
+///     if !worker::busy() && worker::is_orphaned() {
+///         break; // the master is gone
+///     }
 ///     // serve(conn);
-///     evchild::supervise::worker::idle();
+///     worker::idle();
 /// }
 /// ```
 pub fn ready() -> bool {
@@ -77,15 +102,37 @@ pub fn idle() -> bool {
     send(Report::Idle)
 }
 
+/// Tells the pool this worker is alive, without changing its state: for a
+/// pool with a [heartbeat](super::PoolConfig::heartbeat) interval, call it
+/// (or any report) more often than that, idle or busy. No allocation, like
+/// [`ready`].
+pub fn heartbeat() -> bool {
+    send(Report::Heartbeat)
+}
+
 /// Whether this process is a pool's worker (has a status channel).
 pub fn is_worker() -> bool {
     channel().is_some()
 }
 
+/// Whether the master that started this worker is gone: a report failed
+/// because nobody reads the channel any more, or this process has another
+/// parent than the master it was started by. A worker should then finish
+/// what it is doing and exit. Async-signal-safe, no allocation.
+pub fn is_orphaned() -> bool {
+    if ORPHANED.load(Ordering::Relaxed) {
+        return true;
+    }
+    let master = MASTER.load(Ordering::Relaxed);
+    channel().is_some() && master != 0 && sys::getppid() != master
+}
+
 /// Called by the pool in a forked worker, before the worker's function:
-/// atomic stores only, so async-signal-safe.
+/// atomic stores and `getppid(2)` only, so async-signal-safe.
 pub(crate) fn set_channel(fd: RawFd, token: u64) {
     TOKEN.store(token, Ordering::Relaxed);
+    MASTER.store(if fd >= 0 { sys::getppid() } else { 0 }, Ordering::Relaxed);
+    ORPHANED.store(false, Ordering::Relaxed);
     FD.store(fd, Ordering::Release);
 }
 
@@ -100,20 +147,15 @@ fn channel() -> Option<(RawFd, u64)> {
     (fd >= 0).then(|| (fd, TOKEN.load(Ordering::Relaxed)))
 }
 
-/// Parses `"<fd>:<token>"` from the environment without allocating.
+/// Parses `"<fd>:<token>"` from the environment (through std, under its
+/// lock), and makes the descriptor close-on-exec: the worker's own
+/// children must not inherit it.
 fn from_env() -> Option<(RawFd, u64)> {
-    // SAFETY: the name is a NUL-terminated literal; `getenv` returns NULL or
-    // a pointer to a NUL-terminated string in the environment, which stays
-    // valid until the environment is changed (see the module's note on
-    // `setenv`). We read it at once and keep no reference.
-    let value = unsafe {
-        let p = libc::getenv(c"EVCHILD_WORKER".as_ptr());
-        if p.is_null() {
-            return None;
-        }
-        std::ffi::CStr::from_ptr(p).to_bytes()
-    };
-    parse(value)
+    let value = std::env::var_os(ENV)?;
+    let (fd, token) = parse(std::os::unix::ffi::OsStrExt::as_bytes(value.as_os_str()))?;
+    // A descriptor that is not open is no channel.
+    sys::set_cloexec(fd, true).ok()?;
+    Some((fd, token))
 }
 
 fn parse(value: &[u8]) -> Option<(RawFd, u64)> {
@@ -139,25 +181,55 @@ fn send(report: Report) -> bool {
         return false;
     };
     let msg = encode(report, token);
-    loop {
-        // SAFETY: `msg` is a live stack buffer of MSG_LEN bytes. `fd` came
-        // from the pool; if the worker closed it, `write` fails with EBADF
-        // (or writes to whatever now has that number: the worker's own
-        // mistake, which cannot corrupt memory). `write(2)` is
-        // async-signal-safe.
-        let n = unsafe { libc::write(fd, msg.as_ptr().cast(), MSG_LEN) };
-        if n >= 0 {
-            return n as usize == MSG_LEN;
+    match sys::write(fd, &msg) {
+        Ok(n) => n == msg.len(),
+        Err(Errno::EPIPE) => {
+            ORPHANED.store(true, Ordering::Relaxed);
+            false
         }
-        if nix::errno::Errno::last() != nix::errno::Errno::EINTR {
-            return false;
-        }
+        // EINTR: the write blocked on a full pipe and a handler ran (a
+        // `SIGTERM` to see, say): nothing was written. Anything else: the
+        // channel is broken.
+        Err(_) => false,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 14, item 10: the environment is read under std's lock, so a
+    /// safe `remove_var` on another thread (which moves the variables after
+    /// the one it removes) cannot race with the lookup.
+    #[test]
+    fn the_channel_lookup_does_not_race_with_set_var() {
+        const N: usize = 5000;
+        let (_read, write) = nix::unistd::pipe().unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&write);
+        // Variables before ours: each removal moves ours down one slot.
+        for i in 0..N {
+            std::env::set_var(format!("EVCHILD_TEST_CHURN_{i}"), "x");
+        }
+        std::env::set_var(ENV, format!("{fd}:42"));
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let d = std::sync::Arc::clone(&done);
+        let churn = std::thread::spawn(move || {
+            for i in 0..N {
+                std::env::remove_var(format!("EVCHILD_TEST_CHURN_{i}"));
+            }
+            d.store(true, Ordering::Relaxed);
+        });
+        let (mut lookups, mut wrong) = (0, 0);
+        while !done.load(Ordering::Relaxed) {
+            lookups += 1;
+            if from_env() != Some((fd, 42)) {
+                wrong += 1;
+            }
+        }
+        churn.join().unwrap();
+        std::env::remove_var(ENV);
+        assert_eq!(wrong, 0, "{wrong} of {lookups} lookups went wrong");
+    }
 
     #[test]
     fn parses_the_environment_value() {

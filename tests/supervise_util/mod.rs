@@ -16,6 +16,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use evchild::supervise::{Event, HasSupervisor, PoolId, Supervisor, WorkerState};
@@ -51,7 +52,11 @@ pub fn worker_main_if_asked() {
 /// The worker: for each connection, report busy, write `hello <pid>`, then
 /// answer lines (`echo X` → `X`, `sleep MS` → `ok` after MS ms) until end
 /// of file, and report idle. `SIGTERM` (unless `mode` is `stubborn`):
-/// finish the connection in hand, then exit 0.
+/// finish the request in hand, close the connection (between requests of a
+/// persistent connection too), then exit 0. Mode `beat`: a heartbeat every
+/// loop (100 ms), and exit 3 as soon as a report fails (the master is
+/// gone). Mode `first-slow`: the first request sleeps 10 s whatever it asks.
+/// Mode `ready-exit`: report ready and exit 0 at once.
 fn serve(listener: RawFd, mode: &str) -> i32 {
     let handler = if mode == "stubborn" {
         SigHandler::SigIgn
@@ -64,8 +69,16 @@ fn serve(listener: RawFd, mode: &str) -> i32 {
     // async-signal-safe.
     unsafe { sigaction(Signal::SIGTERM, &action) }.expect("sigaction");
     evchild::supervise::worker::ready();
+    if mode == "ready-exit" {
+        return 0;
+    }
+    let beat = mode == "beat";
     let pid = std::process::id();
+    let mut served = 0;
     while !TERM.load(Ordering::Relaxed) {
+        if beat && !evchild::supervise::worker::heartbeat() {
+            return 3;
+        }
         // The listener is non-blocking and shared: wait for it at most
         // 100 ms, so a SIGTERM that came before the poll is seen soon.
         let mut fds = [libc::pollfd {
@@ -93,28 +106,73 @@ fn serve(listener: RawFd, mode: &str) -> i32 {
         // SAFETY: accept4 just returned this descriptor, owned by nobody.
         let stream = TcpStream::from(unsafe { OwnedFd::from_raw_fd(conn) });
         evchild::supervise::worker::busy();
-        let _ = handle(stream, pid);
+        let slow = mode == "first-slow" && served == 0;
+        let _ = handle(stream, pid, slow);
+        served += 1;
         evchild::supervise::worker::idle();
     }
     0
 }
 
-fn handle(stream: TcpStream, pid: u32) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+/// One connection: lines until end of file, or `SIGTERM` between two
+/// requests.
+fn handle(stream: TcpStream, pid: u32, slow: bool) -> std::io::Result<()> {
+    // Short reads, so that the stop flag is seen between requests.
+    stream.set_read_timeout(Some(Duration::from_millis(100)))?;
     let mut out = stream.try_clone()?;
+    let mut input = stream;
     writeln!(out, "hello {pid}")?;
-    for line in BufReader::new(stream).lines() {
-        let line = line?;
-        if let Some(ms) = line.strip_prefix("sleep ") {
-            std::thread::sleep(Duration::from_millis(ms.trim().parse().unwrap_or(0)));
-            writeln!(out, "ok")?;
-        } else if let Some(text) = line.strip_prefix("echo ") {
-            writeln!(out, "{text}")?;
-        } else {
-            writeln!(out, "?")?;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut waited = Duration::ZERO;
+    let mut answered = 0;
+    loop {
+        if let Some(nl) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=nl).collect();
+            let line = String::from_utf8_lossy(&line[..nl]).into_owned();
+            waited = Duration::ZERO;
+            if let Some(ms) = line.strip_prefix("sleep ") {
+                let ms = if slow {
+                    10_000
+                } else {
+                    ms.trim().parse().unwrap_or(0)
+                };
+                std::thread::sleep(Duration::from_millis(ms));
+                writeln!(out, "ok")?;
+            } else if let Some(text) = line.strip_prefix("echo ") {
+                writeln!(out, "{text}")?;
+            } else {
+                writeln!(out, "?")?;
+            }
+            answered += 1;
+            continue;
+        }
+        if answered > 0 && pending.is_empty() && TERM.load(Ordering::Relaxed) {
+            // Between requests (the connection's first request is the one
+            // in hand once accepted): say so and close; the client sends
+            // its next request on a new connection.
+            writeln!(out, "bye")?;
+            return Ok(());
+        }
+        let mut buf = [0u8; 512];
+        match std::io::Read::read(&mut input, &mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                waited += Duration::from_millis(100);
+                if waited >= Duration::from_secs(5) {
+                    return Ok(());
+                }
+            }
+            Err(e) => return Err(e),
         }
     }
-    Ok(())
 }
 
 /// A loopback listener whose descriptor workers inherit (not close-on-exec)
@@ -182,6 +240,67 @@ pub fn request(addr: SocketAddr, ms: u64) -> Outcome {
         worker,
         ok,
     }
+}
+
+/// A persistent client: one connection for many requests (`sleep ms`), and
+/// a new connection when the server closes one between requests (as an
+/// HTTP keep-alive client does). A request is failed if it was sent and
+/// got no answer.
+pub fn persistent(addr: SocketAddr, ms: u64, stop: Arc<AtomicBool>) -> (usize, usize, usize) {
+    let (mut ok, mut failed, mut connections) = (0, 0, 0);
+    'connect: while !stop.load(Ordering::Relaxed) {
+        let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
+            failed += 1;
+            continue;
+        };
+        connections += 1;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut out = stream.try_clone().unwrap();
+        let mut lines = BufReader::new(stream).lines();
+        if !matches!(lines.next(), Some(Ok(h)) if h.starts_with("hello ")) {
+            failed += 1;
+            continue;
+        }
+        while !stop.load(Ordering::Relaxed) {
+            if writeln!(out, "sleep {ms}").is_err() {
+                continue 'connect;
+            }
+            match lines.next() {
+                Some(Ok(l)) if l == "ok" => ok += 1,
+                // The server closed between requests, before reading this
+                // one: send it again on a new connection.
+                Some(Ok(l)) if l == "bye" => continue 'connect,
+                _ => {
+                    failed += 1;
+                    continue 'connect;
+                }
+            }
+        }
+    }
+    (ok, failed, connections)
+}
+
+/// `clients` threads each sending requests of `ms` until `stop` is set.
+pub fn load_while(
+    addr: SocketAddr,
+    clients: usize,
+    ms: u64,
+    stop: Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Vec<Outcome>>> {
+    (0..clients)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut outcomes = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    outcomes.push(request(addr, ms));
+                }
+                outcomes
+            })
+        })
+        .collect()
 }
 
 /// `clients` threads each sending requests of `ms` until `until`.

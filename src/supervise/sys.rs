@@ -1,0 +1,78 @@
+//! The raw system calls of `supervise`, each wrapped once: the only unsafe
+//! code of the module besides the fork in `start.rs`. Every wrapper here is
+//! async-signal-safe (one system call, no allocation, no lock), so it may
+//! run in a forked child or a `pre_exec` closure.
+
+#![allow(unsafe_code)]
+
+use std::os::fd::RawFd;
+
+use nix::errno::Errno;
+
+/// `write(2)` of `buf` to `fd`, once (no retry on `EINTR`).
+pub(crate) fn write(fd: RawFd, buf: &[u8]) -> Result<usize, Errno> {
+    // SAFETY: `buf` is a live slice of `buf.len()` bytes for the call. `fd`
+    // is a number: if it is not open, write fails with EBADF; if it names
+    // another file, bytes go there (the caller's mistake, which cannot
+    // corrupt memory). write(2) is async-signal-safe.
+    let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `close(2)`, errors ignored: used in a forked worker on the parent's
+/// descriptors that it must not keep.
+pub(crate) fn close(fd: RawFd) {
+    // SAFETY: closes a descriptor number; in the forked child, nothing
+    // holds an owning Rust handle that is used afterwards (the child runs
+    // the worker's function and `_exit`s, and never returns to the frames
+    // that own these descriptors). close(2) is async-signal-safe.
+    unsafe { libc::close(fd) };
+}
+
+/// Sets or clears `FD_CLOEXEC` on `fd`.
+pub(crate) fn set_cloexec(fd: RawFd, on: bool) -> Result<(), Errno> {
+    // SAFETY: fcntl(2) with F_GETFD / F_SETFD takes and returns integers
+    // only; a bad descriptor is EBADF. Async-signal-safe.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags < 0 {
+            return Err(Errno::last());
+        }
+        let flags = if on {
+            flags | libc::FD_CLOEXEC
+        } else {
+            flags & !libc::FD_CLOEXEC
+        };
+        if libc::fcntl(fd, libc::F_SETFD, flags) < 0 {
+            return Err(Errno::last());
+        }
+    }
+    Ok(())
+}
+
+/// `getppid(2)` (always succeeds). Async-signal-safe.
+pub(crate) fn getppid() -> i32 {
+    nix::unistd::getppid().as_raw()
+}
+
+/// `getpid(2)` (always succeeds). Async-signal-safe.
+pub(crate) fn getpid() -> i32 {
+    nix::unistd::getpid().as_raw()
+}
+
+/// In a new worker: `prctl(PR_SET_PDEATHSIG, signal)`, then, for the race
+/// with a master that died before it, the signal to itself at once if its
+/// parent is no longer `master`. `Err` if `signal` is no signal or `prctl`
+/// failed. Async-signal-safe: three system calls, no allocation.
+pub(crate) fn set_parent_death_signal(signal: i32, master: i32) -> Result<(), Errno> {
+    let signal = nix::sys::signal::Signal::try_from(signal)?;
+    nix::sys::prctl::set_pdeathsig(signal)?;
+    if getppid() != master {
+        nix::sys::signal::kill(nix::unistd::getpid(), signal)?;
+    }
+    Ok(())
+}
