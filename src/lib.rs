@@ -376,7 +376,7 @@ mod sys;
 mod types;
 mod watch;
 
-#[cfg(any(test, feature = "fuzzing"))]
+#[cfg(any(test, fuzzing))]
 #[doc(hidden)]
 pub use reap::model as fuzzing;
 

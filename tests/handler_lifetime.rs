@@ -133,8 +133,8 @@ fn marked() -> bool {
 /// (b) Once evchild installed its handler, it stays: reactors that go idle
 /// (their last child reaped), are dropped, or take and give up
 /// `LibraryAlways` install nothing and remove nothing. Checked two ways:
-/// evchild's own count of `sigaction` installs does not move (with the
-/// `fuzzing` feature), and a marker the test adds to the installed action
+/// evchild's own count of `sigaction` installs does not move (its hidden
+/// test counters), and a marker the test adds to the installed action
 /// (`SIGUSR2` in its mask; the handler and flags stay evchild's) survives,
 /// which any reinstall would erase. Each start still costs one query
 /// (`sigaction(SIGCHLD, NULL, &cur)`), which changes nothing.
@@ -294,7 +294,7 @@ fn empty(fd: RawFd) -> bool {
 /// thread held no lock at the fork, so it may allocate. Returns the failed
 /// checks as bits.
 ///
-/// 1. The registry is empty (evchild's own count, with `fuzzing`).
+/// 1. The registry is empty (evchild's own count).
 /// 2. A fresh pipe is put under the number of the parent's wake-pipe write
 ///    end (`dup2`), then the child gets two `SIGCHLD`s of its own (one sent
 ///    to itself, delivered before `kill` returns; one from a grandchild's

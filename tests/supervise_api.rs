@@ -4,7 +4,7 @@
 //! refused configurations.
 
 mod supervise_util;
-mod util;
+use evchild_testkit as util;
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! and costs a bounded number of starts.
 
 mod supervise_util;
-mod util;
+use evchild_testkit as util;
 
 use std::collections::HashSet;
 use std::os::fd::AsRawFd;

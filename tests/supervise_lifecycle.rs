@@ -3,7 +3,7 @@
 //! that ignore `SIGTERM` after the grace, and stops pools newest first.
 
 mod supervise_util;
-mod util;
+use evchild_testkit as util;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;

@@ -2,7 +2,7 @@
 //! executed workers that accept on a shared listener (Apache's model).
 
 mod supervise_util;
-mod util;
+use evchild_testkit as util;
 
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};

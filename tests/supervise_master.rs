@@ -7,7 +7,7 @@
 //! it can be killed; its workers are its children, not ours.
 
 mod supervise_util;
-mod util;
+use evchild_testkit as util;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;

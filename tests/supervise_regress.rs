@@ -7,7 +7,7 @@
 //! of `worker.rs`.
 
 mod supervise_util;
-mod util;
+use evchild_testkit as util;
 
 use std::collections::BTreeSet;
 use std::os::unix::process::ExitStatusExt;

@@ -5,7 +5,7 @@
 //! within the drain time.
 
 mod supervise_util;
-mod util;
+use evchild_testkit as util;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;

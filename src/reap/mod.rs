@@ -38,7 +38,7 @@
 //! status. Any other errno stops the pass and is returned; the children not
 //! yet looked at stay registered for the next pass.
 
-#[cfg(any(test, feature = "fuzzing"))]
+#[cfg(any(test, fuzzing))]
 pub mod model;
 pub(crate) mod table;
 

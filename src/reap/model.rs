@@ -602,24 +602,63 @@ pub fn run(data: &[u8]) {
     );
 }
 
-/// Counters of the process-wide `SIGCHLD` machinery, for the handler tests.
-pub mod sigchld {
-    /// How many times evchild has called `sigaction(SIGCHLD, &new, ..)` to
-    /// install or refresh its handler in this process.
-    pub fn installs() -> u64 {
-        crate::process::debug::installs()
-    }
-
-    /// How many `SIGCHLD` registrations (reactors whose wake pipe the
-    /// handler writes to) are live in this process.
-    pub fn registrations() -> usize {
-        crate::process::debug::registrations()
-    }
-}
-
 /// The pool state machine's fuzz target (`fuzz/fuzz_targets/supervise_pool.rs`):
 /// decodes `data` into a pool configuration and scripted inputs, and panics
 /// if an invariant of `evchild::supervise` breaks.
 pub fn pool(data: &[u8]) {
     crate::supervise::fuzz::run(data)
+}
+
+/// The saved corpora (`fuzz/corpus/reap` through the reaping model,
+/// `fuzz/corpus/supervise_pool` through the pool's state machine), replayed
+/// by `cargo test` without cargo-fuzz, plus a fixed sweep of pseudo-random
+/// inputs.
+#[cfg(test)]
+mod corpus {
+    use std::fs;
+    use std::path::Path;
+
+    #[test]
+    fn reap_corpus_replays_cleanly() {
+        replay("reap", super::run);
+    }
+
+    #[test]
+    fn supervise_pool_corpus_replays_cleanly() {
+        replay("supervise_pool", super::pool);
+    }
+
+    fn replay(target: &str, run: fn(&[u8])) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/corpus")
+            .join(target);
+        let mut count = 0;
+        for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.expect("corpus entry").path();
+            let data = fs::read(&path).expect("corpus file");
+            // Name the input if it fails.
+            eprintln!("replaying {}", path.display());
+            run(&data);
+            count += 1;
+        }
+        assert!(count > 0, "the corpus in {} is empty", dir.display());
+    }
+
+    #[test]
+    fn pseudo_random_inputs_hold() {
+        // xorshift64: deterministic, so a failure reproduces.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..2000 {
+            let len = (next() % 600) as usize;
+            let data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            super::run(&data);
+            super::pool(&data);
+        }
+    }
 }

@@ -47,7 +47,7 @@ impl<T> ChildTable<T> {
         Some(self.slab.remove(key).1)
     }
 
-    #[cfg(any(test, feature = "fuzzing"))]
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn contains(&self, pid: Pid) -> bool {
         self.by_pid.contains_key(&pid)
     }

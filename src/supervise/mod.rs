@@ -146,10 +146,9 @@ mod policy;
 mod pool;
 mod start;
 mod status;
-mod sys;
 pub mod worker;
 
-#[cfg(any(test, feature = "fuzzing"))]
+#[cfg(any(test, fuzzing))]
 pub(crate) mod fuzz;
 
 use std::collections::VecDeque;

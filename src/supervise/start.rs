@@ -12,15 +12,18 @@
 //! its reports fail once the master is gone instead of blocking on a pipe
 //! it holds open itself.
 
-#![allow(unsafe_code)]
+//!
+//! `Start::fork` is an `unsafe fn` (what the child may do is its caller's
+//! contract), and `start` calls `Reactor::fork_with` for it: both allowed
+//! item by item, like `Reactor::fork`.
 
 use std::fmt;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use super::status::{StatusPipe, ENV};
-use super::sys;
 use super::{HasSupervisor, PoolId, WorkerId};
+use crate::sys::worker as sys;
 use crate::{ChildId, Exit, Reactor, Result, Spawned};
 
 /// What a worker's start is told: which worker it is.
@@ -90,6 +93,7 @@ impl Start {
     /// need, or a peer may wait for an end of file that this worker holds
     /// back. A panic in `run` aborts the worker (`SIGABRT`); it never
     /// unwinds into the parent's frames.
+    #[allow(unsafe_code)] // an `unsafe fn`: see the module docs
     pub unsafe fn fork(run: impl FnMut(&WorkerSpec) -> i32 + Send + 'static) -> Self {
         Start(How::Fork(Box::new(run)))
     }
@@ -98,6 +102,7 @@ impl Start {
     /// supervisor `supervisor` (its id) and the pool. `fds` are the
     /// supervisor's descriptors, which a forked worker closes (all but its
     /// status write end).
+    #[allow(unsafe_code)] // calls `fork_with` for `Start::fork`: see the SAFETY comment
     pub(crate) fn start<C: HasSupervisor>(
         &mut self,
         reactor: &mut Reactor<C>,
@@ -125,20 +130,7 @@ impl Start {
                 if process_group {
                     cmd.process_group(0);
                 }
-                // SAFETY: the closure runs in the child between fork and
-                // exec; it only makes system calls through `sys`, which are
-                // async-signal-safe (fcntl, prctl, getppid, kill), and
-                // allocates nothing.
-                unsafe {
-                    cmd.pre_exec(move || {
-                        sys::set_cloexec(fd, false).map_err(std::io::Error::from)?;
-                        if let Some(signal) = pdeathsig {
-                            sys::set_parent_death_signal(signal, master)
-                                .map_err(std::io::Error::from)?;
-                        }
-                        Ok(())
-                    });
-                }
+                sys::pass_status_fd(&mut cmd, fd, pdeathsig, master);
                 let spawned = reactor.spawn(&mut cmd, on_death)?;
                 Ok((spawned.id, Some(spawned)))
             }

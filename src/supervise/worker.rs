@@ -56,7 +56,7 @@ use nix::errno::Errno;
 
 use super::core::Report;
 use super::status::{encode, ENV};
-use super::sys;
+use crate::sys::worker as sys;
 
 /// Not looked up yet.
 const UNKNOWN: i32 = -2;

@@ -19,7 +19,9 @@
 //! * `lock.rs`: the process-wide lock (a futex word a forked child resets).
 //! * `leak.rs`: [`Leakable`], a value dropped normally or leaked in a
 //!   forked child.
-//! * `fork.rs`: `fork`, `_exit`.
+//! * `fork.rs`: `fork`, `_exit`, `pthread_atfork`.
+//! * `worker.rs`: what `supervise` needs for its workers' status channel
+//!   and start-up (`write`, `close`, `fcntl`, `prctl(PR_SET_PDEATHSIG)`).
 
 #![allow(unsafe_code)]
 
@@ -31,6 +33,7 @@ mod pidfd;
 mod signal;
 mod timer;
 mod wait;
+pub(crate) mod worker;
 
 pub(crate) use fd::{close_in_forked_child, epoll_del, wake_pipe, write_byte, WakePipe};
 pub(crate) use fork::{atfork_child, exit_now, fork};

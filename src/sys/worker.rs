@@ -1,9 +1,7 @@
-//! The raw system calls of `supervise`, each wrapped once: the only unsafe
-//! code of the module besides the fork in `start.rs`. Every wrapper here is
-//! async-signal-safe (one system call, no allocation, no lock), so it may
-//! run in a forked child or a `pre_exec` closure.
-
-#![allow(unsafe_code)]
+//! The system calls of `supervise` (its workers' status channel and
+//! start-up), each wrapped once. Every wrapper here is async-signal-safe
+//! (one system call, no allocation, no lock), so it may run in a forked
+//! child or a `pre_exec` closure; [`pass_status_fd`] is that closure.
 
 use std::os::fd::RawFd;
 
@@ -75,4 +73,30 @@ pub(crate) fn set_parent_death_signal(signal: i32, master: i32) -> Result<(), Er
         nix::sys::signal::kill(nix::unistd::getpid(), signal)?;
     }
     Ok(())
+}
+
+/// Makes `cmd`'s child inherit `fd` (the worker's status write end, which
+/// is close-on-exec in the parent, so no other spawn can inherit it) and,
+/// with `pdeathsig`, get that signal when its parent (`master`) dies: a
+/// `pre_exec` step (std then forks instead of using `posix_spawn`).
+pub(crate) fn pass_status_fd(
+    cmd: &mut std::process::Command,
+    fd: RawFd,
+    pdeathsig: Option<i32>,
+    master: i32,
+) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec. It only
+    // makes the async-signal-safe system calls of this file (fcntl, prctl,
+    // getppid, kill) and allocates nothing (its captures are integers, and
+    // `io::Error::from(Errno)` makes no allocation).
+    unsafe {
+        cmd.pre_exec(move || {
+            set_cloexec(fd, false).map_err(std::io::Error::from)?;
+            if let Some(signal) = pdeathsig {
+                set_parent_death_signal(signal, master).map_err(std::io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
 }
