@@ -1,10 +1,20 @@
-//! The event source: one wake descriptor for the loop, a table of children,
-//! and the [`Watcher`] that decides how each child is watched, reaped and
-//! signalled.
+//! The [`Reactor`]: the event source the application holds, its table of
+//! children, and the operations on it. How a child is watched, reaped and
+//! signalled is the [`Watcher`]'s to decide (`watch/`); what happens
+//! process-wide is `process/`'s. Here:
 //!
-//! Reaping and callbacks live in `dispatch.rs`, `fork` in `fork.rs`; this
-//! file holds creation, mode changes, registration and the `mio`
-//! integration.
+//! * `mod.rs`: the struct, creation and mode changes, registration (the one
+//!   place a child enters the table), the `mio` integration.
+//! * `spawn.rs`, `fork.rs`: starting children (`spawn`, `watch`; `fork`,
+//!   `fork_with`).
+//! * `control.rs`: signals, process groups, `terminate`'s deadlines
+//!   (`deadlines.rs`: the heap).
+//! * `lifecycle.rs`: `try_wait`, `wait_for`, `forget`.
+//! * `dispatch.rs`: `dispatch`, `reaped`, `sigchld_occurred`, and the queue
+//!   of callbacks.
+//! * `output.rs`, `streams.rs`, `stdio.rs`: `spawn_output` (the API, the
+//!   streams in the epoll set) and pipelines.
+//! * `drop.rs`: the drop policy and what dropping does.
 
 mod control;
 mod deadlines;
