@@ -84,8 +84,9 @@
 //!   [`Reactor::pidfd`] lends the child's pidfd.
 //!
 //! What dropping the reactor does to live children is the application's
-//! choice ([`DropPolicy`]); children left running go on the process's
-//! orphan list, and are reaped once they die by the next `dispatch` of any
+//! choice ([`DropPolicy`]); children left running (in `Library` and
+//! `LibraryAlways` mode; in `Mainloop` mode they are the application's) go
+//! on the process's orphan list, and are reaped once they die by the next `dispatch` of any
 //! reactor, which their death wakes. To keep a child beyond its reactor and
 //! reap it yourself, [`forget`](Reactor::forget) it before the drop; a
 //! left child can also be adopted by another reactor with
@@ -288,8 +289,10 @@
 //! # Fork safety
 //!
 //! * Every descriptor evchild opens is close-on-exec: executed children
-//!   inherit none. One of them lives as long as the process: the orphan
-//!   set (an epoll set), opened by the first [`Reactor::new`].
+//!   inherit none (but for the status pipe end that a `supervise` worker
+//!   is given on purpose). Three live as long as the process: the orphan
+//!   set (an epoll set) and its wake pipe, opened by the first
+//!   [`Reactor::new`].
 //! * A reactor used in a process forked from the one that created it (by
 //!   [`Reactor::fork`] or anyone else, without exec) returns
 //!   [`Error::ForkedChild`] from every method instead of reading the parent's
@@ -349,8 +352,8 @@
 //! | `reactor/` | [`Reactor`]: starting (`spawn`, `fork`, `watch`), control, `dispatch`, output streams, drop |
 //! | `watch/` | the one place that decides how each child is watched, reaped and signalled, and the reactor's epoll set |
 //! | `reap/` | the reaping passes, behind the `Reap` seam a fuzzed process model also implements |
-//! | `process/` | all process-wide state behind one futex lock (no spinning; no system call under it but a handler install): the `SIGCHLD` handler and disposition, fork generations, the routes between reactors, the orphans |
-//! | `sys/` | every system call; with the handler's chaining, the only `unsafe` code |
+//! | `process/` | all process-wide state behind one futex lock (waiters sleep in the kernel; no system call under it but a handler install, and a few `sched_yield`s while a running handler finishes when a slot is emptied): the `SIGCHLD` handler and disposition, fork generations, the routes between reactors, the orphans |
+//! | `sys/` | every raw (`libc`) system call, and all `unsafe` code but the `unsafe fn` declarations of `Reactor::fork`, `fork_with` and `supervise::Start::fork` (epoll, `fcntl` and signal masks go through nix's safe calls where they are used) |
 //! | `supervise/` | worker pools on the public API |
 //!
 //! Where this differs from the project's design notes, deliberately: death

@@ -102,6 +102,16 @@ fn mainloop_reactors_get_routed_statuses_through_dispatch() {
     routed_to_mainloop(|_, _| {});
 }
 
+/// `forget` refuses a child whose status was routed (it has been reaped:
+/// too late to let go of), and the next `dispatch` still reports it.
+#[test]
+fn a_routed_child_cannot_be_forgotten() {
+    routed_to_mainloop(|reactor, id| match reactor.forget(id) {
+        Err(Error::AlreadyReaped { .. }) => {}
+        other => panic!("a routed child was forgotten: {other:?}"),
+    });
+}
+
 /// `try_wait` finds a routed status in the inbox: the child exited (its
 /// callback will get that status), not lost.
 #[test]

@@ -299,3 +299,61 @@ fn a_left_child_reaped_by_the_application_is_not_adopted() {
     drop(b);
     check.finish();
 }
+
+/// An orphan without a pidfd (none could be opened at the drop:
+/// descriptors exhausted) is still reaped once it dies, although the only
+/// reactor left is an idle `Pidfd` one that holds no `SIGCHLD` handler
+/// slot: the orphan list takes one for a wake pipe in the orphan set.
+#[test]
+fn an_orphan_without_a_pidfd_is_reaped_with_no_handler_reactor() {
+    if !util::pidfd_available() {
+        util::skip!("no pidfds here");
+        return;
+    }
+    let check = Check::start();
+    let mut left = util::library_with::<Deaths>(Backend::Peek);
+    let mut command = Command::new("sh");
+    command.args(["-c", "read x; exit 4"]).stdin(Stdio::piped());
+    let spawned = left.spawn(&mut command, util::record).expect("spawn");
+    let mut gate = std::fs::File::from(std::os::fd::OwnedFd::from(spawned.stdin.expect("stdin")));
+    let mut other = util::library_with::<Deaths>(Backend::Pidfd);
+    // No descriptor can be opened while the reactor drops: its child
+    // becomes an orphan without a pidfd.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid out-pointer for getrlimit.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+        0
+    );
+    let low = libc::rlimit {
+        rlim_cur: 3,
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: valid `rlimit` values; only this process's limit changes, and
+    // the test holds the suite's lock.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &low) }, 0);
+    drop(left);
+    // SAFETY: as above, restoring what getrlimit gave.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+    gate.write_all(b"\n").expect("let the child exit");
+    drop(gate);
+    let mut deaths = Deaths::default();
+    let end = Instant::now() + Duration::from_secs(10);
+    while !util::children().is_empty() {
+        assert!(
+            Instant::now() < end,
+            "the orphan without a pidfd stayed a zombie"
+        );
+        let _ = util::readable_within(
+            std::os::fd::AsRawFd::as_raw_fd(&other),
+            Duration::from_millis(50),
+        );
+        other.dispatch(&mut deaths).expect("dispatch");
+    }
+    assert_eq!(deaths.total(), 0, "an orphan is nobody's callback");
+    drop(other);
+    check.finish();
+}

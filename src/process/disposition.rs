@@ -46,13 +46,21 @@ pub(crate) fn before_start(needs_handler: bool) -> Result<(), Error> {
     if shadowed(&cur) {
         return check_chains(&cur);
     }
-    let _state = super::lock();
-    ensure(true, wants_stops())
+    let state = super::lock();
+    let shadowing = ensure(true, wants_stops())?;
+    // The check raises a signal into other code's handler: not under the
+    // lock.
+    drop(state);
+    match shadowing {
+        Some(cur) => check_chains(&cur),
+        None => Ok(()),
+    }
 }
 
-/// The handler address last found to chain to ours (so the check below
-/// runs once per handler installed over ours).
+/// The handler address last found to chain to ours, and the last found not
+/// to (so the check below runs once per handler installed over ours).
 static CHAINS: AtomicUsize = AtomicUsize::new(0);
+static DOES_NOT_CHAIN: AtomicUsize = AtomicUsize::new(0);
 
 /// A real handler installed over ours, where a reactor needs ours to run:
 /// does it call ours? Asked once per such handler by raising `SIGCHLD` in
@@ -65,19 +73,24 @@ static CHAINS: AtomicUsize = AtomicUsize::new(0);
 /// [`Error::HandlerConflict`] if it does not chain: every reactor that
 /// needs `SIGCHLD` would wait for ever.
 fn check_chains(cur: &Action) -> Result<(), Error> {
+    let conflict = Error::HandlerConflict {
+        reason: "a SIGCHLD handler installed after evchild's does not call it, so evchild \
+                 never learns of its children's deaths; make that handler chain to the one \
+                 it replaced, or use Mainloop mode",
+    };
     if CHAINS.load(Ordering::Relaxed) == cur.handler() {
         return Ok(());
+    }
+    if DOES_NOT_CHAIN.load(Ordering::Relaxed) == cur.handler() {
+        return Err(conflict);
     }
     let before = on_sigchld_calls();
     if !sys::raise_sigchld() {
         return Ok(());
     }
     if on_sigchld_calls() == before {
-        return Err(Error::HandlerConflict {
-            reason: "a SIGCHLD handler installed after evchild's does not call it, so evchild \
-                     never learns of its children's deaths; make that handler chain to the one \
-                     it replaced, or use Mainloop mode",
-        });
+        DOES_NOT_CHAIN.store(cur.handler(), Ordering::Relaxed);
+        return Err(conflict);
     }
     CHAINS.store(cur.handler(), Ordering::Relaxed);
     Ok(())
@@ -95,25 +108,27 @@ fn shadowed(cur: &Action) -> bool {
 
 /// [`before_start`] with the process lock held by the caller (which keeps
 /// installs from racing each other); `stops`: whether a registration wants
-/// stop reports.
-pub(super) fn ensure(needs_handler: bool, stops: bool) -> Result<(), Error> {
+/// stop reports. Returns the disposition of a handler installed over ours,
+/// which the caller checks ([`check_chains`]) once it has let go of the
+/// lock.
+fn ensure(needs_handler: bool, stops: bool) -> Result<Option<Action>, Error> {
     let cur = current()?;
     check_usable(&cur)?;
     if !needs_handler || cur.is(on_sigchld) {
-        return Ok(());
+        return Ok(None);
     }
     if cur.handler() == libc::SIG_DFL {
         // First use, or other code reset SIGCHLD after we installed: nothing
         // to chain to. (This also repairs the case where our handler was
         // replaced by SIG_IGN and SIG_DFL restored later.)
         PREV.set(None);
-        return install(&cur, stops);
+        return install(&cur, stops).map(|()| None);
     }
     if shadowed(&cur) {
-        return check_chains(&cur);
+        return Ok(Some(cur));
     }
     remember_prev(&cur);
-    install(&cur, stops)
+    install(&cur, stops).map(|()| None)
 }
 
 /// Reinstalls our handler with or without `SA_NOCLDSTOP` (`stops`), if it
@@ -125,8 +140,13 @@ pub(super) fn refresh_flags(stops: bool) {
     }
     INSTALLS.fetch_add(1, Ordering::Relaxed);
     // A failure leaves the previous flags, which only costs or saves
-    // spurious wake-ups.
-    let _ = sys::sigchld_set(&our_action(stops));
+    // spurious wake-ups. A handler other code installed between the query
+    // and the set is put back: it is never clobbered.
+    if let Ok(old) = sys::sigchld_set(&our_action(stops)) {
+        if !old.is(on_sigchld) {
+            let _ = sys::sigchld_set(&old);
+        }
+    }
 }
 
 /// Calls the handler that was installed before ours. Async-signal-safe as

@@ -181,6 +181,10 @@ fn wait_for_readers() {
     }
 }
 
+/// Calls of [`on_sigchld`] so far: how `disposition` tells whether a
+/// handler installed over ours chains to it.
+pub(super) static CALLS: AtomicUsize = AtomicUsize::new(0);
+
 /// The `SIGCHLD` handler.
 ///
 /// Every step is async-signal-safe (signal-safety(7)):
@@ -203,10 +207,6 @@ fn wait_for_readers() {
 ///
 /// No allocation, no lock, no panic: there is no `unwrap`, indexing stays in
 /// bounds by construction (`HIGH <= CAPACITY`), and no formatting happens.
-/// Calls of [`on_sigchld`] so far: how `disposition` tells whether a
-/// handler installed over ours chains to it.
-pub(super) static CALLS: AtomicUsize = AtomicUsize::new(0);
-
 pub(super) extern "C" fn on_sigchld(
     sig: libc::c_int,
     info: *mut libc::siginfo_t,

@@ -9,7 +9,9 @@
 //! instead of spinning, and a forked child releases it with one atomic
 //! store. No system call runs under it, except `sigaction` while the
 //! handler is being (re)installed (rare: the first time, after other code
-//! reset `SIGCHLD`, when stop reports are switched). What the handler reads
+//! reset `SIGCHLD`, when stop reports are switched) and a few
+//! `sched_yield`s while a running handler finishes its writes when a slot
+//! is emptied (see *Internal workings*). What the handler reads
 //! is atomics only (the slot table), written under the same lock.
 //!
 //! * `handler.rs`: the slot table, the handler itself, and the reader
@@ -23,7 +25,7 @@
 //!   [`ReapAllToken`], claims, starts in flight, the inbox).
 //! * `orphans.rs`: children that dropped reactors left running.
 //!
-//! # # Handler lifetime ("always selective reap")
+//! # Handler lifetime ("always selective reap")
 //!
 //! Once evchild installs its handler it stays installed for the life of the
 //! process (until `exec`): the last registration leaving only empties its

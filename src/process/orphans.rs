@@ -10,8 +10,14 @@
 //! one dies, every reactor becomes readable; the first `dispatch` to look
 //! reaps it (one `waitid(P_PIDFD)`), and the set is quiet again.
 //!
-//! Orphans without a pidfd (no pidfds on this system) are looked at, one
-//! wait each, by a `dispatch` that a `SIGCHLD` woke ([`reap_signalled`]).
+//! Orphans outside the set (no pidfds on this system, or a pidfd that
+//! could not be added, or one that was ready yet could not be reaped: a
+//! zombie another process traces) are looked at, one wait each, on
+//! `SIGCHLD`: the orphan list then takes a slot of evchild's handler for a
+//! wake pipe of its own, whose read end sits in the orphan set, so a
+//! `SIGCHLD` wakes every reactor as an orphan's death would. (If the
+//! handler cannot be had, `SIG_IGN`, they are looked at when a reactor's
+//! own pipe wakes it.)
 //!
 //! A pid adopted again ([`take`], from `Reactor::watch` or a fork
 //! replacement) leaves the list with its pidfd, which the adopting reactor
@@ -19,12 +25,14 @@
 //!
 //! No system call runs under the process lock: an orphan being looked at is
 //! marked busy under the lock, waited for outside it, and removed (and its
-//! pidfd taken out of the set and closed) after.
+//! pidfd taken out of the set and closed) after. Two short waits yield
+//! instead of sleeping: [`take`] of an orphan another thread is waiting for
+//! (one `waitid`).
 //!
 //! [`DropPolicy::Leave`]: crate::DropPolicy::Leave
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -32,9 +40,14 @@ use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use slab::Slab;
 
-use super::lock;
+use super::{lock, Registration};
 use crate::reap::{Reap, Target};
+use crate::sys::WakePipe;
 use crate::Pid;
+
+/// The orphan set's event data for the orphan list's own wake pipe (pids
+/// are the data of the others, and never this large).
+const WAKE: u64 = u64::MAX;
 
 /// One orphan.
 struct Orphan {
@@ -48,13 +61,24 @@ struct Orphan {
     busy: bool,
 }
 
+/// The orphan set and the orphan list's own wake pipe (its read end in the
+/// set), made together by the first reactor of the fork generation, while
+/// descriptors can be had (not at a drop that may find none).
+struct Set {
+    epoll: Arc<Epoll>,
+    pipe: Arc<WakePipe>,
+}
+
 /// The orphan part of the process-wide state (under the lock).
 #[derive(Default)]
 pub(crate) struct Book {
     orphans: Slab<Orphan>,
     by_pid: HashMap<Pid, usize>,
     /// The orphan set of this fork generation, made by the first reactor.
-    set: Option<Arc<Epoll>>,
+    set: Option<Set>,
+    /// The wake pipe's slot in the handler's table, taken when the first
+    /// orphan outside the set appears, and kept.
+    registration: Option<Registration>,
 }
 
 /// Orphans listed: lets a start skip the lock when there are none.
@@ -74,13 +98,24 @@ pub(super) fn reset_in_child() {
 /// reactor to nest in its own set.
 pub(crate) fn set() -> std::io::Result<Arc<Epoll>> {
     if let Some(set) = &lock().orphans.set {
-        return Ok(Arc::clone(set));
+        return Ok(Arc::clone(&set.epoll));
     }
-    let made = Arc::new(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?);
+    let epoll = Arc::new(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?);
+    let pipe = Arc::new(crate::sys::wake_pipe()?);
+    epoll.add(pipe.read_fd(), EpollEvent::new(EpollFlags::EPOLLIN, WAKE))?;
+    let made = Set { epoll, pipe };
     let mut state = lock();
-    let set = Arc::clone(state.orphans.set.get_or_insert(made));
-    // If another thread won, ours is dropped (closed) after the lock.
+    let (set, lost) = match &state.orphans.set {
+        // Another thread won: ours is closed after the lock.
+        Some(set) => (Arc::clone(&set.epoll), Some(made)),
+        None => {
+            let set = Arc::clone(&made.epoll);
+            state.orphans.set = Some(made);
+            (set, None)
+        }
+    };
     drop(state);
+    drop(lost);
     Ok(set)
 }
 
@@ -102,15 +137,16 @@ pub(crate) fn adopt(children: Vec<(Pid, Option<OwnedFd>)>) {
                     .is_ok(),
                 _ => false,
             };
-            // Not in the set: looked at on SIGCHLD wake-ups instead.
             (pid, pidfd, added)
         })
         .collect();
+    let mut outside = false;
     let mut state = lock();
     let book = &mut state.orphans;
     for (pid, pidfd, in_set) in children {
         if !in_set {
             PIDLESS.fetch_add(1, Ordering::Release);
+            outside = true;
         }
         let key = book.orphans.insert(Orphan {
             pid,
@@ -121,6 +157,44 @@ pub(crate) fn adopt(children: Vec<(Pid, Option<OwnedFd>)>) {
         book.by_pid.insert(pid, key);
         LISTED.fetch_add(1, Ordering::Release);
     }
+    drop(state);
+    if outside {
+        ensure_wake();
+    }
+}
+
+/// Orphans outside the set need `SIGCHLD` to wake the reactors: takes a
+/// handler slot for the orphan list's wake pipe, once (no descriptor is
+/// needed: the pipe was made with the set). Without the handler
+/// (`SIG_IGN`), nothing changes: reactors' own pipe wake-ups still look at
+/// them.
+fn ensure_wake() {
+    let pipe = {
+        let state = lock();
+        if state.orphans.registration.is_some() {
+            return;
+        }
+        match &state.orphans.set {
+            Some(set) => Arc::clone(&set.pipe),
+            None => return,
+        }
+    };
+    let Ok(registration) = super::register(pipe.write_raw()) else {
+        return;
+    };
+    // A SIGCHLD may have come before the slot was there: look once now.
+    pipe.wake();
+    let mut state = lock();
+    // If another thread won, ours is dropped (slot emptied) after the lock.
+    let lost = match state.orphans.registration {
+        Some(_) => Some(registration),
+        None => {
+            state.orphans.registration = Some(registration);
+            None
+        }
+    };
+    drop(state);
+    drop(lost);
 }
 
 /// Takes `pid` off the list, if it is an orphan, for a reactor that adopts
@@ -143,7 +217,7 @@ pub(crate) fn take(pid: Pid) -> Option<Option<OwnedFd>> {
             continue;
         }
         let orphan = book.remove(key);
-        let set = book.set.clone();
+        let set = book.set.as_ref().map(|s| Arc::clone(&s.epoll));
         drop(state);
         if let (Some(fd), Some(set), true) = (&orphan.pidfd, set, orphan.in_set) {
             crate::sys::epoll_del(set.0.as_raw_fd(), fd.as_raw_fd());
@@ -167,9 +241,10 @@ impl Book {
 }
 
 /// The orphan set is ready: reaps the orphans whose pidfds are, with
-/// `sys` (one wait each), a batch of at most 64. Returns whether the set
-/// may still hold ready ones (a full batch): the caller must look again
-/// (its loop's registration may be edge-triggered).
+/// `sys` (one wait each), a batch of at most 64, and, if the orphan list's
+/// wake pipe is among them (a `SIGCHLD`), the orphans outside the set.
+/// Returns whether the set may still hold ready ones (a full batch): the
+/// caller must look again (its loop's registration may be edge-triggered).
 pub(crate) fn reap_ready(set: &Epoll, sys: &mut impl Reap) -> bool {
     let mut events = [EpollEvent::empty(); 64];
     let n = loop {
@@ -179,60 +254,68 @@ pub(crate) fn reap_ready(set: &Epoll, sys: &mut impl Reap) -> bool {
             Err(_) => return false,
         }
     };
-    let pids: Vec<Pid> = events[..n]
+    let ready = &events[..n];
+    if ready.iter().any(|e| e.data() == WAKE) {
+        let pipe = lock().orphans.set.as_ref().map(|s| Arc::clone(&s.pipe));
+        if let Some(pipe) = pipe {
+            // Before the waits: a SIGCHLD during them writes a new byte.
+            let _ = pipe.drain();
+        }
+        reap_signalled(sys);
+    }
+    let pids: Vec<Pid> = ready
         .iter()
+        .filter(|e| e.data() != WAKE)
         .filter_map(|e| libc::pid_t::try_from(e.data()).ok())
         .map(Pid::from_raw)
         .collect();
-    let keys: Vec<usize> = {
-        let state = lock();
-        let by_pid = &state.orphans.by_pid;
-        pids.iter()
-            .filter_map(|pid| by_pid.get(pid).copied())
-            .collect()
-    };
-    look_at(keys.into_iter(), sys, Some(set));
+    if !pids.is_empty() {
+        let keys: Vec<(usize, Pid)> = {
+            let state = lock();
+            let by_pid = &state.orphans.by_pid;
+            pids.iter()
+                .filter_map(|&pid| Some((*by_pid.get(&pid)?, pid)))
+                .collect()
+        };
+        look_at(keys, sys, Some(set));
+    }
     n == events.len()
 }
 
-/// A `SIGCHLD` woke a reactor: looks at the orphans without a pidfd (one
-/// wait each). One atomic load when there are none.
+/// A `SIGCHLD` woke a reactor (or the orphan list's own pipe): looks at the
+/// orphans outside the set (one wait each). One atomic load when there are
+/// none.
 pub(crate) fn reap_signalled(sys: &mut impl Reap) {
     if PIDLESS.load(Ordering::Acquire) == 0 {
         return;
     }
-    let keys: Vec<usize> = {
+    let keys: Vec<(usize, Pid)> = {
         let state = lock();
         state
             .orphans
             .orphans
             .iter()
             .filter(|(_, o)| !o.in_set)
-            .map(|(key, _)| key)
+            .map(|(key, o)| (key, o.pid))
             .collect()
     };
-    look_at(keys.into_iter(), sys, None);
+    look_at(keys, sys, None);
 }
 
-/// Marks the orphans `keys` busy, waits for each outside the lock, then
-/// removes those that died (closing their pidfds, out of `set`, after the
-/// lock).
-fn look_at(keys: impl Iterator<Item = usize>, sys: &mut impl Reap, set: Option<&Epoll>) {
+/// Marks the orphans `keys` busy (each only if it is still the orphan of
+/// that pid: a key may have been reused since it was read), waits for each
+/// outside the lock, then removes those that died (their pidfds out of
+/// `set` and closed, after the lock).
+fn look_at(keys: Vec<(usize, Pid)>, sys: &mut impl Reap, set: Option<&Epoll>) {
     let mut targets = Vec::new();
     {
         let mut state = lock();
-        for key in keys {
+        for (key, pid) in keys {
             if let Some(orphan) = state.orphans.orphans.get_mut(key) {
-                if !orphan.busy {
+                if orphan.pid == pid && !orphan.busy {
                     orphan.busy = true;
                     let pidfd = orphan.pidfd.as_ref().map(AsRawFd::as_raw_fd);
-                    targets.push((
-                        key,
-                        Target {
-                            pid: orphan.pid,
-                            pidfd,
-                        },
-                    ));
+                    targets.push((key, Target { pid, pidfd }));
                 }
             }
         }
@@ -254,20 +337,17 @@ fn look_at(keys: impl Iterator<Item = usize>, sys: &mut impl Reap, set: Option<&
         gone.push((key, done));
     }
     // Out of the set: those reaped, and those whose pidfd was ready yet
-    // nothing could be reaped (a zombie a tracer holds), which would keep
-    // every reactor waking: they are looked at on `SIGCHLD` wake-ups from
-    // now on (kept busy until they have left the set).
-    let mut reaped = Vec::new();
-    let mut stuck = Vec::new();
+    // nothing could be reaped (a zombie another process traces), which
+    // would keep every reactor waking: they are looked at on `SIGCHLD`
+    // from now on (kept busy until they have left the set).
+    let mut removed: Vec<Orphan> = Vec::new();
+    let mut stuck: Vec<(usize, RawFd)> = Vec::new();
     let mut state = lock();
     for (key, done) in gone {
         if done {
-            let orphan = state.orphans.remove(key);
-            if orphan.in_set {
-                reaped.push(orphan.pidfd);
-            }
+            removed.push(state.orphans.remove(key));
         } else if let Some(orphan) = state.orphans.orphans.get_mut(key) {
-            match (&orphan.pidfd, orphan.in_set) {
+            match (&orphan.pidfd, orphan.in_set && set.is_some()) {
                 (Some(fd), true) => {
                     orphan.in_set = false;
                     PIDLESS.fetch_add(1, Ordering::Release);
@@ -278,10 +358,13 @@ fn look_at(keys: impl Iterator<Item = usize>, sys: &mut impl Reap, set: Option<&
         }
     }
     drop(state);
-    let Some(set) = set else { return };
-    for fd in reaped.iter().flatten() {
-        crate::sys::epoll_del(set.0.as_raw_fd(), fd.as_raw_fd());
+    // Closed here, after the lock (out of the set first).
+    for orphan in removed {
+        if let (Some(fd), Some(set), true) = (&orphan.pidfd, set, orphan.in_set) {
+            crate::sys::epoll_del(set.0.as_raw_fd(), fd.as_raw_fd());
+        }
     }
+    let Some(set) = set else { return };
     if stuck.is_empty() {
         return;
     }
@@ -289,6 +372,7 @@ fn look_at(keys: impl Iterator<Item = usize>, sys: &mut impl Reap, set: Option<&
         // Open: the orphan is busy, so nobody takes or closes it meanwhile.
         crate::sys::epoll_del(set.0.as_raw_fd(), fd);
     }
+    ensure_wake();
     let mut state = lock();
     for (key, _) in stuck {
         if let Some(orphan) = state.orphans.orphans.get_mut(key) {

@@ -278,7 +278,9 @@ pub(crate) fn collect(id: ChildId) -> Option<Waited> {
 /// The status routed to `id` and not yet taken, without taking it (for
 /// `try_wait`). No lock when nothing was ever routed and no pass runs.
 pub(crate) fn peek_routed(id: ChildId) -> Option<Waited> {
-    if INBOX.load(Ordering::Acquire) == 0 && PASSES.load(Ordering::Acquire) == 0 {
+    // PASSES first: at 0, read after our probe saw the child gone, the pass
+    // that reaped it has routed it, so INBOX shows it.
+    if PASSES.load(Ordering::Acquire) == 0 && INBOX.load(Ordering::Acquire) == 0 {
         return None;
     }
     wait_passes();
@@ -319,6 +321,23 @@ pub(crate) fn take_routed(reactor: u32, out: &mut Vec<(ChildId, Waited)>) {
     }
     drop(state);
     drop(withdrawn);
+}
+
+/// The child `id` is let go of (`forget`): withdraws its claim, unless a
+/// reap-all reactor has already reaped it (its status routed here, or a
+/// pass running that may have): then `false`, and nothing changed (the
+/// next `dispatch` delivers the status).
+pub(crate) fn release_unless_routed(id: ChildId) -> bool {
+    wait_passes();
+    let withdrawn;
+    let mut state = lock();
+    if state.routes.inbox.contains_key(&id) {
+        return false;
+    }
+    withdrawn = state.routes.withdraw(id);
+    drop(state);
+    drop(withdrawn);
+    true
 }
 
 /// A reactor goes away: withdraw all its claims and statuses.

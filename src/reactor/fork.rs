@@ -1,16 +1,20 @@
 //! `Reactor::fork`: libxl's `libxl__ev_child_fork`, the raw primitive for
 //! children that run Rust code of their own.
 //!
-//! The ordering that makes it safe against a child that dies at once: the
-//! handler is installed (and our pipe registered) before `fork(2)`, and the
-//! child is in the table before `fork` returns, so before any `dispatch`
+//! The ordering that makes it safe against a child that dies at once:
+//! where the reactor's children need the `SIGCHLD` handler (`Peek`, `Scan`,
+//! `LibraryAlways`) it is installed (and our pipe registered) before
+//! `fork(2)`; with `Pidfd`, the pidfd of a child that died at once is
+//! readable at once. Either way the child is in the table before `fork`
+//! returns, so before any `dispatch`
 //! can look for it. Everything the parent needs is allocated before the
 //! fork; the child touches nothing of the reactor's.
 //!
-//! The crate's one `unsafe` outside `sys/`: these two functions are
-//! `unsafe` to call (what the child may do is the caller's contract), so
-//! they are declared `unsafe` and allowed item by item; their bodies only
-//! forward that contract to `sys::fork`.
+//! With `supervise::Start::fork` (and its call of `fork_with`), the crate's
+//! only `unsafe` outside `sys/`: these two functions are `unsafe` to call
+//! (what the child may do is the caller's contract), so they are declared
+//! `unsafe` and allowed item by item; their bodies only forward that
+//! contract to `sys::fork`.
 
 use crate::reactor::OnDeath;
 use crate::{ChildId, Error, Exit, Forked, Reactor, Result};

@@ -191,13 +191,17 @@ impl<C> Reactor<C> {
     ///   the callback has not run yet).
     pub fn forget(&mut self, id: ChildId) -> Result<Forgotten> {
         self.check_live(id)?;
+        // Reaped by a reap-all reactor already (its status on the way
+        // here): too late to let go of; the next `dispatch` reports it.
+        if !crate::process::routes::release_unless_routed(id) {
+            return Err(Error::AlreadyReaped { pid: id.pid });
+        }
         let entry = self
             .children
             .remove(id.pid)
             .ok_or(Error::AlreadyReaped { pid: id.pid })?;
         self.deadlines.remove(id);
         self.watcher.arm(self.deadlines.next());
-        crate::process::routes::release(id);
         let pidfd = self.watcher.unwatch_keep_pidfd(entry.watch);
         drop(entry.on_death);
         self.forget_output(id);

@@ -85,9 +85,7 @@ pub struct Stats {
     /// ones included.
     pub dispatches: u64,
     /// Wait-family system calls (`waitid`, `wait4`) the reactor made, for
-    /// reaping and for probing. A `dispatch` that nothing woke makes none
-    /// for the reactor's own children (orphans of dropped reactors aside:
-    /// see [`DropPolicy::Leave`](crate::DropPolicy::Leave)).
+    /// reaping and for probing. A `dispatch` that nothing woke makes none.
     pub wait_calls: u64,
 }
 
@@ -132,9 +130,9 @@ impl<C> Watched for Entry<C> {
 /// `SIGCHLD` registration (the handler itself stays installed for the life
 /// of the process), gives up `LibraryAlways`, closes its
 /// descriptors and drops the callbacks of children still alive without
-/// calling them. Children left running (`Leave`) go on the process's
-/// orphan list, and a later `dispatch` of any reactor reaps them once they
-/// die; children killed but not reaped (`Kill`) stay zombies until
+/// calling them. Children left running (`Leave`, in `Library` and
+/// `LibraryAlways` mode) go on the process's orphan list, and the next
+/// `dispatch` of any reactor that their death wakes reaps them; children killed but not reaped (`Kill`) stay zombies until
 /// something reaps them. Keep the reactor until its children are gone, or
 /// choose [`DropPolicy::KillAndReap`], to be sure no zombie is left.
 ///

@@ -3,9 +3,10 @@
 //!
 //! `spawn` hands the command to std unchanged, so std keeps its fast path
 //! (`posix_spawn`, which uses `vfork`-like cloning, when the command allows
-//! it): evchild adds no `pre_exec` of its own. It only brackets the call: the
-//! `SIGCHLD` handler is installed before the child exists and the child is
-//! registered before `spawn` returns, the same ordering as `fork`. Exec
+//! it): evchild adds no `pre_exec` of its own. It only brackets the call:
+//! where the reactor's children need the `SIGCHLD` handler it is installed
+//! before the child exists, and the child is registered before `spawn`
+//! returns, the same ordering as `fork`. Exec
 //! failures are reported by std synchronously, after std itself has reaped
 //! the failed child.
 

@@ -3,7 +3,7 @@
 //! [`Procs`] is a fake `Reap`: the children of "the process", each running
 //! or exited with a raw status until someone reaps it, with `waitpid`'s
 //! answers (`0` while running, the status once, then `ECHILD`) and injected
-//! `EINTR` or other errnos. The unit tests of `reap.rs` script it by hand;
+//! `EINTR` or other errnos. The unit tests of `reap/mod.rs` script it by hand;
 //! [`run`] decodes fuzz bytes into a bounded list of operations (exits,
 //! foreign reapers, pid reuse, faults, passes in either mode) and checks the
 //! invariants of `reap_own` and `reap_all` with panics:

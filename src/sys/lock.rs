@@ -74,7 +74,10 @@ impl<T> Lock<T> {
                 futex_wait(&self.word, 2);
             }
         }
-        LockGuard { lock: self }
+        LockGuard {
+            lock: self,
+            _not_send: std::marker::PhantomData,
+        }
     }
 
     /// In a forked child, from the `pthread_atfork` child handler: the lock
@@ -87,10 +90,17 @@ impl<T> Lock<T> {
     }
 }
 
-/// Holds a [`Lock`] until dropped.
+/// Holds a [`Lock`] until dropped. Neither `Send` (it is released by the
+/// thread that took it) nor, unless `T` is, `Sync`.
 pub(crate) struct LockGuard<'a, T> {
     lock: &'a Lock<T>,
+    _not_send: std::marker::PhantomData<*const ()>,
 }
+
+// SAFETY: a shared `&LockGuard` only gives out `&T` (through `Deref`), so
+// sharing the guard between threads shares `&T`, which `T: Sync` allows
+// (as for std's `MutexGuard`).
+unsafe impl<T: Sync> Sync for LockGuard<'_, T> {}
 
 impl<T> Deref for LockGuard<'_, T> {
     type Target = T;

@@ -1,7 +1,9 @@
-//! Every raw system call evchild makes, each wrapped once, and the few
-//! other things that need `unsafe` (the fork-safe lock, a value that may be
-//! leaked in a forked child). Outside this module and the `SIGCHLD`
-//! handler's chaining, the crate is `#![deny(unsafe_code)]`.
+//! Every raw (`libc`) system call evchild makes, each wrapped once, and the
+//! few other things that need `unsafe` (the fork-safe lock, a value that
+//! may be leaked in a forked child, the call through a chained handler).
+//! Outside this module the crate is `#![deny(unsafe_code)]`, but for the
+//! `unsafe fn` declarations of `Reactor::fork`, `fork_with` and
+//! `supervise::Start::fork` (and the latter's call of `fork_with`).
 //!
 //! Each wrapper takes and returns safe types (`BorrowedFd`, `OwnedFd`,
 //! [`Pid`](crate::Pid), `io::Result`), retries nothing it was not asked to,

@@ -66,8 +66,6 @@ impl Poller {
         self.epoll.0.as_fd()
     }
 
-    /// Watches `pidfd` for `pid`'s exit, until the returned guard is
-    /// dropped.
     /// Nests the process's orphan set.
     pub(crate) fn add_orphans(&self, set: BorrowedFd<'_>) -> io::Result<()> {
         self.epoll
@@ -75,6 +73,8 @@ impl Poller {
         Ok(())
     }
 
+    /// Watches `pidfd` for `pid`'s exit, until the returned guard is
+    /// dropped.
     pub(crate) fn add(&self, pid: Pid, pidfd: OwnedFd) -> io::Result<crate::watch::pidfd::Polled> {
         let data = u64::try_from(pid.as_raw()).map_err(|_| Errno::EINVAL)?;
         self.epoll

@@ -147,9 +147,9 @@ pub fn assert_no_children() {
 
 /// The descriptors open in this process.
 ///
-/// evchild keeps one descriptor for the life of the process (the orphan
-/// set, opened by the first `Reactor::new`): it is opened here first, so it
-/// is never counted as a test's leak.
+/// evchild keeps three descriptors for the life of the process (the
+/// orphan set and its wake pipe, opened by the first `Reactor::new`): they
+/// are opened here first, so they are never counted as a test's leak.
 pub fn open_fds() -> BTreeSet<RawFd> {
     static ORPHAN_SET: std::sync::Once = std::sync::Once::new();
     ORPHAN_SET.call_once(|| drop(Reactor::<()>::new(Hooks::default())));
