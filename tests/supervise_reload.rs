@@ -243,8 +243,10 @@ fn persistent_connections_are_finished_within_the_drain_time() {
             Some(libc::SIGKILL)
         );
     }
-    // The persistent ones could not leave before the drain time.
-    assert!(took >= drain, "{took:?}");
+    // (No lower bound on `took`: a persistent connection's worker that
+    // reports idle between two requests is retired then, before the drain
+    // time; how often that happens is the scheduler's business.)
+    let _ = took;
     h.stop(Duration::from_secs(2), Duration::from_secs(10));
     drop(h);
     drop(listener);
