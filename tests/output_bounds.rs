@@ -57,7 +57,12 @@ fn group_size(pgid: evchild::Pid) -> usize {
         return 0;
     };
     dir.filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
         .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
         .filter(|stat| {
             // pid (comm) state ppid pgrp ...: comm may hold spaces.
@@ -95,7 +100,10 @@ fn stdin_is_null_unless_input_is_given() {
     let check = Check::start();
     let _kill = KillOnPanic;
     let (read, write) = util::pipe();
-    assert!(util::write_byte(std::os::fd::AsRawFd::as_raw_fd(&write), b'x'));
+    assert!(util::write_byte(
+        std::os::fd::AsRawFd::as_raw_fd(&write),
+        b'x'
+    ));
     // SAFETY: dup and dup2 on descriptors this test holds; the original
     // stdin is put back below (tests of this binary run one at a time:
     // `Check`).

@@ -101,7 +101,10 @@ impl<C> Reactor<C> {
                 Err(e) => Err(Error::io("waitid(WNOWAIT)", e)),
             };
         }
-        let reading = self.outputs.find(id).and_then(|job| self.outputs.jobs[job].exit);
+        let reading = self
+            .outputs
+            .find(id)
+            .and_then(|job| self.outputs.jobs[job].exit);
         Ok(match (self.queued(id), reading) {
             (Some(outcome), _) => ChildStatus::Dead(outcome),
             (None, Some(exit)) => ChildStatus::ReadingOutput(exit.outcome),

@@ -25,8 +25,8 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::time::Duration;
 use std::os::fd::{AsFd, AsRawFd};
+use std::time::Duration;
 
 use mio::unix::pipe::{Receiver, Sender};
 use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
