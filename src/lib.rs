@@ -402,6 +402,7 @@ pub mod __private {
 
 pub use reactor::{
     ChildStatus, DropPolicy, Forgotten, IntoStdio, Output, OutputOptions, Reactor, Spawned, Stats,
+    Stream,
 };
 pub use types::{
     Backend, ChildId, ChildState, Claim, Error, Exit, Forked, Hooks, Outcome, Pid, ResourceUsage,

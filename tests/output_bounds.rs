@@ -499,3 +499,63 @@ fn a_per_child_drop_policy_overrides_the_reactors() {
     drop(other);
     check.finish();
 }
+
+/// What the streaming test keeps: every chunk, and the final output.
+#[derive(Default)]
+struct Streamed {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    chunks: usize,
+    output: Option<Output>,
+}
+
+/// Item 5 (optional): `on_output` hands each chunk to the loop as it is
+/// read, past the cap too, and the final `Output` still comes.
+#[test]
+fn on_output_streams_every_chunk_and_on_done_still_comes() {
+    let check = Check::start();
+    let _kill = KillOnPanic;
+    let mut reactor = util::library::<Streamed>();
+    let mut ctx = Streamed::default();
+    let script = "echo first; echo oops >&2; head -c 300000 /dev/zero; echo last";
+    let id = reactor
+        .spawn_output(
+            sh(script),
+            OutputOptions::new().stdout_cap(0),
+            |ctx: &mut Streamed, _, output| ctx.output = Some(output),
+        )
+        .expect("spawn_output");
+    reactor
+        .on_output(id, move |ctx: &mut Streamed, from, stream, bytes| {
+            assert_eq!(from, id);
+            ctx.chunks += 1;
+            match stream {
+                evchild::Stream::Stdout => ctx.stdout.extend_from_slice(bytes),
+                evchild::Stream::Stderr => ctx.stderr.extend_from_slice(bytes),
+                _ => unreachable!(),
+            }
+        })
+        .expect("on_output");
+    let mut lp = util::Loop::new(&mut reactor);
+    lp.run_until(&mut reactor, &mut ctx, PROMPT, |ctx| ctx.output.is_some());
+    let mut expected = b"first\n".to_vec();
+    expected.extend_from_slice(&[0; 300_000]);
+    expected.extend_from_slice(b"last\n");
+    assert!(
+        ctx.stdout == expected,
+        "the chunks differ from what was written"
+    );
+    assert_eq!(ctx.stderr, b"oops\n");
+    assert!(ctx.chunks >= 3, "{} chunks", ctx.chunks);
+    let out = ctx.output.take().unwrap();
+    assert!(out.success());
+    assert!(out.stdout.is_empty() && out.stdout_truncated);
+    assert_eq!(out.stdout_total, expected.len() as u64);
+    assert_eq!(out.stderr, b"oops\n");
+    assert!(matches!(
+        reactor.on_output(id, |_, _, _, _| {}),
+        Err(evchild::Error::AlreadyReaped { .. })
+    ));
+    drop((ctx, lp, reactor));
+    check.finish();
+}

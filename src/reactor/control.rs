@@ -6,6 +6,7 @@
 //! death, while the kernel cannot have given its pid (or its process group
 //! id) to anything else.
 
+use std::panic::{self, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use crate::reactor::deadlines::Target;
@@ -260,18 +261,13 @@ impl<C> Reactor<C> {
     /// terminates `spawn_output` children whose time-out ran out, stops
     /// reading the pipes of those whose drain time ran out, and forgets
     /// deadlines that no longer matter.
-    pub(crate) fn fire_deadlines(&mut self) {
+    pub(crate) fn fire_deadlines(&mut self, ctx: &mut C) {
         let now = Instant::now();
         while let Some((id, target)) = self.deadlines.pop_due(now) {
             if target == Target::Drain {
                 // The child is dead; its output job waits for end of file.
                 if let Some(job) = self.outputs.find(id) {
-                    let before = self.pending.len();
-                    self.outputs
-                        .cut(job, true, &self.watcher, &mut self.pending);
-                    if self.pending.len() > before {
-                        self.watcher.wake();
-                    }
+                    self.drain_ran_out(job, ctx);
                 }
                 continue;
             }
@@ -307,6 +303,28 @@ impl<C> Reactor<C> {
                 .is_some_and(|entry| entry.serial == id.serial)
         });
         self.watcher.arm(self.deadlines.next());
+    }
+
+    /// A dead `spawn_output` child's drain time ran out: a last read of its
+    /// pipes (chunks to its `on_chunk`), then they are closed and its
+    /// callback queued. If `on_chunk` panics, the pipes are closed all the
+    /// same and the panic propagates.
+    fn drain_ran_out(&mut self, job: usize, ctx: &mut C) {
+        let before = self.pending.len();
+        let read = panic::catch_unwind(AssertUnwindSafe(|| {
+            self.outputs
+                .cut(job, Some(ctx), &self.watcher, &mut self.pending);
+        }));
+        if read.is_err() {
+            self.outputs
+                .cut(job, None, &self.watcher, &mut self.pending);
+        }
+        if self.pending.len() > before || read.is_err() {
+            self.watcher.wake();
+        }
+        if let Err(panic) = read {
+            panic::resume_unwind(panic);
+        }
     }
 
     /// A `spawn_output` child's time-out ran out: `terminate_group` if it

@@ -32,6 +32,7 @@ pub use lifecycle::{ChildStatus, Forgotten};
 pub use output::{Output, OutputOptions};
 pub use spawn::Spawned;
 pub use stdio::IntoStdio;
+pub use streams::Stream;
 
 use std::collections::VecDeque;
 use std::fmt;

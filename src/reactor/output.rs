@@ -15,11 +15,12 @@
 
 use std::borrow::BorrowMut;
 use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use crate::reactor::deadlines::Target;
-use crate::reactor::streams::{Job, Pipe, STDIN};
+use crate::reactor::streams::{Job, Pipe, Stream, STDIN};
 use crate::{ChildId, Error, Exit, Reactor, Result};
 
 /// What the child's stdin is.
@@ -364,6 +365,7 @@ impl<C> Reactor<C> {
             written: 0,
             streams: [None; 3],
             queued: false,
+            on_chunk: None,
         });
         let serial = self.next_serial;
         let spawned = self.spawn(command, move |ctx, reactor, exit| {
@@ -441,13 +443,68 @@ impl<C> Reactor<C> {
         };
         let before = self.pending.len();
         self.outputs
-            .cut(job, false, &self.watcher, &mut self.pending);
+            .cut(job, None, &self.watcher, &mut self.pending);
         if let Some(key) = self.outputs.jobs.get(job).and_then(|j| j.streams[STDIN]) {
             self.outputs.close(key, &self.watcher);
         }
         if self.pending.len() > before {
             self.watcher.wake();
         }
+        Ok(())
+    }
+
+    /// Streams the output of `id`, a [`spawn_output`](Self::spawn_output)
+    /// child whose callback has not run: `on_chunk` gets each chunk as it
+    /// is read, in [`dispatch`](Self::dispatch), with the context, the
+    /// child's id and the [`Stream`] it came from. The chunks are what each
+    /// `read(2)` returned (not lines: a line may span two), every byte
+    /// once and in order per stream, including those past the cap. The
+    /// final [`Output`] is unchanged; to keep nothing of a stream, give it
+    /// a cap of 0 ([`OutputOptions::cap`]). Replaces an earlier
+    /// `on_chunk` of the child.
+    ///
+    /// Call it right after `spawn_output`: the first chunks are read by the
+    /// next `dispatch`, so none is missed.
+    ///
+    /// ```
+    /// use evchild::{Hooks, OutputOptions, Reactor, Stream};
+    /// let mut children = Reactor::<Vec<String>>::new(Hooks::default())?;
+    /// let id = children.spawn_output(
+    ///     std::process::Command::new("echo").arg("hi"),
+    ///     OutputOptions::new().cap(0), // stream it, keep nothing
+    ///     |_, _, output| assert_eq!(output.stdout_total, 3),
+    /// )?;
+    /// children.on_output(id, |lines, id, stream, bytes| {
+    ///     if stream == Stream::Stdout {
+    ///         lines.push(format!("[{}] {}", id.pid(), String::from_utf8_lossy(bytes)));
+    ///     }
+    /// })?;
+    /// let mut lines = Vec::new();
+    /// children.wait_for(&mut lines, id, None)?; // a real program polls
+    /// assert_eq!(lines.concat(), format!("[{}] hi\n", id.pid()));
+    /// # Ok::<(), evchild::Error>(())
+    /// ```
+    ///
+    /// A panicking `on_chunk` propagates out of `dispatch` as a death
+    /// callback's does: the chunk was counted and kept, and the reading
+    /// goes on in the next `dispatch`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`close_output`](Self::close_output); nothing changed on
+    /// error.
+    pub fn on_output(
+        &mut self,
+        id: ChildId,
+        on_chunk: impl FnMut(&mut C, ChildId, Stream, &[u8]) + Send + 'static,
+    ) -> Result<()> {
+        self.check_process()?;
+        let job = match self.outputs.find(id) {
+            Some(job) => job,
+            None if id.reactor == self.number => return Err(Error::AlreadyReaped { pid: id.pid }),
+            None => return Err(Error::ForeignId { id }),
+        };
+        self.outputs.jobs[job].on_chunk = Some(Box::new(on_chunk));
         Ok(())
     }
 
@@ -481,20 +538,30 @@ impl<C> Reactor<C> {
     }
 
     /// `dispatch`'s step for the output streams that are ready: reads and
-    /// writes them, and queues the callbacks of the children that are done.
-    pub(crate) fn pump_outputs(&mut self) {
+    /// writes them (chunks to `on_chunk` callbacks, with `ctx`), and queues
+    /// the callbacks of the children that are done.
+    pub(crate) fn pump_outputs(&mut self, ctx: &mut C) {
         if self.outputs.ready.is_empty() {
             return;
         }
         let keys = std::mem::take(&mut self.outputs.ready);
         let mut more = false;
-        for &key in &keys {
-            more |= self.outputs.service(key, &self.watcher, &mut self.pending);
-        }
+        let pumped = panic::catch_unwind(AssertUnwindSafe(|| {
+            for &key in &keys {
+                more |= self
+                    .outputs
+                    .service(key, &self.watcher, &mut self.pending, ctx);
+            }
+        }));
         self.outputs.ready = keys;
-        if more {
-            // Data is left in a pipe; no new edge would announce it.
+        if more || pumped.is_err() {
+            // Data is left in a pipe (no new edge would announce it), or an
+            // `on_chunk` panicked: the rest of this dispatch (deadlines,
+            // callbacks) is the next one's.
             self.watcher.wake();
+        }
+        if let Err(panic) = pumped {
+            panic::resume_unwind(panic);
         }
     }
 }

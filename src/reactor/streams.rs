@@ -45,6 +45,20 @@ const BUDGET: usize = 1 << 20;
 /// The callback of a `spawn_output` child.
 pub(crate) type OnOutput<C> = Box<dyn FnOnce(&mut C, &mut Reactor<C>, Output) + Send>;
 
+/// The per-chunk callback of a `spawn_output` child (`Reactor::on_output`).
+pub(crate) type OnChunk<C> = Box<dyn FnMut(&mut C, ChildId, Stream, &[u8]) + Send>;
+
+/// Which output stream of a [`spawn_output`](Reactor::spawn_output) child
+/// a chunk comes from (see [`Reactor::on_output`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Stream {
+    /// The child's standard output.
+    Stdout,
+    /// The child's standard error.
+    Stderr,
+}
+
 /// Stdout, stderr, stdin: the index of a stream in a job.
 pub(crate) const STDOUT: usize = 0;
 pub(crate) const STDERR: usize = 1;
@@ -67,7 +81,7 @@ impl Pipe {
 
 /// A pipe in the reactor's epoll set, under its slab key.
 #[derive(Debug)]
-struct Stream {
+struct Piped {
     job: usize,
     which: usize,
     pipe: Pipe,
@@ -97,6 +111,8 @@ pub(crate) struct Job<C> {
     pub(crate) written: usize,
     /// The keys of its streams still open: stdout, stderr, stdin.
     pub(crate) streams: [Option<usize>; 3],
+    /// Called with each chunk read, in `dispatch` (`Reactor::on_output`).
+    pub(crate) on_chunk: Option<OnChunk<C>>,
     /// Its callback is queued (`complete_if_done`).
     pub(crate) queued: bool,
 }
@@ -112,7 +128,7 @@ impl<C> Job<C> {
 /// A reactor's `spawn_output` children and their pipes.
 pub(crate) struct Outputs<C> {
     pub(crate) jobs: Slab<Job<C>>,
-    streams: Slab<Stream>,
+    streams: Slab<Piped>,
     /// What each read goes into first: `CHUNK` bytes, made at first use.
     scratch: Vec<u8>,
     /// Keys of the streams that are ready (filled by the watcher's
@@ -164,7 +180,7 @@ impl<C> Outputs<C> {
         let entry = self.streams.vacant_entry();
         let key = entry.key();
         poller.add_stream(pipe.fd(), key, matches!(pipe, Pipe::Write(_)))?;
-        entry.insert(Stream { job, which, pipe });
+        entry.insert(Piped { job, which, pipe });
         self.jobs[job].streams[which] = Some(key);
         Ok(())
     }
@@ -236,13 +252,15 @@ impl<C> Outputs<C> {
         pending.push_back(Pending::Death(Box::new(deliver), exit));
     }
 
-    /// Reads or writes stream `key` as far as it goes now. Returns whether
-    /// it has more to do at once (its budget ran out).
+    /// Reads or writes stream `key` as far as it goes now, handing each
+    /// chunk read to the job's `on_chunk` with `ctx`. Returns whether it
+    /// has more to do at once (its budget ran out).
     pub(crate) fn service(
         &mut self,
         key: usize,
         poller: &Watcher,
         pending: &mut VecDeque<Pending<C>>,
+        ctx: &mut C,
     ) -> bool {
         let Some(stream) = self.streams.get_mut(key) else {
             return false; // closed earlier in this pass
@@ -259,7 +277,17 @@ impl<C> Outputs<C> {
                     total: &mut job.totals[w],
                     truncated: &mut job.truncated[w],
                 };
-                read(pipe, kept, &mut self.scratch)
+                let which = if w == STDOUT {
+                    Stream::Stdout
+                } else {
+                    Stream::Stderr
+                };
+                let mut sink = |bytes: &[u8]| {
+                    if let (Some(on_chunk), Some(id)) = (job.on_chunk.as_mut(), job.id) {
+                        on_chunk(ctx, id, which, bytes);
+                    }
+                };
+                read(pipe, kept, &mut self.scratch, &mut sink)
             }
             Pipe::Write(pipe) => write(pipe, &job.input, &mut job.written),
         };
@@ -273,20 +301,21 @@ impl<C> Outputs<C> {
 
     /// Stops reading job `job`'s stdout and stderr (the drain time ran
     /// out, or `close_output`): reads each stream still open once more if
-    /// `last_read` (up to the budget: what is in the pipe is not lost),
+    /// `last_read` gives the context for it (up to the budget: what is in
+    /// the pipe is not lost),
     /// then closes those still open and marks them truncated and the job
     /// cut. Queues the callback if the child has been reaped.
     pub(crate) fn cut(
         &mut self,
         job: usize,
-        last_read: bool,
+        mut last_read: Option<&mut C>,
         poller: &Watcher,
         pending: &mut VecDeque<Pending<C>>,
     ) {
         for which in [STDOUT, STDERR] {
             let key = self.jobs.get(job).and_then(|entry| entry.streams[which]);
-            if let (Some(key), true) = (key, last_read) {
-                self.service(key, poller, pending);
+            if let (Some(key), Some(ctx)) = (key, last_read.as_deref_mut()) {
+                self.service(key, poller, pending, ctx);
             }
         }
         let Some(entry) = self.jobs.get_mut(job) else {
@@ -339,9 +368,14 @@ struct Kept<'a> {
 }
 
 /// Reads `pipe` into `scratch`, then onto the end of the kept buffer (up to
-/// its cap; the rest is counted, not kept), until it would block, ends, or
-/// the budget runs out.
-fn read(pipe: &mut Receiver, kept: Kept<'_>, scratch: &mut Vec<u8>) -> Flow {
+/// its cap; the rest is counted, not kept) and to `sink`, until it would
+/// block, ends, or the budget runs out.
+fn read(
+    pipe: &mut Receiver,
+    kept: Kept<'_>,
+    scratch: &mut Vec<u8>,
+    sink: &mut dyn FnMut(&[u8]),
+) -> Flow {
     if scratch.is_empty() {
         scratch.resize(CHUNK, 0);
     }
@@ -355,6 +389,8 @@ fn read(pipe: &mut Receiver, kept: Kept<'_>, scratch: &mut Vec<u8>) -> Flow {
                 kept.buf.extend_from_slice(&scratch[..keep]);
                 *kept.truncated |= keep < n;
                 budget = budget.saturating_sub(n);
+                // Last: a panicking callback leaves the bytes counted.
+                sink(&scratch[..n]);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flow::Drained,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
