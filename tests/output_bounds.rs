@@ -559,3 +559,47 @@ fn on_output_streams_every_chunk_and_on_done_still_comes() {
     drop((ctx, lp, reactor));
     check.finish();
 }
+
+/// A panicking `on_chunk` propagates out of `dispatch`, as a death
+/// callback's panic does, and leaves the reactor consistent: the chunk is
+/// kept, and the next dispatches go on to `on_done`.
+#[test]
+fn a_panicking_on_chunk_leaves_the_reactor_consistent() {
+    let check = Check::start();
+    let _kill = KillOnPanic;
+    let mut reactor = util::library::<Streamed>();
+    let mut ctx = Streamed::default();
+    let id = reactor
+        .spawn_output(
+            sh("echo one; sleep 0.2; echo two"),
+            OutputOptions::new(),
+            |ctx: &mut Streamed, _, output| ctx.output = Some(output),
+        )
+        .expect("spawn_output");
+    reactor
+        .on_output(id, |ctx: &mut Streamed, _, _, bytes| {
+            ctx.chunks += 1;
+            ctx.stdout.extend_from_slice(bytes);
+            if ctx.chunks == 1 {
+                panic!("on_chunk panics once");
+            }
+        })
+        .expect("on_output");
+    let mut lp = util::Loop::new(&mut reactor);
+    let mut panics = 0;
+    let deadline = Instant::now() + PROMPT;
+    while ctx.output.is_none() {
+        assert!(Instant::now() < deadline, "on_done never came");
+        let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            lp.run_until(&mut reactor, &mut ctx, PROMPT, |ctx| ctx.output.is_some());
+        }));
+        panics += usize::from(step.is_err());
+    }
+    assert_eq!(panics, 1);
+    let out = ctx.output.take().unwrap();
+    assert_eq!(out.stdout, b"one\ntwo\n");
+    assert_eq!(ctx.stdout, b"one\ntwo\n");
+    assert!(out.success() && !out.cut);
+    drop((ctx, lp, reactor));
+    check.finish();
+}
