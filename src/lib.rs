@@ -55,10 +55,14 @@
 //! * [`Reactor::spawn_output`] is the loop's `Command::output()`: the
 //!   reactor reads the child's stdout and stderr in its own epoll set (the
 //!   loop needs no other token), feeds its stdin from a buffer
-//!   ([`OutputOptions`]), and calls back once with the exit and both
+//!   ([`OutputOptions`]; stdin is null otherwise, as with
+//!   `Command::output`), and calls back once with the exit and both
 //!   streams ([`Output`]), when the child has been reaped and both streams
-//!   ended. [`IntoStdio`] hands a spawned pipe end to the next child of a
-//!   pipeline.
+//!   ended, or a short drain time after the death ran out (a descendant
+//!   holding the pipes cannot stall it); [`OutputOptions::timeout`]
+//!   bounds the child's life. Both take a `Command` by value or by
+//!   `&mut`, so builder chains work. [`IntoStdio`] hands a spawned pipe
+//!   end to the next child of a pipeline.
 //! * [`Reactor::watch`] adopts a child the process started some other way.
 //! * `unsafe` [`Reactor::fork`] is libxl's raw primitive, for children that
 //!   run Rust code of their own; `unsafe` [`Reactor::fork_with`] runs a
@@ -401,6 +405,7 @@ pub mod __private {
 
 pub use reactor::{
     ChildStatus, DropPolicy, Forgotten, IntoStdio, Output, OutputOptions, Reactor, Spawned, Stats,
+    Stream,
 };
 pub use types::{
     Backend, ChildId, ChildState, Claim, Error, Exit, Forked, Hooks, Outcome, Pid, ResourceUsage,

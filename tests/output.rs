@@ -203,7 +203,7 @@ fn a_three_stage_pipeline_delivers_intact() {
     let c_id = reactor
         .spawn_output(
             &mut c,
-            OutputOptions::new(),
+            OutputOptions::new().command_stdin(),
             |ctx: &mut Pipeline, _, out| {
                 assert!(ctx.output.replace(out).is_none(), "a second callback");
             },
@@ -364,8 +364,10 @@ fn close_output_gives_up_on_a_descendant_holding_the_pipes() {
     // stderr open. In a group of its own, so the test can end it.
     let mut command = sh("sleep 30 & echo started");
     command.process_group(0);
+    // No drain time: the callback waits for the end of file.
+    let options = OutputOptions::new().drain_after_exit(None);
     let id = reactor
-        .spawn_output(&mut command, OutputOptions::new(), keep)
+        .spawn_output(&mut command, options, keep)
         .expect("spawn_output");
     // The shell dies; its output callback waits for the end of file.
     lp.run_with(
@@ -385,7 +387,7 @@ fn close_output_gives_up_on_a_descendant_holding_the_pipes() {
     let out = &outputs[0];
     assert_eq!(code(out), Some(0));
     assert_eq!(out.stdout, b"started\n");
-    assert!(out.stdout_truncated && out.stderr_truncated);
+    assert!(out.stdout_truncated && out.stderr_truncated && out.cut);
     assert!(matches!(
         reactor.close_output(id),
         Err(Error::AlreadyReaped { .. })
@@ -431,7 +433,8 @@ fn wait_for_waits_for_on_done() {
         let id = reactor
             .spawn_output(
                 &mut sh("(sleep 0.3; echo late) & echo early"),
-                OutputOptions::new(),
+                // Wait for the grandchild's end of file, however long.
+                OutputOptions::new().drain_after_exit(None),
                 keep,
             )
             .expect("spawn_output");

@@ -6,6 +6,7 @@
 //! death, while the kernel cannot have given its pid (or its process group
 //! id) to anything else.
 
+use std::panic::{self, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use crate::reactor::deadlines::Target;
@@ -184,7 +185,7 @@ impl<C> Reactor<C> {
     /// As for [`kill`](Reactor::kill): the child must be live and ours.
     pub fn cancel_terminate(&mut self, id: ChildId) -> Result<bool> {
         self.check_live(id)?;
-        let removed = self.deadlines.remove(id);
+        let removed = self.deadlines.remove_where(id, Target::is_kill);
         self.watcher.arm(self.deadlines.next());
         Ok(removed)
     }
@@ -210,7 +211,7 @@ impl<C> Reactor<C> {
         Ok(())
     }
 
-    fn add_deadline(&mut self, id: ChildId, grace: Duration, target: Target) {
+    pub(crate) fn add_deadline(&mut self, id: ChildId, grace: Duration, target: Target) {
         // A grace too long to represent never runs out.
         if let Some(at) = Instant::now().checked_add(grace) {
             self.deadlines.push(at, id, target);
@@ -256,12 +257,25 @@ impl<C> Reactor<C> {
             .map(|at| at.saturating_duration_since(Instant::now()))
     }
 
-    /// Sends `SIGKILL` to every child whose grace period has run out, and
-    /// forgets deadlines of children that are gone.
-    pub(crate) fn fire_deadlines(&mut self) {
+    /// Sends `SIGKILL` to every child whose grace period has run out,
+    /// terminates `spawn_output` children whose time-out ran out, stops
+    /// reading the pipes of those whose drain time ran out, and forgets
+    /// deadlines that no longer matter.
+    pub(crate) fn fire_deadlines(&mut self, ctx: &mut C) {
         let now = Instant::now();
         while let Some((id, target)) = self.deadlines.pop_due(now) {
+            if target == Target::Drain {
+                // The child is dead; its output job waits for end of file.
+                if let Some(job) = self.outputs.find(id) {
+                    self.drain_ran_out(job, ctx);
+                }
+                continue;
+            }
             if !self.contains(id) {
+                continue;
+            }
+            if target == Target::Timeout {
+                self.time_out(id);
                 continue;
             }
             // Errors are not the caller's to handle in dispatch. ESRCH from
@@ -277,14 +291,56 @@ impl<C> Reactor<C> {
         let Reactor {
             deadlines,
             children,
+            outputs,
             ..
         } = self;
-        deadlines.prune(|id| {
+        deadlines.prune(|id, target| {
+            if target.outlives_child() {
+                return outputs.find(id).is_none();
+            }
             !children
                 .get(id.pid)
                 .is_some_and(|entry| entry.serial == id.serial)
         });
         self.watcher.arm(self.deadlines.next());
+    }
+
+    /// A dead `spawn_output` child's drain time ran out: a last read of its
+    /// pipes (chunks to its `on_chunk`), then they are closed and its
+    /// callback queued. If `on_chunk` panics, the pipes are closed all the
+    /// same and the panic propagates.
+    fn drain_ran_out(&mut self, job: usize, ctx: &mut C) {
+        let before = self.pending.len();
+        let read = panic::catch_unwind(AssertUnwindSafe(|| {
+            self.outputs
+                .cut(job, Some(ctx), &self.watcher, &mut self.pending);
+        }));
+        if read.is_err() {
+            self.outputs
+                .cut(job, None, &self.watcher, &mut self.pending);
+        }
+        if self.pending.len() > before || read.is_err() {
+            self.watcher.wake();
+        }
+        if let Err(panic) = read {
+            panic::resume_unwind(panic);
+        }
+    }
+
+    /// A `spawn_output` child's time-out ran out: `terminate_group` if it
+    /// leads a process group, `terminate` otherwise, with its job's grace.
+    fn time_out(&mut self, id: ChildId) {
+        let Some(job) = self.outputs.find(id) else {
+            return;
+        };
+        let entry = &mut self.outputs.jobs[job];
+        entry.timed_out = true;
+        let grace = entry.kill_grace;
+        // Errors are not the caller's to handle in dispatch (ESRCH: other
+        // code reaped it; it is reported lost by the next pass).
+        if let Err(Error::NotAGroupLeader { .. }) = self.terminate_group(id, grace) {
+            let _ = self.terminate(id, grace);
+        }
     }
 
     /// `kill(-pgid, signal)`: signals the process group a child leads, for a

@@ -79,10 +79,10 @@ impl<C> Reactor<C> {
         }
         // 2b. Output streams of `spawn_output` children that are ready:
         // read and write them; children done are queued.
-        self.pump_outputs();
+        self.pump_outputs(ctx);
         // 3. Grace periods that ran out: SIGKILL, now that the reap has
         // removed every child that already died.
-        self.fire_deadlines();
+        self.fire_deadlines(ctx);
         // 4. Callbacks, after all bookkeeping.
         self.deliver(ctx);
         self.release_idle_handler();

@@ -3,13 +3,16 @@
 
 use std::time::{Duration, Instant};
 
-use crate::{Reactor, SigchldOwner, Signal};
+use crate::reactor::Entry;
+use crate::{ChildId, Reactor, Result, SigchldOwner, Signal};
 
 /// What dropping a [`Reactor`] does to the children it still has.
 ///
-/// Set with [`Reactor::set_drop_policy`]. In every case the callbacks of
-/// those children are dropped without being called (there is no context to
-/// call them with).
+/// Set for the reactor with [`Reactor::set_drop_policy`], and for one
+/// child, over the reactor's, with [`Reactor::set_drop_policy_for`]
+/// (tokio's `kill_on_drop`). In every case the callbacks of those children
+/// are dropped without being called (there is no context to call them
+/// with).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DropPolicy {
@@ -46,52 +49,119 @@ impl<C> Reactor<C> {
         self.drop_policy = policy;
     }
 
-    /// What dropping the reactor will do to the children it still has.
+    /// What dropping the reactor will do to the children it still has
+    /// (those without a policy of their own).
     pub fn drop_policy(&self) -> DropPolicy {
         self.drop_policy
     }
 
-    /// Carries out the drop policy (in the creating process only). Each
-    /// child is signalled through its pidfd where it has one, so a child
-    /// that other code reaped (and whose pid may now be another process's)
-    /// is never signalled by pid.
+    /// Chooses what dropping the reactor does to the child `id`, over the
+    /// reactor's [`drop_policy`](Self::drop_policy): tokio's `kill_on_drop`
+    /// is `set_drop_policy_for(id, DropPolicy::Kill)` (or `KillAndReap`,
+    /// to leave no zombie), and `Leave` keeps one child running from a
+    /// reactor that kills the rest.
+    ///
+    /// ```
+    /// use std::process::Command;
+    /// use std::time::Duration;
+    /// use evchild::{DropPolicy, Hooks, Reactor};
+    /// let mut children = Reactor::<()>::new(Hooks::default())?;
+    /// let sleeper = children.spawn(Command::new("sleep").arg("30"), |_, _, _| {})?;
+    /// let reap = DropPolicy::KillAndReap(Duration::from_secs(5));
+    /// children.set_drop_policy_for(sleeper.id, reap)?;
+    /// assert_eq!(children.drop_policy_for(sleeper.id)?, reap);
+    /// drop(children); // kills and reaps the sleep
+    /// # Ok::<(), evchild::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As for [`kill`](Reactor::kill): the child must be live and ours.
+    /// Nothing changed on error.
+    pub fn set_drop_policy_for(&mut self, id: ChildId, policy: DropPolicy) -> Result<()> {
+        self.check_live(id)?;
+        if let Some(entry) = self.children.get_mut(id.pid) {
+            entry.drop_policy = Some(policy);
+        }
+        Ok(())
+    }
+
+    /// What dropping the reactor will do to the child `id`: its own policy
+    /// if it has one, otherwise the reactor's.
+    ///
+    /// # Errors
+    ///
+    /// As for [`kill`](Reactor::kill): the child must be live and ours.
+    pub fn drop_policy_for(&self, id: ChildId) -> Result<DropPolicy> {
+        self.check_live(id)?;
+        Ok(self
+            .entry(id)
+            .and_then(|entry| entry.drop_policy)
+            .unwrap_or(self.drop_policy))
+    }
+
+    /// Carries out the drop policies (in the creating process only): each
+    /// child's own, or the reactor's. Each child is signalled through its
+    /// pidfd where it has one, so a child that other code reaped (and
+    /// whose pid may now be another process's) is never signalled by pid.
     fn drop_children(&mut self) {
-        let within = match self.drop_policy {
-            DropPolicy::Leave => return self.orphan_children(),
-            DropPolicy::Kill => None,
-            DropPolicy::KillAndReap(within) => Some(within),
-        };
+        let default = self.drop_policy;
+        let policy = |entry: &Entry<C>| entry.drop_policy.unwrap_or(default);
+        let mut within: Option<Duration> = None;
         for (pid, entry) in self.children.iter() {
+            match policy(entry) {
+                DropPolicy::Leave => continue,
+                DropPolicy::Kill => {}
+                DropPolicy::KillAndReap(limit) => {
+                    within = Some(within.map_or(limit, |w| w.max(limit)));
+                }
+            }
             // ESRCH: already reaped by someone else; nothing else can be
             // done here.
             let id = self.id(pid, entry.serial);
             let _ = self.watcher.signal(id, &entry.watch, Signal::KILL);
         }
-        let Some(within) = within else { return };
-        let deadline = Instant::now().checked_add(within);
-        loop {
-            // Reaped children's entries (and callbacks) are simply dropped.
-            self.watcher.reap_for_drop(&mut self.children);
-            if self.children.is_empty() || deadline.is_some_and(|d| Instant::now() >= d) {
-                return;
+        if let Some(within) = within {
+            let deadline = Instant::now().checked_add(within);
+            loop {
+                // Reaped children's entries (and callbacks) are simply
+                // dropped.
+                self.watcher.reap_for_drop(&mut self.children);
+                let waiting = self
+                    .children
+                    .iter()
+                    .any(|(_, entry)| matches!(policy(entry), DropPolicy::KillAndReap(_)));
+                if !waiting || deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
             }
-            std::thread::sleep(Duration::from_millis(1));
         }
+        self.orphan_children();
     }
 
-    /// `DropPolicy::Leave`: the children go on the process's orphan list,
-    /// so that a later `dispatch` of any reactor reaps them once they die.
-    /// Not in `Mainloop` mode, where the application reaps.
+    /// The children left to `DropPolicy::Leave` go on the process's orphan
+    /// list, so that a later `dispatch` of any reactor reaps them once they
+    /// die. Not in `Mainloop` mode, where the application reaps.
     fn orphan_children(&mut self) {
         if self.mode() == SigchldOwner::Mainloop || self.children.is_empty() {
             return;
         }
+        let default = self.drop_policy;
         let Reactor {
             children, watcher, ..
         } = self;
-        let orphans: Vec<_> = children
-            .drain()
-            .map(|(pid, entry)| watcher.orphan(pid, entry.watch))
+        let leave: Vec<_> = children
+            .iter()
+            .filter(|(_, entry)| entry.drop_policy.unwrap_or(default) == DropPolicy::Leave)
+            .map(|(pid, _)| pid)
+            .collect();
+        let orphans: Vec<_> = leave
+            .into_iter()
+            .filter_map(|pid| {
+                let entry = children.remove(pid)?;
+                Some(watcher.orphan(pid, entry.watch))
+            })
             .collect();
         crate::process::orphans::adopt(orphans);
     }

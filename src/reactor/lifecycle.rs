@@ -26,7 +26,13 @@ pub enum ChildStatus {
     /// it with [`reaped`](Reactor::reaped) yet; the callback runs then,
     /// with the status the application passes.
     AwaitingReport,
-    /// Its death callback has run.
+    /// A [`spawn_output`](Reactor::spawn_output) child that has died and
+    /// been reaped (this is its outcome), whose output is still being read:
+    /// its `on_done` runs once its pipes reach end of file or the drain
+    /// time runs out ([`OutputOptions::drain_after_exit`](crate::OutputOptions::drain_after_exit)).
+    ReadingOutput(Outcome),
+    /// Its death callback (for a `spawn_output` child, its `on_done`) has
+    /// run.
     Reported,
 }
 
@@ -43,7 +49,8 @@ pub struct Forgotten {
 }
 
 impl<C> Reactor<C> {
-    /// Whether `id` is running, dead with its report pending, or reported,
+    /// Whether `id` is running, dead with its report pending, dead with its
+    /// output still being read (a `spawn_output` child), or reported,
     /// like tokio's `Child::try_wait`, but **it never reaps**: the status
     /// comes from a `waitid(WNOWAIT)` probe (by pidfd where the child has
     /// one), or from the report already queued, and the death callback
@@ -94,9 +101,14 @@ impl<C> Reactor<C> {
                 Err(e) => Err(Error::io("waitid(WNOWAIT)", e)),
             };
         }
-        Ok(match self.queued(id) {
-            Some(outcome) => ChildStatus::Dead(outcome),
-            None => ChildStatus::Reported,
+        let reading = self
+            .outputs
+            .find(id)
+            .and_then(|job| self.outputs.jobs[job].exit);
+        Ok(match (self.queued(id), reading) {
+            (Some(outcome), _) => ChildStatus::Dead(outcome),
+            (None, Some(exit)) => ChildStatus::ReadingOutput(exit.outcome),
+            (None, None) => ChildStatus::Reported,
         })
     }
 

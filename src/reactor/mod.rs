@@ -32,6 +32,7 @@ pub use lifecycle::{ChildStatus, Forgotten};
 pub use output::{Output, OutputOptions};
 pub use spawn::Spawned;
 pub use stdio::IntoStdio;
+pub use streams::Stream;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -97,6 +98,8 @@ pub(crate) struct Entry<C> {
     pub(crate) watch: Watch,
     /// Stop/continue callback, for children that asked for one.
     pub(crate) on_state: Option<OnState<C>>,
+    /// Its own drop policy (`set_drop_policy_for`), over the reactor's.
+    pub(crate) drop_policy: Option<DropPolicy>,
 }
 
 impl<C> Watched for Entry<C> {
@@ -269,6 +272,7 @@ impl<C> Reactor<C> {
             on_death,
             watch,
             on_state: None,
+            drop_policy: None,
         };
         if let Some(stale) = self.children.insert(pid, entry) {
             // The kernel gave out this pid again, so the child we had under

@@ -10,6 +10,7 @@
 //! failures are reported by std synchronously, after std itself has reaped
 //! the failed child.
 
+use std::borrow::BorrowMut;
 use std::process::{Child, Command};
 
 use mio::unix::pipe::{Receiver, Sender};
@@ -66,6 +67,13 @@ impl<C> Reactor<C> {
     /// # Ok::<(), evchild::Error>(())
     /// ```
     ///
+    /// `command` is a [`Command`] or a `&mut Command`, so a builder chain
+    /// works (`children.spawn(Command::new("ls").arg("-l"), ..)`), and so
+    /// does a command built beforehand, kept (`&mut command`) or given
+    /// away (`command`: it is dropped once the child has started, and with
+    /// it the parent's copies of the `Stdio`s it held, as a pipeline
+    /// needs).
+    ///
     /// The `SIGCHLD` handler is in place before the child exists (`Library`
     /// mode), and the child is registered before this returns, so a child
     /// that dies at once is reported, once. Process groups
@@ -102,10 +110,11 @@ impl<C> Reactor<C> {
     ///   signal 9.
     pub fn spawn(
         &mut self,
-        command: &mut Command,
+        mut command: impl BorrowMut<Command>,
         on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + Send + 'static,
     ) -> Result<Spawned> {
         self.check_process()?;
+        let command = command.borrow_mut();
         let on_death: OnDeath<C> = Box::new(on_death);
         self.children.reserve_one();
         let acquired = self.watcher.before_start()?;

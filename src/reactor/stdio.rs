@@ -27,12 +27,14 @@ use mio::unix::pipe::{Receiver, Sender};
 /// let ls = children.spawn(Command::new("ls").stdout(Stdio::piped()), |_, _, _| {})?;
 /// let mut wc = Command::new("wc");
 /// wc.arg("-l").stdin(ls.stdout.expect("piped").into_stdio()?);
-/// children.spawn_output(&mut wc, OutputOptions::new(), |_, _, output| {
+/// // `command_stdin`: wc's stdin is the pipe, not null. Given by value,
+/// // `wc` (which holds the parent's copy of the pipe) is dropped once it
+/// // has started; a `&mut wc` must be dropped by hand, or `wc` never sees
+/// // end of file.
+/// let options = OutputOptions::new().command_stdin();
+/// children.spawn_output(wc, options, |_, _, output| {
 ///     println!("{}", String::from_utf8_lossy(&output.stdout));
 /// })?;
-/// // The parent's copy of the pipe lives in `wc` until it is dropped: drop
-/// // it, or `wc` never sees end of file.
-/// drop(wc);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///

@@ -2,11 +2,19 @@
 //! jobs (one per child, until its callback), the streams (one per pipe, by
 //! slab key: the key is the stream's epoll data), reading and writing.
 //!
-//! Cost: reads go straight into the output buffers (64 KiB at a time);
-//! past a stream's cap into one scratch buffer per reactor, made once. At
-//! most 1 MiB per stream per `dispatch`, so a child that writes without
-//! end (`yes`) cannot hold the loop; the reactor wakes itself to go on. No
-//! allocation per wake-up beyond the buffers growing.
+//! Cost: reads go into one scratch buffer per reactor (64 KiB, made once)
+//! and are copied onto the end of the output buffers, which therefore hold
+//! what was read and no more (an empty stream keeps no capacity at all;
+//! the buffers grow by doubling and are trimmed to their length before
+//! `on_done`). Past a stream's cap, bytes are only counted. At most 1 MiB
+//! per stream per `dispatch`, so a child that writes without end (`yes`)
+//! cannot hold the loop; the reactor wakes itself to go on. No allocation
+//! per wake-up beyond the buffers growing.
+//!
+//! Drain time: once a job's child has been reaped, a `Drain` deadline
+//! (`deadlines.rs`) bounds the wait for end of file; when it comes due,
+//! each stream still open is read once more (what is in the pipe is not
+//! lost), then closed and marked cut.
 //!
 //! Writing the input: `write(2)` to a pipe whose reader is gone raises
 //! `SIGPIPE`, which kills a process that has not ignored it (a library must
@@ -18,6 +26,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
+use std::time::Duration;
 
 use mio::unix::pipe::{Receiver, Sender};
 use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
@@ -28,14 +37,27 @@ use crate::reactor::Pending;
 use crate::watch::Watcher;
 use crate::{ChildId, Exit, Reactor};
 
-/// Bytes read at once into an output buffer, and the size of the scratch
-/// buffer for output past a cap.
+/// Bytes read at once: the size of the scratch buffer.
 const CHUNK: usize = 64 * 1024;
 /// Bytes read from (or written to) one stream in one `dispatch`.
 const BUDGET: usize = 1 << 20;
 
 /// The callback of a `spawn_output` child.
 pub(crate) type OnOutput<C> = Box<dyn FnOnce(&mut C, &mut Reactor<C>, Output) + Send>;
+
+/// The per-chunk callback of a `spawn_output` child (`Reactor::on_output`).
+pub(crate) type OnChunk<C> = Box<dyn FnMut(&mut C, ChildId, Stream, &[u8]) + Send>;
+
+/// Which output stream of a [`spawn_output`](Reactor::spawn_output) child
+/// a chunk comes from (see [`Reactor::on_output`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Stream {
+    /// The child's standard output.
+    Stdout,
+    /// The child's standard error.
+    Stderr,
+}
 
 /// Stdout, stderr, stdin: the index of a stream in a job.
 pub(crate) const STDOUT: usize = 0;
@@ -59,7 +81,7 @@ impl Pipe {
 
 /// A pipe in the reactor's epoll set, under its slab key.
 #[derive(Debug)]
-struct Stream {
+struct Piped {
     job: usize,
     which: usize,
     pipe: Pipe,
@@ -75,10 +97,22 @@ pub(crate) struct Job<C> {
     pub(crate) bufs: [Vec<u8>; 2],
     pub(crate) caps: [usize; 2],
     pub(crate) truncated: [bool; 2],
+    /// Bytes read from stdout and stderr, kept or not.
+    pub(crate) totals: [u64; 2],
+    /// Reading stopped before end of file on some stream.
+    pub(crate) cut: bool,
+    /// How long to wait for end of file once the child is reaped.
+    pub(crate) drain: Option<Duration>,
+    /// `terminate`'s grace when the time-out runs out.
+    pub(crate) kill_grace: Duration,
+    /// The time-out ran out and the child was told to terminate.
+    pub(crate) timed_out: bool,
     pub(crate) input: Vec<u8>,
     pub(crate) written: usize,
     /// The keys of its streams still open: stdout, stderr, stdin.
     pub(crate) streams: [Option<usize>; 3],
+    /// Called with each chunk read, in `dispatch` (`Reactor::on_output`).
+    pub(crate) on_chunk: Option<OnChunk<C>>,
     /// Its callback is queued (`complete_if_done`).
     pub(crate) queued: bool,
 }
@@ -94,9 +128,9 @@ impl<C> Job<C> {
 /// A reactor's `spawn_output` children and their pipes.
 pub(crate) struct Outputs<C> {
     pub(crate) jobs: Slab<Job<C>>,
-    streams: Slab<Stream>,
-    /// Where output past a cap goes: `CHUNK` bytes, made at first use.
-    discard: Vec<u8>,
+    streams: Slab<Piped>,
+    /// What each read goes into first: `CHUNK` bytes, made at first use.
+    scratch: Vec<u8>,
     /// Keys of the streams that are ready (filled by the watcher's
     /// `collect`), reused between dispatches.
     pub(crate) ready: Vec<usize>,
@@ -107,7 +141,7 @@ impl<C> Default for Outputs<C> {
         Outputs {
             jobs: Slab::new(),
             streams: Slab::new(),
-            discard: Vec::new(),
+            scratch: Vec::new(),
             ready: Vec::new(),
         }
     }
@@ -146,7 +180,7 @@ impl<C> Outputs<C> {
         let entry = self.streams.vacant_entry();
         let key = entry.key();
         poller.add_stream(pipe.fd(), key, matches!(pipe, Pipe::Write(_)))?;
-        entry.insert(Stream { job, which, pipe });
+        entry.insert(Piped { job, which, pipe });
         self.jobs[job].streams[which] = Some(key);
         Ok(())
     }
@@ -164,16 +198,27 @@ impl<C> Outputs<C> {
         }
         let Job {
             on_done,
-            bufs: [stdout, stderr],
+            bufs: [mut stdout, mut stderr],
             truncated,
+            totals,
+            cut,
+            timed_out,
             ..
         } = self.jobs.remove(job);
+        // Hold what was read and no more (a no-op for an exact fit, or an
+        // empty buffer).
+        stdout.shrink_to_fit();
+        stderr.shrink_to_fit();
         let output = Output {
             exit,
             stdout,
             stderr,
             stdout_truncated: truncated[STDOUT],
             stderr_truncated: truncated[STDERR],
+            stdout_total: totals[STDOUT],
+            stderr_total: totals[STDERR],
+            cut,
+            timed_out,
         };
         (on_done, output)
     }
@@ -207,13 +252,15 @@ impl<C> Outputs<C> {
         pending.push_back(Pending::Death(Box::new(deliver), exit));
     }
 
-    /// Reads or writes stream `key` as far as it goes now. Returns whether
-    /// it has more to do at once (its budget ran out).
+    /// Reads or writes stream `key` as far as it goes now, handing each
+    /// chunk read to the job's `on_chunk` with `ctx`. Returns whether it
+    /// has more to do at once (its budget ran out).
     pub(crate) fn service(
         &mut self,
         key: usize,
         poller: &Watcher,
         pending: &mut VecDeque<Pending<C>>,
+        ctx: &mut C,
     ) -> bool {
         let Some(stream) = self.streams.get_mut(key) else {
             return false; // closed earlier in this pass
@@ -224,8 +271,23 @@ impl<C> Outputs<C> {
         let flow = match &mut stream.pipe {
             Pipe::Read(pipe) => {
                 let w = stream.which;
-                let (buf, cap) = (&mut job.bufs[w], job.caps[w]);
-                read(pipe, buf, cap, &mut job.truncated[w], &mut self.discard)
+                let kept = Kept {
+                    buf: &mut job.bufs[w],
+                    cap: job.caps[w],
+                    total: &mut job.totals[w],
+                    truncated: &mut job.truncated[w],
+                };
+                let which = if w == STDOUT {
+                    Stream::Stdout
+                } else {
+                    Stream::Stderr
+                };
+                let mut sink = |bytes: &[u8]| {
+                    if let (Some(on_chunk), Some(id)) = (job.on_chunk.as_mut(), job.id) {
+                        on_chunk(ctx, id, which, bytes);
+                    }
+                };
+                read(pipe, kept, &mut self.scratch, &mut sink)
             }
             Pipe::Write(pipe) => write(pipe, &job.input, &mut job.written),
         };
@@ -235,6 +297,46 @@ impl<C> Outputs<C> {
             self.complete_if_done(job, poller, pending);
         }
         flow == Flow::More
+    }
+
+    /// Stops reading job `job`'s stdout and stderr (the drain time ran
+    /// out, or `close_output`): reads each stream still open once more if
+    /// `last_read` gives the context for it (up to the budget: what is in
+    /// the pipe is not lost),
+    /// then closes those still open and marks them truncated and the job
+    /// cut. Queues the callback if the child has been reaped.
+    pub(crate) fn cut(
+        &mut self,
+        job: usize,
+        mut last_read: Option<&mut C>,
+        poller: &Watcher,
+        pending: &mut VecDeque<Pending<C>>,
+    ) {
+        for which in [STDOUT, STDERR] {
+            let key = self.jobs.get(job).and_then(|entry| entry.streams[which]);
+            if let (Some(key), Some(ctx)) = (key, last_read.as_deref_mut()) {
+                self.service(key, poller, pending, ctx);
+            }
+        }
+        let Some(entry) = self.jobs.get_mut(job) else {
+            return;
+        };
+        if entry.queued {
+            return;
+        }
+        let open: Vec<usize> = [STDOUT, STDERR]
+            .into_iter()
+            .filter_map(|which| entry.streams[which].map(|key| (which, key)))
+            .map(|(which, key)| {
+                entry.truncated[which] = true;
+                entry.cut = true;
+                key
+            })
+            .collect();
+        for key in open {
+            self.close(key, poller);
+        }
+        self.complete_if_done(job, poller, pending);
     }
 
     /// The job of child `id`.
@@ -256,42 +358,46 @@ impl<C> Outputs<C> {
     }
 }
 
-/// Reads `pipe` into `buf` (up to `cap`, the rest into `discard`) until it
-/// would block, ends, or the budget runs out.
+/// Where a read stream's bytes go: the kept buffer (up to its cap), the
+/// count of everything read, and whether anything was not kept.
+struct Kept<'a> {
+    buf: &'a mut Vec<u8>,
+    cap: usize,
+    total: &'a mut u64,
+    truncated: &'a mut bool,
+}
+
+/// Reads `pipe` into `scratch`, then onto the end of the kept buffer (up to
+/// its cap; the rest is counted, not kept) and to `sink`, until it would
+/// block, ends, or the budget runs out.
 fn read(
     pipe: &mut Receiver,
-    buf: &mut Vec<u8>,
-    cap: usize,
-    truncated: &mut bool,
-    discard: &mut Vec<u8>,
+    kept: Kept<'_>,
+    scratch: &mut Vec<u8>,
+    sink: &mut dyn FnMut(&[u8]),
 ) -> Flow {
+    if scratch.is_empty() {
+        scratch.resize(CHUNK, 0);
+    }
     let mut budget = BUDGET;
     while budget > 0 {
-        let room = cap.saturating_sub(buf.len());
-        let result = if room > 0 {
-            // Straight into the buffer: grow it (amortised), read, trim.
-            let len = buf.len();
-            buf.resize(len + room.min(CHUNK), 0);
-            let result = pipe.read(&mut buf[len..]);
-            buf.truncate(len + result.as_ref().map_or(0, |&n| n));
-            result
-        } else {
-            if discard.is_empty() {
-                discard.resize(CHUNK, 0);
-            }
-            let result = pipe.read(discard);
-            *truncated |= matches!(result, Ok(n) if n > 0);
-            result
-        };
-        match result {
+        match pipe.read(scratch) {
             Ok(0) => return Flow::Done,
-            Ok(n) => budget = budget.saturating_sub(n),
+            Ok(n) => {
+                *kept.total = kept.total.saturating_add(n as u64);
+                let keep = n.min(kept.cap.saturating_sub(kept.buf.len()));
+                kept.buf.extend_from_slice(&scratch[..keep]);
+                *kept.truncated |= keep < n;
+                budget = budget.saturating_sub(n);
+                // Last: a panicking callback leaves the bytes counted.
+                sink(&scratch[..n]);
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flow::Drained,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => {
                 // Not for a pipe we made; whatever it was, nothing more
                 // will come through it.
-                *truncated = true;
+                *kept.truncated = true;
                 return Flow::Done;
             }
         }

@@ -140,7 +140,10 @@ pub enum ChildState {
 }
 
 /// How a registered child ended, as far as evchild could learn.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// Its `Debug` shows the status as `ExitStatus`'s `Display` does:
+/// `Reaped(exit status: 3)`, `Reaped(signal: 15 (SIGTERM))`, `Lost`.
+#[derive(Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Outcome {
     /// evchild reaped the child (or, in `Mainloop` mode, the application did
@@ -151,6 +154,20 @@ pub enum Outcome {
     /// code called `waitpid(-1)` or waited for this pid; evchild never makes up
     /// a status for it.
     Lost,
+}
+
+impl fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // `ExitStatus`'s own `Debug` is the raw wait status
+            // (`unix_wait_status(15)`); its `Display` says what it means.
+            Outcome::Reaped(status) => f
+                .debug_tuple("Reaped")
+                .field(&format_args!("{status}"))
+                .finish(),
+            Outcome::Lost => f.write_str("Lost"),
+        }
+    }
 }
 
 /// The report a death callback receives: exactly one per child.

@@ -24,7 +24,7 @@
 //! | `Library` reaping | see the crate docs' *Backends* |
 //! | `LibraryAlways` reaping | `wait4(-1, WNOHANG)` until nothing is left: k+1 calls for k exits; while starts are in flight, a peek and a reap per exit (see `process::routes`) |
 //! | orphans | nothing until one dies; then one `waitid` each, by the first reactor to look |
-//! | timers | a binary heap of `terminate` deadlines: O(log n) each; the `timerfd` is set only when the earliest deadline changes |
+//! | timers | a binary heap of deadlines (`terminate`'s grace periods, `spawn_output`'s time-outs and drain times): O(log n) each; the `timerfd` is set only when the earliest deadline changes |
 //! | per wake-up allocation | none in steady state (queues and scratch space are reused); `spawn_output` reads straight into the output buffers, at most 1 MiB per stream per `dispatch` |
 
 pub(crate) mod pidfd;
