@@ -147,7 +147,9 @@ fn pidfd_children_needing_the_handler_survive_sig_dfl() {
         return;
     }
     let check = Check::start();
-    let _restore = util::RestoreDefault;
+    // Dropped (SIG_DFL back) before `check.finish()` releases the suite's
+    // lock: after it, the reset would hit the next test.
+    let restore = util::RestoreDefault;
     #[derive(Default)]
     struct Ctx {
         stops: usize,
@@ -194,6 +196,7 @@ fn pidfd_children_needing_the_handler_survive_sig_dfl() {
     ctx.deaths.assert_signal(id, libc::SIGKILL);
     ctx.deaths.assert_code(other, 0);
     drop(reactor);
+    drop(restore);
     check.finish();
 }
 
@@ -247,7 +250,9 @@ extern "C" fn swallow(_: libc::c_int) {}
 #[test]
 fn a_non_chaining_handler_over_ours_is_detected() {
     let check = Check::start();
-    let _restore = util::RestoreDefault;
+    // Dropped (SIG_DFL back) before `check.finish()` releases the suite's
+    // lock: after it, the reset would hit the next test.
+    let restore = util::RestoreDefault;
     let mut reactor = util::library_with::<Deaths>(Backend::Scan);
     let mut deaths = Deaths::default();
     let first = reactor
@@ -268,6 +273,7 @@ fn a_non_chaining_handler_over_ours_is_detected() {
     }
     assert!(reactor.is_empty(), "nothing started");
     drop(reactor);
+    drop(restore);
     check.finish();
 }
 
