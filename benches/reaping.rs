@@ -4,9 +4,15 @@
 //! `waitpid` loop, `tokio::process` and `async-process`.
 //!
 //! ```sh
-//! cargo bench --bench reaping            # the full table, about two minutes
-//! EVCHILD_BENCH_ROUNDS=1 EVCHILD_BENCH_IDLE=0,1000 cargo bench --bench reaping  # quick
+//! cargo bench -p evchild-async --bench reaping   # the full table, about two minutes
+//! EVCHILD_BENCH_ROUNDS=1 EVCHILD_BENCH_IDLE=0,1000 cargo bench -p evchild-async --bench reaping  # quick
+//! cargo bench --bench reaping            # the same without the tokio and async-process rows
 //! ```
+//!
+//! This one file is built twice: as the evchild crate's own bench, whose
+//! dev-dependencies hold no async runtime, and as the bench of the workspace
+//! member `evchild-async` (examples/async/), whose build script sets
+//! `cfg(evchild_async_peers)` and so adds the two async peers.
 //!
 //! Knobs (environment):
 //! * `EVCHILD_BENCH_CHILDREN`: short-lived children measured per cell and
@@ -20,7 +26,8 @@
 //! * `EVCHILD_BENCH_REAPERS`: which evchild reapers to run, comma-separated
 //!   from `pidfd,peek,peek-zombie,scan,always` (default: all);
 //! * `EVCHILD_BENCH_PEERS`: which peers to run, comma-separated from
-//!   `posix_spawn,std,tokio,async-process` (default: all), or `0` for none;
+//!   `posix_spawn,std,tokio,async-process` (default: all that are built in),
+//!   or `0` for none;
 //! * `EVCHILD_BENCH_OUT=FILE`: also write the report there.
 //!
 //! Without `--bench` (that is, under `cargo test --benches`), it runs a
@@ -28,17 +35,12 @@
 //!
 //! BENCHMARKS.md says what each column means and shows a run.
 
-use std::cell::Cell;
 use std::ffi::CString;
 use std::fmt::Write as _;
-use std::future::Future;
 use std::io;
 use std::os::raw::c_char;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::pin::Pin;
 use std::process::{Command, ExitStatus, Stdio};
-use std::rc::Rc;
-use std::task::Poll as TaskPoll;
 use std::time::{Duration, Instant};
 
 use evchild::{Backend, Exit, Hooks, Pid, Reactor, SigchldOwner};
@@ -641,124 +643,152 @@ fn bare_posix_spawn(n: usize, depth: usize) -> Res<(usize, Duration)> {
     Ok((n, spawn))
 }
 
-type Task = Pin<Box<dyn Future<Output = io::Result<()>>>>;
+/// The peers on an async runtime: built only into the `evchild-async`
+/// member's copy of this bench (examples/async/), so that the evchild
+/// crate's dev-dependencies hold no runtime.
+#[cfg(evchild_async_peers)]
+mod async_peers {
+    use std::cell::Cell;
+    use std::future::Future;
+    use std::io;
+    use std::pin::Pin;
+    use std::process::{ExitStatus, Stdio};
+    use std::rc::Rc;
+    use std::task::Poll as TaskPoll;
+    use std::time::Duration;
 
-/// Runs `workers` to completion, polling `background` (never complete) along
-/// with them; the first error wins.
-async fn join(mut workers: Vec<Option<Task>>, mut background: Option<Task>) -> io::Result<()> {
-    std::future::poll_fn(move |cx| {
-        if let Some(task) = background.as_mut() {
-            if let TaskPoll::Ready(result) = task.as_mut().poll(cx) {
-                result?;
-                background = None;
+    use evchild_testkit::bench::thread_cpu;
+
+    use super::{Res, TRUE};
+
+    type Task = Pin<Box<dyn Future<Output = io::Result<()>>>>;
+
+    /// Runs `workers` to completion, polling `background` (never complete) along
+    /// with them; the first error wins.
+    async fn join(mut workers: Vec<Option<Task>>, mut background: Option<Task>) -> io::Result<()> {
+        std::future::poll_fn(move |cx| {
+            if let Some(task) = background.as_mut() {
+                if let TaskPoll::Ready(result) = task.as_mut().poll(cx) {
+                    result?;
+                    background = None;
+                }
             }
-        }
-        let mut pending = false;
-        for slot in &mut workers {
-            if let Some(task) = slot {
-                match task.as_mut().poll(cx) {
-                    TaskPoll::Ready(result) => {
-                        result?;
-                        *slot = None;
+            let mut pending = false;
+            for slot in &mut workers {
+                if let Some(task) = slot {
+                    match task.as_mut().poll(cx) {
+                        TaskPoll::Ready(result) => {
+                            result?;
+                            *slot = None;
+                        }
+                        TaskPoll::Pending => pending = true,
                     }
-                    TaskPoll::Pending => pending = true,
                 }
             }
+            if pending {
+                TaskPoll::Pending
+            } else {
+                TaskPoll::Ready(Ok(()))
+            }
+        })
+        .await
+    }
+
+    /// Shared by the async workers of one stream.
+    #[derive(Default)]
+    struct Budget {
+        started: Cell<usize>,
+        spawn: Cell<Duration>,
+    }
+
+    impl Budget {
+        fn take(&self, n: usize) -> bool {
+            let started = self.started.get();
+            self.started.set(started + 1);
+            started < n
         }
-        if pending {
-            TaskPoll::Pending
+        fn timed<T>(&self, f: impl FnOnce() -> T) -> T {
+            let before = thread_cpu();
+            let value = f();
+            self.spawn.set(self.spawn.get() + (thread_cpu() - before));
+            value
+        }
+    }
+
+    fn check(status: ExitStatus) -> io::Result<()> {
+        if status.success() {
+            Ok(())
         } else {
-            TaskPoll::Ready(Ok(()))
+            Err(io::Error::other(format!("child failed: {status}")))
         }
-    })
-    .await
-}
-
-/// Shared by the async workers of one stream.
-#[derive(Default)]
-struct Budget {
-    started: Cell<usize>,
-    spawn: Cell<Duration>,
-}
-
-impl Budget {
-    fn take(&self, n: usize) -> bool {
-        let started = self.started.get();
-        self.started.set(started + 1);
-        started < n
     }
-    fn timed<T>(&self, f: impl FnOnce() -> T) -> T {
-        let before = thread_cpu();
-        let value = f();
-        self.spawn.set(self.spawn.get() + (thread_cpu() - before));
-        value
+
+    /// `tokio::process` on a current-thread runtime: `depth` tasks, each
+    /// spawning and awaiting one child at a time.
+    pub fn tokio_stream(
+        rt: &tokio::runtime::Runtime,
+        n: usize,
+        depth: usize,
+    ) -> Res<(usize, Duration)> {
+        let budget = Rc::new(Budget::default());
+        let workers = (0..depth)
+            .map(|_| {
+                let budget = budget.clone();
+                let task: Task = Box::pin(async move {
+                    let mut command = tokio::process::Command::new(TRUE);
+                    command.stdin(Stdio::null());
+                    while budget.take(n) {
+                        let mut child = budget.timed(|| command.spawn())?;
+                        check(child.wait().await?)?;
+                    }
+                    Ok(())
+                });
+                Some(task)
+            })
+            .collect();
+        rt.block_on(join(workers, None))?;
+        Ok((n, budget.spawn.get()))
     }
-}
 
-fn check(status: ExitStatus) -> io::Result<()> {
-    if status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!("child failed: {status}")))
+    /// `async-process` under `async_io::block_on` (smol's executor core), with
+    /// its `driver()` polled on the same thread (no helper thread).
+    pub fn async_process_stream(n: usize, depth: usize) -> Res<(usize, Duration)> {
+        let budget = Rc::new(Budget::default());
+        let workers = (0..depth)
+            .map(|_| {
+                let budget = budget.clone();
+                let task: Task = Box::pin(async move {
+                    let mut command = async_process::Command::new(TRUE);
+                    command.stdin(Stdio::null());
+                    while budget.take(n) {
+                        let mut child = budget.timed(|| command.spawn())?;
+                        check(child.status().await?)?;
+                    }
+                    Ok(())
+                });
+                Some(task)
+            })
+            .collect();
+        let driver: Task = Box::pin(async { match async_process::driver().await {} });
+        async_io::block_on(join(workers, Some(driver)))?;
+        Ok((n, budget.spawn.get()))
     }
-}
-
-/// `tokio::process` on a current-thread runtime: `depth` tasks, each
-/// spawning and awaiting one child at a time.
-fn tokio_stream(rt: &tokio::runtime::Runtime, n: usize, depth: usize) -> Res<(usize, Duration)> {
-    let budget = Rc::new(Budget::default());
-    let workers = (0..depth)
-        .map(|_| {
-            let budget = budget.clone();
-            let task: Task = Box::pin(async move {
-                let mut command = tokio::process::Command::new(TRUE);
-                command.stdin(Stdio::null());
-                while budget.take(n) {
-                    let mut child = budget.timed(|| command.spawn())?;
-                    check(child.wait().await?)?;
-                }
-                Ok(())
-            });
-            Some(task)
-        })
-        .collect();
-    rt.block_on(join(workers, None))?;
-    Ok((n, budget.spawn.get()))
-}
-
-/// `async-process` under `async_io::block_on` (smol's executor core), with
-/// its `driver()` polled on the same thread (no helper thread).
-fn async_process_stream(n: usize, depth: usize) -> Res<(usize, Duration)> {
-    let budget = Rc::new(Budget::default());
-    let workers = (0..depth)
-        .map(|_| {
-            let budget = budget.clone();
-            let task: Task = Box::pin(async move {
-                let mut command = async_process::Command::new(TRUE);
-                command.stdin(Stdio::null());
-                while budget.take(n) {
-                    let mut child = budget.timed(|| command.spawn())?;
-                    check(child.status().await?)?;
-                }
-                Ok(())
-            });
-            Some(task)
-        })
-        .collect();
-    let driver: Task = Box::pin(async { match async_process::driver().await {} });
-    async_io::block_on(join(workers, Some(driver)))?;
-    Ok((n, budget.spawn.get()))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Peer {
     PosixSpawn,
     Std,
+    #[cfg(evchild_async_peers)]
     Tokio,
+    #[cfg(evchild_async_peers)]
     AsyncProcess,
 }
 
 impl Peer {
+    #[cfg(not(evchild_async_peers))]
+    const ALL: [Peer; 2] = [Peer::PosixSpawn, Peer::Std];
+    #[cfg(evchild_async_peers)]
     const ALL: [Peer; 4] = [Peer::PosixSpawn, Peer::Std, Peer::Tokio, Peer::AsyncProcess];
 
     /// The name `EVCHILD_BENCH_PEERS` uses.
@@ -766,7 +796,9 @@ impl Peer {
         match self {
             Peer::PosixSpawn => "posix_spawn",
             Peer::Std => "std",
+            #[cfg(evchild_async_peers)]
             Peer::Tokio => "tokio",
+            #[cfg(evchild_async_peers)]
             Peer::AsyncProcess => "async-process",
         }
     }
@@ -775,29 +807,38 @@ impl Peer {
         match self {
             Peer::PosixSpawn => "bare: posix_spawn + waitpid(-1)",
             Peer::Std => "bare: std spawn + waitpid(-1)",
+            #[cfg(evchild_async_peers)]
             Peer::Tokio => "tokio::process (current_thread)",
+            #[cfg(evchild_async_peers)]
             Peer::AsyncProcess => "async-process (async_io::block_on)",
         }
     }
 
-    fn stream(
-        self,
-        n: usize,
-        depth: usize,
-        rt: Option<&tokio::runtime::Runtime>,
-    ) -> Res<(usize, Duration)> {
-        match (self, rt) {
-            (Peer::PosixSpawn, _) => bare_posix_spawn(n, depth),
-            (Peer::Std, _) => bare_std(n, depth),
-            (Peer::Tokio, Some(rt)) => tokio_stream(rt, n, depth),
-            (Peer::Tokio, None) => Err("no runtime".into()),
-            (Peer::AsyncProcess, _) => async_process_stream(n, depth),
+    fn stream(self, n: usize, depth: usize, rt: &Runtime) -> Res<(usize, Duration)> {
+        let _ = rt; // only the tokio peer has one
+        match self {
+            Peer::PosixSpawn => bare_posix_spawn(n, depth),
+            Peer::Std => bare_std(n, depth),
+            #[cfg(evchild_async_peers)]
+            Peer::Tokio => match rt {
+                Some(rt) => async_peers::tokio_stream(rt, n, depth),
+                None => Err("no runtime".into()),
+            },
+            #[cfg(evchild_async_peers)]
+            Peer::AsyncProcess => async_peers::async_process_stream(n, depth),
         }
     }
 }
 
+/// The tokio runtime of the tokio peer's cell (none for the others).
+#[cfg(evchild_async_peers)]
+type Runtime = Option<tokio::runtime::Runtime>;
+#[cfg(not(evchild_async_peers))]
+type Runtime = ();
+
 /// Warm-up, then a measured stream of `peer`.
 fn peer_cell(peer: Peer, cfg: &Config) -> Res<Sample> {
+    #[cfg(evchild_async_peers)]
     let rt = match peer {
         Peer::Tokio => Some(
             tokio::runtime::Builder::new_current_thread()
@@ -806,9 +847,11 @@ fn peer_cell(peer: Peer, cfg: &Config) -> Res<Sample> {
         ),
         _ => None,
     };
-    peer.stream(cfg.warmup, cfg.depth, rt.as_ref())?;
+    #[cfg(not(evchild_async_peers))]
+    let rt = ();
+    peer.stream(cfg.warmup, cfg.depth, &rt)?;
     let meter = Meter::start();
-    let (exits, spawn) = peer.stream(cfg.children, cfg.depth, rt.as_ref())?;
+    let (exits, spawn) = peer.stream(cfg.children, cfg.depth, &rt)?;
     let sample = meter.stop(exits, spawn, None);
     if let Some(pid) = some_zombie() {
         return Err(format!("zombie {pid} left behind by {}", peer.name()).into());

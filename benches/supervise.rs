@@ -50,10 +50,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use evchild::supervise::{
-    earliest, Event, HasSupervisor, PoolConfig, Start, Supervisor, WorkerState,
-};
-use evchild::{Hooks, Reactor};
+use evchild::supervise::{Event, HasSupervisor, PoolConfig, Start, Supervisor, WorkerState};
+use evchild::{earliest, Hooks, Reactor};
 use mio::{Events, Interest, Poll, Token};
 
 const WORKER_ENV: &str = "EVCHILD_BENCH_SUPERVISE_WORKER";

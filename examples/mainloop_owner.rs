@@ -217,8 +217,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             eprintln!("timed out");
             std::process::exit(1);
         }
-        let sleep = children.timeout().map_or(left, |due| due.min(left));
-        match poll.poll(&mut events, Some(sleep)) {
+        let sleep = evchild::earliest(children.timeout(), Some(left));
+        match poll.poll(&mut events, sleep) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(e.into()),

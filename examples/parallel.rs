@@ -292,7 +292,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Sleep until the reactor's next SIGKILL or our next deadline.
         let ours = runner.rows.iter().filter_map(|r| r.deadline).min();
         let ours = ours.map(|d| d.saturating_duration_since(Instant::now()));
-        let wait = [reactor.timeout(), ours].into_iter().flatten().min();
+        let wait = evchild::earliest(reactor.timeout(), ours);
         match poll.poll(&mut events, wait) {
             // A signal handler ran; its pipe wakes the next poll.
             Err(e) if e.kind() == ErrorKind::Interrupted => events.clear(),

@@ -22,9 +22,9 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use evchild::supervise::{
-    earliest, worker, Event, HasSupervisor, PoolConfig, PoolId, Start, Supervisor, WorkerState,
+    worker, Event, HasSupervisor, PoolConfig, PoolId, Start, Supervisor, WorkerState,
 };
-use evchild::{Hooks, Reactor};
+use evchild::{earliest, Hooks, Reactor};
 use mio::unix::pipe::{self, Receiver};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};

@@ -136,8 +136,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         // Sleep no longer than the reactor's next deadline (none here), and
         // dispatch whenever `poll` returns: cheap when there is nothing to do.
-        let sleep = children.timeout().map_or(left, |due| due.min(left));
-        match poll.poll(&mut events, Some(sleep)) {
+        let sleep = evchild::earliest(children.timeout(), Some(left));
+        match poll.poll(&mut events, sleep) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(e.into()),

@@ -288,8 +288,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             eprintln!("timed out with {} children still running", children.len());
             std::process::exit(1);
         }
-        let sleep = children.timeout().map_or(left, |due| due.min(left));
-        match poll.poll(&mut events, Some(sleep)) {
+        let sleep = evchild::earliest(children.timeout(), Some(left));
+        match poll.poll(&mut events, sleep) {
             Ok(()) => {}
             // A signal (SIGCHLD itself) can interrupt epoll_wait: poll again.
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,

@@ -403,6 +403,53 @@ pub mod __private {
     }
 }
 
+/// The earlier of two optional time-outs, where `None` means no limit:
+/// what a loop passes to `poll` when more than one source has deadlines.
+///
+/// [`Reactor::timeout`] says how long the loop may sleep before a
+/// `terminate` deadline is due (`None`: no deadline), and so do
+/// [`Supervisor::timeout`](supervise::Supervisor::timeout) and, often, the
+/// application's own timers. Unlike `Option::min`, which would pick `None`
+/// (that is, sleep forever), `earliest` keeps the limit that exists:
+///
+/// ```
+/// use std::time::Duration;
+/// use evchild::earliest;
+///
+/// let second = Some(Duration::from_secs(1));
+/// assert_eq!(earliest(second, None), second);
+/// assert_eq!(earliest(None, None), None);
+/// assert_eq!(earliest(second, Some(Duration::from_millis(5))), Some(Duration::from_millis(5)));
+/// ```
+///
+/// In a loop (nest it for more sources):
+///
+/// ```no_run
+/// # use std::time::{Duration, Instant};
+/// # use evchild::{earliest, Hooks, Reactor};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let mut poll = mio::Poll::new()?;
+/// # let mut events = mio::Events::with_capacity(8);
+/// # let mut reactor = Reactor::<()>::new(Hooks::default())?;
+/// let give_up = Instant::now() + Duration::from_secs(10); // a timer of our own
+/// while !reactor.is_empty() {
+///     let ours = give_up.saturating_duration_since(Instant::now());
+///     poll.poll(&mut events, earliest(reactor.timeout(), Some(ours)))?;
+///     reactor.dispatch(&mut ())?;
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub fn earliest(
+    a: Option<std::time::Duration>,
+    b: Option<std::time::Duration>,
+) -> Option<std::time::Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 pub use reactor::{
     ChildStatus, DropPolicy, Forgotten, IntoStdio, Output, OutputOptions, Reactor, Spawned, Stats,
     Stream,

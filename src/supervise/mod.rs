@@ -32,7 +32,7 @@
 //!
 //! let mut events = Events::with_capacity(64);
 //! loop {
-//!     let timeout = evchild::supervise::earliest(reactor.timeout(), app.sup.timeout());
+//!     let timeout = evchild::earliest(reactor.timeout(), app.sup.timeout());
 //!     match poll.poll(&mut events, timeout) {
 //!         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
 //!         other => other?,
@@ -430,15 +430,6 @@ impl fmt::Display for Event {
     }
 }
 
-/// The earlier of two optional time-outs, where `None` means no limit
-/// (unlike `Option::min`, which would pick `None`).
-pub fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
 /// The pools of one loop. See the [module docs](self).
 ///
 /// Register it in the loop (it is one descriptor, an epoll set of the
@@ -550,7 +541,7 @@ impl Supervisor {
 
     /// How long the loop may sleep before a pool's timer is due (the
     /// interval, a start timeout, the end of a throttle), or `None`.
-    /// Combine it with [`Reactor::timeout`] using [`earliest`].
+    /// Combine it with [`Reactor::timeout`] using [`earliest`](crate::earliest).
     pub fn timeout(&self) -> Option<Duration> {
         let now = Instant::now();
         self.pools

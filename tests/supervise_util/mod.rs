@@ -385,8 +385,8 @@ impl Harness {
 
     /// One turn of the loop, sleeping at most `max`.
     pub fn turn(&mut self, max: Duration) {
-        let timeout = evchild::supervise::earliest(
-            evchild::supervise::earliest(self.reactor.timeout(), self.app.sup.timeout()),
+        let timeout = evchild::earliest(
+            evchild::earliest(self.reactor.timeout(), self.app.sup.timeout()),
             Some(max),
         );
         match self.poll.poll(&mut self.events, timeout) {

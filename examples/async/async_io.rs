@@ -1,11 +1,11 @@
 //! evchild under async-io (the reactor of smol), through `async_io::Async`.
 //!
 //! ```text
-//! cargo run --example async_io                     # the default backend
-//! cargo run --example async_io -- --backend peek   # or pidfd, scan
+//! cargo run -p evchild-async --example async_io   # the default backend
+//! cargo run -p evchild-async --example async_io -- --backend peek   # or pidfd, scan
 //! ```
 //!
-//! The same program as `examples/tokio.rs`, with smol's executor, channels
+//! The same program as `tokio.rs` beside it, with smol's executor, channels
 //! and timers. One task, the *driver*, owns the reactor and waits for three
 //! things at once:
 //!
@@ -35,7 +35,7 @@
 //! The checks (`echo`, `bulk`, `polite`, `stubborn`, `fan-out`, `missing`)
 //! are those of the tokio example; see there. It prints one line per check
 //! and exits 0 if all of them passed, 1 otherwise (2 for bad arguments, or
-//! if it ran out of time). `tests/examples_async.rs` runs it.
+//! if it ran out of time). `examples_async.rs` beside it runs it (`cargo test -p evchild-async`).
 
 use std::error::Error as StdError;
 use std::io::{self, Read};

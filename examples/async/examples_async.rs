@@ -1,12 +1,14 @@
-//! Runs the async-runtime examples (`examples/tokio.rs`,
-//! `examples/async_io.rs`) as they are, and checks what they say.
+//! Runs the async-runtime examples (`examples/async/tokio.rs`,
+//! `examples/async/async_io.rs`) as they are, and checks what they say:
+//! `cargo test -p evchild-async` (CI runs it).
 //!
-//! `cargo test` builds every example before it runs the tests, next to the
-//! test binaries: the test binary is `<target>/<profile>/deps/NAME-HASH`,
-//! the example `<target>/<profile>/examples/NAME`. A run of this file alone
-//! (`cargo test --test examples_async`) builds no example, so an example
-//! that is missing, or older than its sources, is built here with
-//! `cargo build --example NAME --all-features` first.
+//! `cargo test` builds every example of the package before it runs the
+//! tests, next to the test binaries: the test binary is
+//! `<target>/<profile>/deps/NAME-HASH`, the example
+//! `<target>/<profile>/examples/NAME`. A run of this file alone
+//! (`cargo test -p evchild-async --test examples_async`) builds no example,
+//! so an example that is missing, or older than its sources, is built here
+//! with `cargo build -p evchild-async --example NAME --all-features` first.
 //!
 //! Each example runs in a process of its own with this run's backend
 //! (`EVCHILD_TEST_BACKEND`, passed as `--backend`), bounded in time, and
@@ -119,7 +121,7 @@ fn example_binary(name: &str) -> PathBuf {
         return binary;
     }
     println!(
-        "{} is {}: cargo build --example {name} --all-features",
+        "{} is {}: cargo build -p evchild-async --example {name} --all-features",
         binary.display(),
         if built.is_some() { "stale" } else { "missing" }
     );
@@ -149,14 +151,17 @@ fn example_binary(name: &str) -> PathBuf {
 }
 
 /// The last modification of what the example is built from: its source,
-/// the library's sources, and the manifest and lock file.
+/// the library's sources, and the manifests and lock file.
 fn newest_source(manifest_dir: &Path, name: &str) -> SystemTime {
+    // examples/async/ in evchild's workspace.
+    let root = manifest_dir.join("../..");
     let mut files = vec![
-        manifest_dir.join("examples").join(format!("{name}.rs")),
+        manifest_dir.join(format!("{name}.rs")),
         manifest_dir.join("Cargo.toml"),
-        manifest_dir.join("Cargo.lock"),
+        root.join("Cargo.toml"),
+        root.join("Cargo.lock"),
     ];
-    let mut dirs = vec![manifest_dir.join("src")];
+    let mut dirs = vec![root.join("src")];
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(&dir).expect("read src/").flatten() {
             let path = entry.path();

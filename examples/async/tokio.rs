@@ -2,8 +2,8 @@
 //! `tokio::io::unix::AsyncFd`.
 //!
 //! ```text
-//! cargo run --example tokio                     # the default backend
-//! cargo run --example tokio -- --backend peek   # or pidfd, scan
+//! cargo run -p evchild-async --example tokio   # the default backend
+//! cargo run -p evchild-async --example tokio -- --backend peek   # or pidfd, scan
 //! ```
 //!
 //! # The shape
@@ -49,7 +49,7 @@
 //! hands back the reactor's counters, and the process checks it has no
 //! child left. It prints one line per check and exits 0 if all of them
 //! passed, 1 otherwise (2 for bad arguments, or if it ran out of time).
-//! `tests/examples_async.rs` runs it.
+//! `examples_async.rs` beside it runs it (`cargo test -p evchild-async`).
 
 use std::error::Error as StdError;
 use std::io;
