@@ -58,8 +58,9 @@
 //!   ([`OutputOptions`]; stdin is null otherwise, as with
 //!   `Command::output`), and calls back once with the exit and both
 //!   streams ([`Output`]), when the child has been reaped and both streams
-//!   ended, or a short drain time after the death ran out (a descendant
-//!   holding the pipes cannot stall it); [`OutputOptions::timeout`]
+//!   ended, or a short drain time after the death ran out (with the
+//!   default, a descendant holding the pipes delays it 100 ms at most;
+//!   `drain_after_exit(None)` waits for end of file); [`OutputOptions::timeout`]
 //!   bounds the child's life. Both take a `Command` by value or by
 //!   `&mut`, so builder chains work. [`IntoStdio`] hands a spawned pipe
 //!   end to the next child of a pipeline.

@@ -271,10 +271,22 @@ fn timeout_terminates_then_kills_after_the_grace() {
             keep,
         )
         .expect("spawn_output");
-    // The ignored SIGTERM stays ignored across exec.
+    // SIGTERM ignored from before the exec (an ignored signal stays
+    // ignored across it), so the timeout's SIGTERM can never come first,
+    // however slow the machine: only the SIGKILL after the grace ends it.
+    let mut ignoring = Command::new("sleep");
+    ignoring.arg("30");
+    // SAFETY: `signal(2)` is async-signal-safe; the closure allocates
+    // nothing.
+    unsafe {
+        ignoring.pre_exec(|| {
+            libc::signal(libc::SIGTERM, libc::SIG_IGN);
+            Ok(())
+        });
+    }
     let ignores = reactor
         .spawn_output(
-            sh("trap '' TERM; exec sleep 30"),
+            ignoring,
             OutputOptions::new().timeout(short).kill_grace(short),
             keep,
         )
@@ -601,5 +613,49 @@ fn a_panicking_on_chunk_leaves_the_reactor_consistent() {
     assert_eq!(ctx.stdout, b"one\ntwo\n");
     assert!(out.success() && !out.cut);
     drop((ctx, lp, reactor));
+    check.finish();
+}
+
+/// A child forked without exec (`fork_with`, as `supervise::Start::fork`
+/// does) does not hold a `spawn_output` child's stdin open: `cat` sees end
+/// of file and `on_done` comes, while the forked child still lives.
+#[test]
+fn a_forked_child_does_not_hold_a_spawn_output_stdin_open() {
+    let check = Check::start();
+    let mut reactor = util::library::<Vec<Output>>();
+    let mut outs = Vec::new();
+    let id = reactor
+        .spawn_output(
+            Command::new("cat"),
+            OutputOptions::new().stdin(b"hello\n".to_vec()),
+            |outs: &mut Vec<Output>, _, out| outs.push(out),
+        )
+        .expect("spawn_output");
+    // SAFETY: the child only calls `sleep(3)` (30 s) and returns, then `_exit`s:
+    // async-signal-safe.
+    let forked = unsafe {
+        reactor.fork_with(
+            || {
+                libc::sleep(30);
+                0
+            },
+            |_, _, _| {},
+        )
+    }
+    .expect("fork_with");
+    let done = reactor
+        .wait_for(&mut outs, id, Some(Duration::from_secs(10)))
+        .expect("wait_for");
+    reactor
+        .kill(forked, libc::SIGKILL)
+        .expect("kill the forked child");
+    assert!(reactor
+        .wait_for(&mut outs, forked, Some(Duration::from_secs(10)))
+        .expect("wait_for"));
+    assert!(done, "the forked child held cat's stdin open");
+    assert_eq!(outs.len(), 1);
+    assert_eq!(outs[0].stdout, b"hello\n");
+    assert!(outs[0].success());
+    drop(reactor);
     check.finish();
 }

@@ -24,10 +24,11 @@ impl<C> Reactor<C> {
     /// child process and registers it, so that `on_death` runs exactly once
     /// when it dies.
     ///
-    /// In `Library` mode the `SIGCHLD` handler is installed *before* the
-    /// fork, so a child that dies at once is not missed, and the child is
-    /// registered before this returns, so before any `dispatch` can look for
-    /// it. Returns [`Forked::Parent`] with the child's id in the parent and
+    /// Where the reactor's children need the `SIGCHLD` handler (`Peek`,
+    /// `Scan`, `LibraryAlways`) it is installed *before* the fork, and with
+    /// `Pidfd` a child that died at once has a readable pidfd, so such a
+    /// child is not missed; the child is registered before this returns, so
+    /// before any `dispatch` can look for it. Returns [`Forked::Parent`] with the child's id in the parent and
     /// [`Forked::Child`] in the child. Uses the hooks' `fork_replacement` if
     /// there is one.
     ///
@@ -45,7 +46,11 @@ impl<C> Reactor<C> {
     ///
     /// In the child, the reactor is a copy that belongs to the parent: every
     /// method returns [`Error::ForkedChild`], and dropping it only closes the
-    /// child's copies of its descriptors. evchild's handler, inherited by the
+    /// child's copies of its descriptors. The child's copies of this
+    /// reactor's [`spawn_output`](Reactor::spawn_output) pipes are closed
+    /// before `fork` returns there, so it never holds such a child's stdin
+    /// open (that child would never see end of file); pipes of other
+    /// reactors, and the application's own, are the caller's business. evchild's handler, inherited by the
     /// child, never writes to the parent's wake pipe from the child. The
     /// `on_death` closure is leaked in the child (never dropped), so none of
     /// its destructors run there.
@@ -125,6 +130,10 @@ impl<C> Reactor<C> {
                 // watcher makes this a new fork generation then
                 // (async-signal-safe).
                 starting.in_child();
+                // The output pipes of `spawn_output` children are the
+                // parent's to read and write: holding a stdin write end
+                // would keep that child from ever seeing end of file.
+                self.outputs.close_in_child();
                 // Dropping the closure could free memory: not
                 // async-signal-safe in the child of a threaded parent.
                 std::mem::forget(on_death);

@@ -204,8 +204,8 @@ impl fmt::Debug for OutputOptions {
 /// What a [`spawn_output`](Reactor::spawn_output) child left: its death
 /// report and everything it wrote (up to the caps), in one callback.
 ///
-/// Each buffer holds what was kept and no more (its capacity is its
-/// length). [`stdout_total`](Self::stdout_total) counts every byte read,
+/// Each buffer holds what was kept and no more (read through a scratch
+/// buffer, appended, and trimmed with `shrink_to_fit` before `on_done`). [`stdout_total`](Self::stdout_total) counts every byte read,
 /// kept or not, so `stdout_total > stdout.len()` means the cap cut it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

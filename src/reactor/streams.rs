@@ -134,6 +134,8 @@ pub(crate) struct Outputs<C> {
     /// Keys of the streams that are ready (filled by the watcher's
     /// `collect`), reused between dispatches.
     pub(crate) ready: Vec<usize>,
+    /// In a forked child, the pipes were closed already.
+    closed_in_child: bool,
 }
 
 impl<C> Default for Outputs<C> {
@@ -143,6 +145,7 @@ impl<C> Default for Outputs<C> {
             streams: Slab::new(),
             scratch: Vec::new(),
             ready: Vec::new(),
+            closed_in_child: false,
         }
     }
 }
@@ -347,14 +350,26 @@ impl<C> Outputs<C> {
             .map(|(key, _)| key)
     }
 
-    /// In a forked child: closes this process's copies of the pipes with
-    /// `close(2)` (async-signal-safe) and nothing else. The caller must never
-    /// drop `self` afterwards.
+    /// In a forked child: the numbers of this process's copies of the
+    /// pipes, to close with `close(2)` (async-signal-safe); the caller then
+    /// never drops `self`. Empty once [`close_in_child`](Self::close_in_child)
+    /// has closed them.
     pub(crate) fn fds_in_forked_child(&self) -> impl Iterator<Item = std::os::fd::RawFd> + '_ {
         // No EPOLL_CTL_DEL: the epoll set is shared with the parent.
         self.streams
             .iter()
+            .filter(|_| !self.closed_in_child)
             .map(|(_, stream)| stream.pipe.fd().as_raw_fd())
+    }
+
+    /// In the child of `Reactor::fork`, before any of the caller's code:
+    /// closes this process's copies of the pipes, so that a child forked
+    /// without exec never holds a `spawn_output` child's stdin (which would
+    /// then never see end of file) or its stdout and stderr. Async-signal-
+    /// safe: `close(2)` and a plain store; nothing is freed.
+    pub(crate) fn close_in_child(&mut self) {
+        crate::sys::close_in_forked_child(self.fds_in_forked_child());
+        self.closed_in_child = true;
     }
 }
 

@@ -126,13 +126,16 @@
 //! its process group), `SIGKILL` after the grace, and [`Event::Stopped`]
 //! once the last one is reaped.
 //!
-//! Workers never outlive a master killed outright: the status pipe's read
-//! end is the master's alone (close-on-exec, and closed by a forked worker
-//! with every other descriptor of the supervisor), so a worker's next
-//! report fails with `EPIPE` instead of blocking, and
-//! [`worker::is_orphaned`] tells it to exit; with
+//! When the master is killed outright: with
 //! [`PoolConfig::parent_death_signal`] the kernel signals each worker
-//! (executed or forked) when the master dies. The status descriptor is
+//! (executed or forked) at once. Without it, a worker learns it at its
+//! next report, which fails with `EPIPE` instead of blocking (the status
+//! pipe's read end is the master's: close-on-exec, and closed by a forked
+//! worker with every other descriptor of the supervisor), and
+//! [`worker::is_orphaned`] tells it to exit; that holds as long as no
+//! other process the master forked without exec holds the read end (a
+//! `Reactor::fork` child of the application's, say), and a worker that
+//! never reports (blocked in `accept`) lives on until it does. The status descriptor is
 //! never inheritable by a spawn it was not meant for: it is handed to a
 //! worker in that child only, and the worker makes it close-on-exec.
 //!
@@ -164,7 +167,7 @@ use mio::{Events, Interest, Poll, Registry, Token};
 pub use config::PoolConfig;
 pub use pool::{LastExit, Pool, WorkerInfo};
 pub use start::{Start, WorkerSpec};
-pub use status::ENV;
+pub use status::{ENV, MASTER_ENV};
 
 use crate::{Error, Exit, Pid, Reactor, Result};
 

@@ -21,7 +21,7 @@ use std::fmt;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use super::status::{StatusPipe, ENV};
+use super::status::{StatusPipe, ENV, MASTER_ENV};
 use super::{HasSupervisor, PoolId, WorkerId};
 use crate::sys::worker as sys;
 use crate::{ChildId, Exit, Reactor, Result, Spawned};
@@ -127,6 +127,7 @@ impl Start {
             How::Command(make) => {
                 let mut cmd = make(&spec);
                 cmd.env(ENV, format!("{fd}:{token}"));
+                cmd.env(MASTER_ENV, master.to_string());
                 if process_group {
                     cmd.process_group(0);
                 }
@@ -145,7 +146,7 @@ impl Start {
                     if let Some(signal) = pdeathsig {
                         let _ = sys::set_parent_death_signal(signal, master);
                     }
-                    super::worker::set_channel(fd, token);
+                    super::worker::set_channel(fd, token, master);
                     if process_group {
                         let _ = nix::unistd::setpgid(
                             nix::unistd::Pid::from_raw(0),

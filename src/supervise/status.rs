@@ -29,6 +29,12 @@ use crate::{Error, Result};
 /// channel is: `"<descriptor>:<token>"`, both decimal.
 pub const ENV: &str = "EVCHILD_WORKER";
 
+/// The environment variable that tells an executed worker its master's pid
+/// (decimal), so that [`worker::is_orphaned`](super::worker::is_orphaned)
+/// compares its parent with the master that started it, whenever it first
+/// looks.
+pub const MASTER_ENV: &str = "EVCHILD_WORKER_MASTER";
+
 /// The length of one message.
 pub(crate) const MSG_LEN: usize = 10;
 const MARK: u8 = 0xE7;

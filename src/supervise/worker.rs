@@ -6,10 +6,13 @@
 //! (even from a multithreaded parent) as well as in an executed one. Where
 //! the channel is comes from the pool: a forked worker is told before its
 //! function runs; an executed worker reads [`ENV`]
-//! (`"<descriptor>:<token>"`) once, on its first call (or [`is_worker`]),
-//! through `std::env` (under std's environment lock, so it does not race
-//! with `set_var` on another thread; that first call allocates), and makes
-//! the descriptor close-on-exec, so that the worker's own children do not
+//! (`"<descriptor>:<token>"`) and [`MASTER_ENV`] once, on its first call
+//! (or [`is_worker`]), through `std::env` (under std's environment lock,
+//! so it does not race with `set_var` on another thread; that first call
+//! allocates), removes both, checks that the descriptor is a pipe's write
+//! end (a process that inherited the variable with something else under
+//! that number has no channel), and makes the descriptor close-on-exec, so
+//! that the worker's own children do not
 //! inherit it.
 //!
 //! A report fails (returns `false`), rather than blocking for ever, once the
@@ -17,7 +20,9 @@
 //! fails with `EPIPE` (Rust programs ignore `SIGPIPE`; others should too),
 //! and [`is_orphaned`] says so. A report that blocks because the master
 //! is alive but behind (a full pipe) fails with `EINTR` when a signal
-//! handler runs, so that a `SIGTERM` handler that sets a flag is seen.
+//! handler installed without `SA_RESTART` runs, so that a `SIGTERM`
+//! handler that sets a flag is seen (with `SA_RESTART`, as signal-hook
+//! installs them, the write resumes).
 //!
 //! A process that is not a pool's worker has no channel: every call returns
 //! `false` and does nothing, so a worker program also runs on its own.
@@ -55,7 +60,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use nix::errno::Errno;
 
 use super::core::Report;
-use super::status::{encode, ENV};
+use super::status::{encode, ENV, MASTER_ENV};
 use crate::sys::worker as sys;
 
 /// Not looked up yet.
@@ -118,7 +123,9 @@ pub fn is_worker() -> bool {
 /// Whether the master that started this worker is gone: a report failed
 /// because nobody reads the channel any more, or this process has another
 /// parent than the master it was started by. A worker should then finish
-/// what it is doing and exit. Async-signal-safe, no allocation.
+/// what it is doing and exit. Async-signal-safe and allocation-free once
+/// the channel is known (a forked worker's always is; an executed
+/// worker's after its first report or [`is_worker`]).
 pub fn is_orphaned() -> bool {
     if ORPHANED.load(Ordering::Relaxed) {
         return true;
@@ -127,11 +134,11 @@ pub fn is_orphaned() -> bool {
     channel().is_some() && master != 0 && sys::getppid() != master
 }
 
-/// Called by the pool in a forked worker, before the worker's function:
-/// atomic stores and `getppid(2)` only, so async-signal-safe.
-pub(crate) fn set_channel(fd: RawFd, token: u64) {
+/// Called by the pool in a forked worker, before the worker's function,
+/// with the master's pid: atomic stores only, so async-signal-safe.
+pub(crate) fn set_channel(fd: RawFd, token: u64, master: i32) {
     TOKEN.store(token, Ordering::Relaxed);
-    MASTER.store(if fd >= 0 { sys::getppid() } else { 0 }, Ordering::Relaxed);
+    MASTER.store(if fd >= 0 { master } else { 0 }, Ordering::Relaxed);
     ORPHANED.store(false, Ordering::Relaxed);
     FD.store(fd, Ordering::Release);
 }
@@ -139,23 +146,44 @@ pub(crate) fn set_channel(fd: RawFd, token: u64) {
 fn channel() -> Option<(RawFd, u64)> {
     let mut fd = FD.load(Ordering::Acquire);
     if fd == UNKNOWN {
-        let (found, token) = from_env().unwrap_or((NONE, 0));
-        // Two threads racing here compute the same answer.
-        set_channel(found, token);
+        let (found, token, master) = from_env().unwrap_or((NONE, 0, 0));
+        // Two threads racing here compute the same answer (the second
+        // finds the variables gone, and the descriptor already set).
+        if FD.load(Ordering::Acquire) == UNKNOWN {
+            set_channel(found, token, master);
+        }
         fd = found;
     }
     (fd >= 0).then(|| (fd, TOKEN.load(Ordering::Relaxed)))
 }
 
-/// Parses `"<fd>:<token>"` from the environment (through std, under its
-/// lock), and makes the descriptor close-on-exec: the worker's own
-/// children must not inherit it.
-fn from_env() -> Option<(RawFd, u64)> {
-    let value = std::env::var_os(ENV)?;
-    let (fd, token) = parse(std::os::unix::ffi::OsStrExt::as_bytes(value.as_os_str()))?;
-    // A descriptor that is not open is no channel.
+/// Parses `"<fd>:<token>"` and the master's pid from the environment
+/// (through std, under its lock), removes both variables (the worker's own
+/// children must not take them, nor the descriptor, for theirs), and makes
+/// the descriptor close-on-exec. A descriptor that is not the write end of
+/// a pipe is no channel: the variable may have reached a process that has
+/// something else under that number.
+fn from_env() -> Option<(RawFd, u64, i32)> {
+    let found = read_env();
+    std::env::remove_var(ENV);
+    std::env::remove_var(MASTER_ENV);
+    let (fd, token, master) = found?;
+    if !sys::is_pipe_write_end(fd) {
+        return None;
+    }
     sys::set_cloexec(fd, true).ok()?;
-    Some((fd, token))
+    Some((fd, token, master.unwrap_or_else(sys::getppid)))
+}
+
+/// The channel and the master's pid as the environment gives them (read
+/// through std, under its lock), unchecked.
+fn read_env() -> Option<(RawFd, u64, Option<i32>)> {
+    let value = std::env::var_os(ENV)?;
+    let master = std::env::var_os(MASTER_ENV)
+        .and_then(|m| number(std::os::unix::ffi::OsStrExt::as_bytes(m.as_os_str())))
+        .and_then(|m| i32::try_from(m).ok());
+    let (fd, token) = parse(std::os::unix::ffi::OsStrExt::as_bytes(value.as_os_str()))?;
+    Some((fd, token, master))
 }
 
 fn parse(value: &[u8]) -> Option<(RawFd, u64)> {
@@ -222,7 +250,7 @@ mod tests {
         let (mut lookups, mut wrong) = (0, 0);
         while !done.load(Ordering::Relaxed) {
             lookups += 1;
-            if from_env() != Some((fd, 42)) {
+            if read_env().map(|(fd, token, _)| (fd, token)) != Some((fd, 42)) {
                 wrong += 1;
             }
         }

@@ -52,6 +52,22 @@ pub(crate) fn set_cloexec(fd: RawFd, on: bool) -> Result<(), Errno> {
     Ok(())
 }
 
+/// Whether `fd` is the write end of a pipe (`fstat`: a FIFO; `fcntl`:
+/// opened write-only): what a worker's status channel is, and what an
+/// unrelated descriptor that happens to have its number almost never is.
+pub(crate) fn is_pipe_write_end(fd: RawFd) -> bool {
+    // SAFETY: all-zero is a valid `stat`; fstat(2) fills it in and touches
+    // no other memory; a bad descriptor is EBADF.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer for the call.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFIFO {
+        return false;
+    }
+    // SAFETY: fcntl(2) with F_GETFL takes and returns integers only.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    flags >= 0 && flags & libc::O_ACCMODE == libc::O_WRONLY
+}
+
 /// `getppid(2)` (always succeeds). Async-signal-safe.
 pub(crate) fn getppid() -> i32 {
     nix::unistd::getppid().as_raw()
