@@ -42,7 +42,7 @@
 //! dropped by the routes are dropped after the lock is released too.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::{fork_generation, lock};
@@ -84,16 +84,14 @@ static PASSES: AtomicU32 = AtomicU32::new(0);
 static PASS_WAITERS: AtomicU32 = AtomicU32::new(0);
 /// Statuses in the inbox: lets `dispatch` skip the lock when there is none.
 static INBOX: AtomicUsize = AtomicUsize::new(0);
-/// Whether a reap-all reactor exists.
-static REAP_ALL: AtomicBool = AtomicBool::new(false);
 
 /// In a forked child, from the atfork handler: no pass runs, the inbox is
 /// empty (the routes themselves are replaced at the next lock).
 /// Async-signal-safe: atomic stores.
 pub(super) fn reset_in_child() {
     PASSES.store(0, Ordering::Release);
+    PASS_WAITERS.store(0, Ordering::Release);
     INBOX.store(0, Ordering::Release);
-    REAP_ALL.store(false, Ordering::Release);
 }
 
 /// Sleeps until no reap-all pass is running.
@@ -141,7 +139,6 @@ impl ReapAllToken {
             reactor,
             wake: Arc::clone(wake),
         });
-        REAP_ALL.store(true, Ordering::Release);
         Ok(ReapAllToken {
             reactor,
             generation: fork_generation(),
@@ -158,7 +155,6 @@ impl Drop for ReapAllToken {
         let mut state = lock();
         let ours = matches!(&state.routes.reap_all, Some(r) if r.reactor == self.reactor);
         released = if ours {
-            REAP_ALL.store(false, Ordering::Release);
             state.routes.reap_all.take()
         } else {
             None
@@ -285,18 +281,6 @@ pub(crate) fn peek_routed(id: ChildId) -> Option<Waited> {
     }
     wait_passes();
     lock().routes.inbox.get(&id).copied()
-}
-
-/// Whether the child `id` has been reaped by a reap-all reactor (its status
-/// routed, or a pass running that may have reaped it): its pid may name
-/// another process once the status is routed, so it must not be signalled
-/// by pid. No lock when no reap-all reactor exists.
-pub(crate) fn reaped_elsewhere(id: ChildId) -> bool {
-    if !REAP_ALL.load(Ordering::Acquire) && INBOX.load(Ordering::Acquire) == 0 {
-        return false;
-    }
-    wait_passes();
-    lock().routes.inbox.contains_key(&id)
 }
 
 /// Takes every status routed to `reactor`'s children, into `out`. No lock

@@ -96,7 +96,7 @@ impl<C> Reactor<C> {
         // Allocate everything the parent needs before the fork.
         let on_death: OnDeath<C> = Box::new(on_death);
         self.children.reserve_one();
-        let acquired = self.watcher.before_start()?;
+        let acquired = self.watcher.before_start(self.children.len())?;
         let starting = self.watcher.start();
         let replaced = self.fork_replacement.is_some();
         let forked = match self.fork_replacement.as_mut() {

@@ -117,7 +117,7 @@ impl<C> Reactor<C> {
         let command = command.borrow_mut();
         let on_death: OnDeath<C> = Box::new(on_death);
         self.children.reserve_one();
-        let acquired = self.watcher.before_start()?;
+        let acquired = self.watcher.before_start(self.children.len())?;
         let starting = self.watcher.start();
         let mut child = match command.spawn() {
             Ok(child) => child,
@@ -186,7 +186,7 @@ impl<C> Reactor<C> {
         let on_death: OnDeath<C> = Box::new(on_death);
         self.children.reserve_one();
         // Handler first: a child that dies after the probe must wake us.
-        let acquired = self.watcher.before_start()?;
+        let acquired = self.watcher.before_start(self.children.len())?;
         let starting = self.watcher.start();
         let registered = match crate::sys::probe_child(pid) {
             Ok(()) => self

@@ -146,21 +146,22 @@ pub(crate) fn waitid_pidfd_works(own_pidfd: RawFd) -> bool {
     waitid(libc::P_PIDFD, own_pidfd as libc::id_t, libc::WEXITED, false) == Err(Errno::ECHILD)
 }
 
-/// Whether `pid` is a child of this process that has not been reaped:
-/// `waitid(P_PID, pid, WEXITED | WNOHANG | WNOWAIT)`, which reaps nothing.
-/// `Err(ECHILD)` if it is not.
-pub(crate) fn probe_child(pid: Pid) -> Result<(), Errno> {
-    use nix::sys::wait::{waitid, Id, WaitPidFlag};
-    if pid.as_raw() <= 0 {
-        return Err(Errno::ECHILD);
-    }
-    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+/// `waitid(target, WEXITED | WNOHANG | WNOWAIT)`, which reaps nothing,
+/// retrying `EINTR`: `Err(ECHILD)` if `target` is not an unreaped child of
+/// this process.
+fn probe_target(target: Target) -> Result<(), Errno> {
     loop {
-        match waitid(Id::Pid(nix::unistd::Pid::from_raw(pid.as_raw())), flags) {
+        match wait_target(target, libc::WEXITED | libc::WNOWAIT, false) {
             Err(Errno::EINTR) => continue,
             other => return other.map(drop),
         }
     }
+}
+
+/// Whether `pid` is a child of this process that has not been reaped
+/// (by pid: for a pid not registered yet). `Err(ECHILD)` if it is not.
+pub(crate) fn probe_child(pid: Pid) -> Result<(), Errno> {
+    probe_target(Target { pid, pidfd: None })
 }
 
 /// Kills a child evchild started but could not register, and reaps it
@@ -180,19 +181,12 @@ pub(crate) fn kill_and_reap(pid: Pid) {
     }
 }
 
-/// Whether `pidfd` names a child of this process that has not been reaped
-/// (`waitid(P_PIDFD, WEXITED | WNOHANG | WNOWAIT)`, which reaps nothing).
+/// Whether `pidfd` names a child of this process that has not been reaped.
 pub(crate) fn is_unreaped_child(pidfd: std::os::fd::BorrowedFd<'_>) -> bool {
     use std::os::fd::AsRawFd;
-    loop {
-        match waitid(
-            libc::P_PIDFD,
-            pidfd.as_raw_fd() as libc::id_t,
-            libc::WEXITED | libc::WNOWAIT,
-            false,
-        ) {
-            Err(Errno::EINTR) => continue,
-            other => return other.is_ok(),
-        }
-    }
+    let target = Target {
+        pid: Pid::from_raw(0),
+        pidfd: Some(pidfd.as_raw_fd()),
+    };
+    probe_target(target).is_ok()
 }

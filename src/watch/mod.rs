@@ -209,14 +209,18 @@ impl Watcher {
         self.backend() == Some(Backend::Pidfd)
     }
 
-    /// Whether the reactor needs evchild's handler to run: in
-    /// `LibraryAlways` mode, with a `SIGCHLD` backend, and whenever it
-    /// holds a registration for children that need one (children without a
-    /// pidfd, children with stop reports), whatever the backend.
-    fn needs_handler(&self) -> bool {
-        self.mode == SigchldOwner::LibraryAlways
-            || matches!(self.backend(), Some(Backend::Peek | Backend::Scan))
-            || self.registration.is_some()
+    /// The one rule for when the reactor needs evchild's handler, with
+    /// `live` children: always in `LibraryAlways` mode, never in
+    /// `Mainloop`; in `Library` mode with a `SIGCHLD` backend while it has
+    /// children, and with `Pidfd` while some child has no pidfd or asked
+    /// for stop reports.
+    fn needs_handler(&self, live: usize) -> bool {
+        match (self.mode, self.backend) {
+            (SigchldOwner::LibraryAlways, _) => true,
+            (SigchldOwner::Mainloop, _) => false,
+            (_, Backend::Pidfd) => self.fallbacks > 0 || self.stops > 0,
+            _ => live > 0,
+        }
     }
 
     /// Before starting or adopting a child, in every mode: refuses a
@@ -227,8 +231,10 @@ impl Watcher {
     /// it (reinstalling it after other code reset `SIGCHLD` to `SIG_DFL`).
     /// Returns whether this call acquired the registration, so a failed
     /// start can give it back.
-    pub(crate) fn before_start(&mut self) -> Result<bool> {
-        let needs_handler = self.needs_handler();
+    /// `live`: the children the reactor has now.
+    pub(crate) fn before_start(&mut self, live: usize) -> Result<bool> {
+        // With the child about to start.
+        let needs_handler = self.needs_handler(live + 1);
         let acquire = needs_handler && self.registration.is_none();
         // One disposition query either way: registering makes it too.
         let checked = match acquire {
@@ -366,7 +372,9 @@ impl Watcher {
         match &watch.pidfd {
             Some(pidfd) => sys::pidfd_send_signal(pidfd.fd(), signal.as_raw())
                 .map_err(|e| Error::io("pidfd_send_signal", e)),
-            None if routes::reaped_elsewhere(id) => Err(Error::AlreadyReaped { pid: id.pid }),
+            // Reaped by a reap-all reactor (its status routed here, or a pass
+            // running that may have): the pid may be another process's.
+            None if routes::peek_routed(id).is_some() => Err(Error::AlreadyReaped { pid: id.pid }),
             None => sys::kill(id.pid, signal.as_raw()).map_err(|e| Error::io("kill", e)),
         }
     }
@@ -603,11 +611,7 @@ impl Watcher {
             return;
         }
         self.stateful.retain(|&pid| is_live(pid));
-        let needed = match self.backend {
-            Backend::Pidfd => self.fallbacks > 0 || self.stops > 0,
-            _ => live > 0,
-        };
-        if !needed {
+        if !self.needs_handler(live) {
             self.registration = None;
         }
     }
