@@ -174,9 +174,9 @@ impl<C> Drop for Reactor<C> {
             // allocator's lock may be held by a thread that does not exist
             // here), and neither is the process-wide bookkeeping. Close this
             // process's copies of the descriptors (close(2) is
-            // async-signal-safe) and leak everything else. A pidfd is closed
-            // without `EPOLL_CTL_DEL`: the epoll set is shared with the
-            // parent.
+            // async-signal-safe) and leak everything else. (A pidfd is never
+            // taken out of the epoll set here: the set is shared with the
+            // parent.)
             let pidfds = self.children.iter().filter_map(|(_, e)| e.watch.pidfd());
             crate::sys::close_in_forked_child(pidfds);
             crate::sys::close_in_forked_child(self.outputs.fds_in_forked_child());

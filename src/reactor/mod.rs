@@ -264,8 +264,8 @@ impl<C> Reactor<C> {
         let pidfd = crate::process::orphans::take(pid)
             .flatten()
             .filter(|fd| crate::sys::is_unreaped_child(fd.as_fd()));
-        let watch = self.watcher.watch(pid, pidfd)?;
         let serial = self.next_serial;
+        let watch = self.watcher.watch(pid, serial, pidfd)?;
         self.next_serial += 1;
         let entry = Entry {
             serial,

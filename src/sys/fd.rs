@@ -103,9 +103,9 @@ pub(crate) fn close_in_forked_child(fds: impl IntoIterator<Item = RawFd>) {
     }
 }
 
-/// `epoll_ctl(epoll, EPOLL_CTL_DEL, fd)`, for a pidfd about to be closed or
-/// handed out: a copy of the descriptor in a forked child would otherwise
-/// keep it in the set (and a dead child's pidfd ready) for ever. `ENOENT`
+/// `epoll_ctl(epoll, EPOLL_CTL_DEL, fd)`, for a pidfd handed out of a set
+/// (or, in the orphan set, about to be closed): a copy of the descriptor in
+/// a forked child would otherwise keep it in the set. `ENOENT`
 /// (not in the set) is ignored.
 ///
 /// `epoll` is a set the caller keeps open for as long as it calls this (a

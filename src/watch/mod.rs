@@ -41,7 +41,7 @@ use crate::reap::table::ChildTable;
 use crate::reap::{self as passes, Reaped, Waited, Watched};
 use crate::sys::{self, SysReap, WakePipe};
 use crate::watch::pidfd::Polled;
-use crate::watch::poller::{Poller, Woken};
+use crate::watch::poller::{Poller, Tag, Woken};
 use crate::{Backend, ChildId, Error, Pid, Result, SigchldOwner, Signal};
 
 /// How one registered child is watched.
@@ -110,8 +110,14 @@ pub(crate) struct Watcher {
     stops: usize,
     /// Children with stop reports (possibly stale: pruned by each pass).
     stateful: Vec<Pid>,
-    /// Pids whose pidfds are ready, reused between dispatches.
-    ready: Vec<Pid>,
+    /// Tags of the pidfds that are ready, reused between dispatches.
+    ready: Vec<Tag>,
+    /// Tags of pidfds that fired (so are disarmed: one-shot) for children
+    /// that could not be reaped yet (a zombie a tracer holds): looked at
+    /// again by every `dispatch`, as a level-triggered entry would be.
+    fired: Vec<Tag>,
+    /// The children to reap by pidfd in this pass, reused.
+    listed: Vec<Pid>,
     /// Strangers of a reap-all pass being routed, reused.
     strangers: Vec<(Pid, Waited)>,
     /// Statuses routed to this reactor, reused.
@@ -149,6 +155,8 @@ impl Watcher {
             stops: 0,
             stateful: Vec::new(),
             ready: Vec::new(),
+            fired: Vec::new(),
+            listed: Vec::new(),
             strangers: Vec::new(),
             routed: Vec::new(),
             scratch: Vec::new(),
@@ -255,14 +263,15 @@ impl Watcher {
         }
     }
 
-    /// Watches a child that has just started (or is being adopted), and
-    /// returns how, with `pidfd` the child's pidfd if the caller has one
-    /// (an orphan's, taken back). With the `Pidfd` backend that opens its
+    /// Watches a child that has just started (or is being adopted), to be
+    /// registered as `serial`, and returns how, with `pidfd` the child's
+    /// pidfd if the caller has one (an orphan's, taken back; or the one
+    /// `clone` gave). With the `Pidfd` backend that opens its
     /// pidfd if there is none; if that fails (`EMFILE`), the child is
     /// watched through `SIGCHLD` instead, and if even the handler cannot be
     /// had, the error is returned: the caller must not keep a child nothing
     /// would report.
-    pub(crate) fn watch(&mut self, pid: Pid, pidfd: Option<OwnedFd>) -> Result<Watch> {
+    pub(crate) fn watch(&mut self, pid: Pid, serial: u64, pidfd: Option<OwnedFd>) -> Result<Watch> {
         if !self.uses_pidfds() {
             return Ok(Watch::default());
         }
@@ -270,7 +279,7 @@ impl Watcher {
             Some(fd) => Ok(fd),
             None => sys::pidfd_open(pid),
         };
-        match opened.and_then(|fd| self.poller.add(pid, fd)) {
+        match opened.and_then(|fd| self.poller.add(pid, serial, fd)) {
             Ok(fd) => Ok(Watch {
                 pidfd: Some(fd),
                 ..Watch::default()
@@ -309,7 +318,7 @@ impl Watcher {
     }
 
     /// A child has left the table: forget how it was watched (closing its
-    /// pidfd, after taking it out of the epoll set). The last child with
+    /// pidfd, which takes it out of the epoll set: see `pidfd.rs`). The last child with
     /// stop reports gone, the handler stops asking for them.
     pub(crate) fn unwatch(&mut self, watch: Watch) {
         self.fallbacks -= usize::from(watch.fallback);
@@ -441,9 +450,8 @@ impl Watcher {
         if woken.pipe {
             orphans::reap_signalled(sys);
         }
-        if !self.ready.is_empty() {
-            passes::reap_listed(sys, table, &self.ready, &mut *out)
-                .map_err(|e| Error::io("waitid(P_PIDFD)", e))?;
+        if !self.ready.is_empty() || !self.fired.is_empty() {
+            self.reap_fired(table, sys, out)?;
         }
         if !woken.pipe {
             return Ok(());
@@ -463,6 +471,32 @@ impl Watcher {
             Some(_) => {}
         }
         self.reap_states(table, sys, out)
+    }
+
+    /// Reaps the children whose pidfds fired, now or before: one
+    /// `waitid(P_PIDFD)` each. A report whose tag names no registered child
+    /// with a pidfd (a pidfd closed since, whose copy a forked child holds)
+    /// is dropped; a child that fired but cannot be reaped yet is kept in
+    /// `fired`, to be looked at by the next pass.
+    fn reap_fired<T: Watched>(
+        &mut self,
+        table: &mut ChildTable<T>,
+        sys: &mut SysReap,
+        out: &mut dyn FnMut(Reaped<T>),
+    ) -> Result<()> {
+        let current = |table: &ChildTable<T>, tag: &Tag| {
+            table
+                .get(tag.pid)
+                .is_some_and(|v| v.pidfd().is_some() && Tag::of(tag.pid, v.serial()) == *tag)
+        };
+        self.fired.append(&mut self.ready);
+        self.fired.retain(|tag| current(table, tag));
+        self.listed.clear();
+        self.listed.extend(self.fired.iter().map(|tag| tag.pid));
+        let reaped = passes::reap_listed(sys, table, &self.listed, &mut *out)
+            .map_err(|e| Error::io("waitid(P_PIDFD)", e));
+        self.fired.retain(|tag| current(table, tag));
+        reaped
     }
 
     /// One probe per child without a pidfd (`Scan`, the `Pidfd` backend's

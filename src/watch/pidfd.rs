@@ -15,10 +15,15 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
-/// A pidfd in a reactor's epoll set: taken out of the set
-/// (`EPOLL_CTL_DEL`) when dropped or handed out, before it is closed, so a
-/// copy in a forked child cannot keep a dead child's pidfd ready in the set
-/// for ever.
+/// A pidfd in a reactor's epoll set, one-shot (see `poller.rs`).
+///
+/// Dropping it closes the pidfd, which takes it out of the set with no
+/// system call of its own: the set holds no reference to the descriptor.
+/// If a child forked without exec holds a copy, the entry outlives the
+/// close, but one-shot: a pidfd that has fired is disarmed, and one that
+/// has not fires at most once more, with a tag that names no registered
+/// child (see `Watcher::reap`). Handing it out ([`into_fd`](Self::into_fd))
+/// does take it out (`EPOLL_CTL_DEL`), since it lives on elsewhere.
 #[derive(Debug)]
 pub(crate) struct Polled {
     /// `None` only once handed out (`into_fd`).
@@ -60,11 +65,5 @@ impl Polled {
         if let Some(fd) = &self.fd {
             crate::sys::epoll_del(self.epoll, fd.as_raw_fd());
         }
-    }
-}
-
-impl Drop for Polled {
-    fn drop(&mut self) {
-        self.remove();
     }
 }

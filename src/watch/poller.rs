@@ -4,10 +4,17 @@
 //!
 //! The loop watches only the epoll descriptor, which is readable whenever
 //! anything inside is; so the descriptor never changes whatever the backend,
-//! and a loop registers it once. Inside, everything is level-triggered:
-//! `dispatch` empties the pipe and reaps (closing) every ready pidfd, so the
+//! and a loop registers it once. Inside, the pipe, the timer, the orphan set
+//! and the streams are level-triggered: `dispatch` empties the pipe, so the
 //! set goes quiet and the loop's edge-triggered registration sees the next
-//! event as a new edge.
+//! event as a new edge. A pidfd is one-shot (`EPOLLONESHOT`): a child dies
+//! once, so its pidfd is reported once and then disarmed. That is what lets
+//! its close take it out of the set without an `EPOLL_CTL_DEL`: if a child
+//! forked without exec holds a copy of the pidfd, the closed pidfd's entry
+//! stays in the set, but disarmed, so it can never keep the set readable.
+//! (An entry that has not fired yet when its pidfd is closed may still fire
+//! once; its epoll data names the registration, so that report is told
+//! apart from a live child's and dropped.)
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -19,16 +26,53 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use crate::Pid;
 
 /// The epoll data of the wake pipe. Pidfds carry their (positive, so
-/// below 2^31) pid; output streams carry [`STREAM`] plus their slab key.
+/// below 2^31) pid in the low 32 bits and the low 30 bits of their
+/// registration's serial above ([`pidfd_data`]); output streams carry
+/// [`STREAM`] plus their slab key.
 const PIPE: u64 = u64::MAX;
 /// The epoll data of the deadline timer (`timerfd`).
 const TIMER: u64 = u64::MAX - 1;
 /// The orphan set (`process::orphans`), nested.
 const ORPHANS: u64 = u64::MAX - 2;
 /// The tag bit of an output stream's epoll data; the bits below it are the
-/// stream's key (`output.rs`). Above every pid, and `PIPE` is told apart
-/// first.
-const STREAM: u64 = 1 << 40;
+/// stream's key (`output.rs`). Above every pidfd's data, and `PIPE`,
+/// `TIMER` and `ORPHANS` are told apart first.
+const STREAM: u64 = 1 << 62;
+
+/// A pidfd's epoll data: its pid and (the low 30 bits of) the serial of its
+/// registration, so a report of a pidfd closed since is not taken for the
+/// report of a later child with the same pid.
+fn pidfd_data(pid: Pid, serial: u64) -> Option<u64> {
+    let pid = u64::try_from(pid.as_raw()).ok()?;
+    Some((serial & ((1 << 30) - 1)) << 32 | pid)
+}
+
+/// A ready pidfd, as its epoll data names it: the pid, and the low 30 bits
+/// of the serial of the registration it was added for. Compare with
+/// [`Tag::of`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Tag {
+    pub(crate) pid: Pid,
+    serial: u32,
+}
+
+impl Tag {
+    /// The tag a registration's pidfd carries.
+    pub(crate) fn of(pid: Pid, serial: u64) -> Tag {
+        Tag {
+            pid,
+            serial: (serial & ((1 << 30) - 1)) as u32,
+        }
+    }
+
+    fn from_data(data: u64) -> Option<Tag> {
+        let pid = libc::pid_t::try_from(data & 0xffff_ffff).ok()?;
+        Some(Tag {
+            pid: Pid::from_raw(pid),
+            serial: (data >> 32) as u32,
+        })
+    }
+}
 
 /// What the inner set said besides pidfds and streams.
 #[derive(Clone, Copy, Debug, Default)]
@@ -73,12 +117,18 @@ impl Poller {
         Ok(())
     }
 
-    /// Watches `pidfd` for `pid`'s exit, until the returned guard is
-    /// dropped.
-    pub(crate) fn add(&self, pid: Pid, pidfd: OwnedFd) -> io::Result<crate::watch::pidfd::Polled> {
-        let data = u64::try_from(pid.as_raw()).map_err(|_| Errno::EINVAL)?;
-        self.epoll
-            .add(&pidfd, EpollEvent::new(EpollFlags::EPOLLIN, data))?;
+    /// Watches `pidfd` for the exit of `pid`, registered as `serial`:
+    /// reported once (one-shot), then disarmed; closing the returned guard
+    /// takes it out of the set.
+    pub(crate) fn add(
+        &self,
+        pid: Pid,
+        serial: u64,
+        pidfd: OwnedFd,
+    ) -> io::Result<crate::watch::pidfd::Polled> {
+        let data = pidfd_data(pid, serial).ok_or(Errno::EINVAL)?;
+        let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT;
+        self.epoll.add(&pidfd, EpollEvent::new(flags, data))?;
         Ok(crate::watch::pidfd::Polled::new(
             pidfd,
             self.epoll.0.as_raw_fd(),
@@ -119,13 +169,13 @@ impl Poller {
         let _ = self.epoll.delete(fd);
     }
 
-    /// The pids whose pidfds are ready now (`epoll_wait` with no timeout),
-    /// into `out`, the keys of the ready output streams into `streams`, and
+    /// The tags of the pidfds ready now (`epoll_wait` with no timeout),
+    /// into `out` (each reported once: they are one-shot), the keys of the ready output streams into `streams`, and
     /// whether the wake pipe is readable. Reads until the kernel has nothing
     /// more, so nothing stays ready unseen.
     pub(crate) fn ready(
         &mut self,
-        out: &mut Vec<Pid>,
+        out: &mut Vec<Tag>,
         streams: &mut Vec<usize>,
     ) -> io::Result<Woken> {
         if self.events.is_empty() {
@@ -149,20 +199,88 @@ impl Poller {
                 if data & STREAM != 0 {
                     streams.extend(usize::try_from(data & (STREAM - 1)).ok());
                 } else {
-                    out.extend(libc::pid_t::try_from(data).ok().map(Pid::from_raw));
+                    out.extend(Tag::from_data(data));
                 }
             }
-            // A full buffer may have left more behind; the ones returned are
-            // reaped before the next call, so it cannot return them again,
-            // but the caller reaps only after we return: ask once with a
-            // bigger buffer instead.
+            // A full buffer may have left more behind: ask again (the
+            // pidfds returned are disarmed, so they are not returned twice;
+            // a level-triggered stream may be: duplicates are dropped), with
+            // a bigger buffer.
             if n < self.events.len() {
                 return Ok(woken);
             }
             let bigger = self.events.len() * 2;
             self.events.resize(bigger, EpollEvent::empty());
-            out.clear();
-            streams.clear();
+            let more = self.ready(out, streams)?;
+            streams.sort_unstable();
+            streams.dedup();
+            return Ok(Woken {
+                pipe: woken.pipe || more.pipe,
+                timer: woken.timer || more.timer,
+                orphans: woken.orphans || more.orphans,
+            });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel side of the one-shot pidfds: a pidfd closed while a copy
+    /// lives on (as in a child forked without exec) stays in the set; it
+    /// reports the death once, with the tag of the registration it was
+    /// added for (not that of a later registration of the same pid), and
+    /// then never again, so the set goes quiet.
+    #[test]
+    fn a_closed_pidfd_with_a_live_copy_reports_once_with_its_own_tag() {
+        let Ok(pipe) = crate::sys::wake_pipe() else {
+            panic!("pipe2")
+        };
+        let mut poller = Poller::new(pipe.read_fd()).expect("epoll");
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = Pid::from_raw(child.id() as libc::pid_t);
+        let Ok(pidfd) = crate::sys::pidfd_open(pid) else {
+            evchild_testkit::skip!("no pidfd_open here");
+            let _ = child.wait();
+            return;
+        };
+        let copy = pidfd.try_clone().expect("dup");
+        let polled = poller.add(pid, 7, pidfd).expect("add");
+        drop(polled);
+        // Dead (not reaped): the pidfd is readable.
+        nix::poll::poll(
+            std::slice::from_mut(&mut nix::poll::PollFd::new(
+                copy.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )),
+            nix::poll::PollTimeout::from(10_000u16),
+        )
+        .expect("poll");
+        let (mut tags, mut streams) = (Vec::new(), Vec::new());
+        poller.ready(&mut tags, &mut streams).expect("ready");
+        assert_eq!(tags, [Tag::of(pid, 7)]);
+        assert_ne!(tags[0], Tag::of(pid, 8), "a later registration's tag");
+        assert_ne!(tags[0], Tag::of(pid, 7 + (1 << 30) + 1));
+        for _ in 0..3 {
+            tags.clear();
+            poller.ready(&mut tags, &mut streams).expect("ready");
+            assert_eq!(tags, [], "reported again");
+        }
+        drop(copy);
+        child.wait().expect("wait");
+    }
+
+    #[test]
+    fn tags_keep_pid_and_serial_apart_from_the_other_kinds() {
+        for (pid, serial) in [(1, 0), (4_194_304, 1 << 29), (i32::MAX, (1 << 30) - 1)] {
+            let pid = Pid::from_raw(pid);
+            let data = pidfd_data(pid, serial).expect("data");
+            assert!(data & STREAM == 0 && data < ORPHANS);
+            assert_eq!(Tag::from_data(data), Some(Tag::of(pid, serial)));
+        }
+        assert_eq!(pidfd_data(Pid::from_raw(-1), 0), None);
     }
 }
