@@ -113,8 +113,10 @@ pub(crate) struct Watcher {
     /// Tags of the pidfds that are ready, reused between dispatches.
     ready: Vec<Tag>,
     /// Tags of pidfds that fired (so are disarmed: one-shot) for children
-    /// that could not be reaped yet (a zombie a tracer holds): looked at
-    /// again by every `dispatch`, as a level-triggered entry would be.
+    /// that could not be reaped yet (a zombie another process's tracer
+    /// holds): looked at again by every `dispatch`, and meanwhile the
+    /// reactor holds the `SIGCHLD` handler, whose signal says when the
+    /// tracer lets go.
     fired: Vec<Tag>,
     /// The children to reap by pidfd in this pass, reused.
     listed: Vec<Pid>,
@@ -221,12 +223,12 @@ impl Watcher {
     /// `live` children: always in `LibraryAlways` mode, never in
     /// `Mainloop`; in `Library` mode with a `SIGCHLD` backend while it has
     /// children, and with `Pidfd` while some child has no pidfd or asked
-    /// for stop reports.
+    /// for stop reports, or whose pidfd fired before it could be reaped.
     fn needs_handler(&self, live: usize) -> bool {
         match (self.mode, self.backend) {
             (SigchldOwner::LibraryAlways, _) => true,
             (SigchldOwner::Mainloop, _) => false,
-            (_, Backend::Pidfd) => self.fallbacks > 0 || self.stops > 0,
+            (_, Backend::Pidfd) => self.fallbacks > 0 || self.stops > 0 || !self.fired.is_empty(),
             _ => live > 0,
         }
     }
@@ -476,8 +478,13 @@ impl Watcher {
     /// Reaps the children whose pidfds fired, now or before: one
     /// `waitid(P_PIDFD)` each. A report whose tag names no registered child
     /// with a pidfd (a pidfd closed since, whose copy a forked child holds)
-    /// is dropped; a child that fired but cannot be reaped yet is kept in
-    /// `fired`, to be looked at by the next pass.
+    /// is dropped. A child that fired but cannot be reaped yet (a zombie
+    /// another process's tracer holds: the kernel notifies the pidfd at the
+    /// exit, and again when the tracer lets go, but the entry is disarmed)
+    /// is kept in `fired`, looked at by every pass, and the reactor takes
+    /// the `SIGCHLD` handler for it: the tracer's letting go sends this
+    /// process a `SIGCHLD`. If the handler cannot be had, the child is
+    /// still looked at by every `dispatch`.
     fn reap_fired<T: Watched>(
         &mut self,
         table: &mut ChildTable<T>,
@@ -496,6 +503,13 @@ impl Watcher {
         let reaped = passes::reap_listed(sys, table, &self.listed, &mut *out)
             .map_err(|e| Error::io("waitid(P_PIDFD)", e));
         self.fired.retain(|tag| current(table, tag));
+        if !self.fired.is_empty() && self.registration.is_none() {
+            if let Ok(registration) = process::register(self.pipe.write_raw()) {
+                self.registration = Some(registration);
+                // Let go before the handler was there: look again.
+                self.pipe.wake();
+            }
+        }
         reaped
     }
 

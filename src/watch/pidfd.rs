@@ -22,7 +22,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 /// If a child forked without exec holds a copy, the entry outlives the
 /// close, but one-shot: a pidfd that has fired is disarmed, and one that
 /// has not fires at most once more, with a tag that names no registered
-/// child (see `Watcher::reap`). Handing it out ([`into_fd`](Self::into_fd))
+/// child (see `Watcher::reap_fired`). Handing it out ([`into_fd`](Self::into_fd))
 /// does take it out (`EPOLL_CTL_DEL`), since it lives on elsewhere.
 #[derive(Debug)]
 pub(crate) struct Polled {
