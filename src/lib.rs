@@ -376,6 +376,7 @@
 #![deny(missing_docs, missing_debug_implementations, unsafe_code)]
 #![warn(rust_2018_idioms, clippy::undocumented_unsafe_blocks)]
 
+mod prepared;
 mod process;
 mod reactor;
 mod reap;
@@ -451,6 +452,7 @@ pub fn earliest(
     }
 }
 
+pub use prepared::{Prepared, Redirect};
 pub use reactor::{
     ChildStatus, DropPolicy, Forgotten, IntoStdio, Output, OutputOptions, Reactor, Spawned, Stats,
     Stream,
