@@ -603,3 +603,11 @@ pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// `fcntl(fd, F_DUPFD_CLOEXEC, 3)` of a descriptor number the caller keeps
+/// open (a `supervise` pool's status write end): a copy of it, owned.
+pub(crate) fn dup_raw(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl on a number: a closed one is EBADF; the new descriptor
+    // is owned at once.
+    owned(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) })
+}
