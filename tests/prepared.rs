@@ -61,11 +61,18 @@ fn output_of(prepared: &mut Prepared) -> (String, i32) {
     let mut lp = Loop::new(&mut reactor);
     let mut deaths = Deaths::default();
     prepared.stdout(Redirect::Piped);
-    let spawned = reactor.spawn_prepared(prepared, record).expect("spawn_prepared");
+    let spawned = reactor
+        .spawn_prepared(prepared, record)
+        .expect("spawn_prepared");
     let out = read_all(spawned.stdout.expect("piped"));
     run(&mut reactor, &mut lp, &mut deaths, 1);
     let status = deaths.status(spawned.id);
-    (out, status.code().unwrap_or_else(|| -status.signal().unwrap_or(0)))
+    (
+        out,
+        status
+            .code()
+            .unwrap_or_else(|| -status.signal().unwrap_or(0)),
+    )
 }
 
 use std::os::unix::process::ExitStatusExt;
@@ -84,7 +91,10 @@ fn statuses_and_signals_through_each_backend() {
             codes.push((spawned.id, code));
         }
         let mut killed = sh("kill -TERM $$");
-        let term = reactor.spawn_prepared(&mut killed, record).expect("spawn").id;
+        let term = reactor
+            .spawn_prepared(&mut killed, record)
+            .expect("spawn")
+            .id;
         run(&mut reactor, &mut lp, &mut deaths, 5);
         for (id, code) in codes {
             deaths.assert_code(id, code);
@@ -107,7 +117,12 @@ fn hundreds_of_starts_one_report_each() {
         let mut ids = BTreeSet::new();
         for round in 0..15 {
             for _ in 0..20 {
-                ids.insert(reactor.spawn_prepared(&mut truth, record).expect("spawn").id);
+                ids.insert(
+                    reactor
+                        .spawn_prepared(&mut truth, record)
+                        .expect("spawn")
+                        .id,
+                );
             }
             run(&mut reactor, &mut lp, &mut deaths, (round + 1) * 20);
         }
@@ -123,7 +138,11 @@ fn hundreds_of_starts_one_report_each() {
 /// Asserts `result` is `Error::Spawn` of `kind`, and that nothing was
 /// registered.
 #[track_caller]
-fn assert_spawn_error(result: evchild::Result<Spawned>, kind: ErrorKind, reactor: &Reactor<Deaths>) {
+fn assert_spawn_error(
+    result: evchild::Result<Spawned>,
+    kind: ErrorKind,
+    reactor: &Reactor<Deaths>,
+) {
     match result {
         Err(Error::Spawn { source, .. }) => assert_eq!(source.kind(), kind, "{source}"),
         other => panic!("expected Error::Spawn({kind:?}), got {other:?}"),
@@ -140,11 +159,23 @@ fn exec_failures_are_typed_and_leave_nothing() {
         let mut reactor = util::library_with::<Deaths>(backend);
         // Missing, through PATH and by path.
         let mut missing = Prepared::new("evchild-no-such-program");
-        assert_spawn_error(reactor.spawn_prepared(&mut missing, record), ErrorKind::NotFound, &reactor);
+        assert_spawn_error(
+            reactor.spawn_prepared(&mut missing, record),
+            ErrorKind::NotFound,
+            &reactor,
+        );
         let mut missing = Prepared::new("/nonexistent/evchild");
-        assert_spawn_error(reactor.spawn_prepared(&mut missing, record), ErrorKind::NotFound, &reactor);
+        assert_spawn_error(
+            reactor.spawn_prepared(&mut missing, record),
+            ErrorKind::NotFound,
+            &reactor,
+        );
         // Twice: the prebuilt form is reused after a failed exec.
-        assert_spawn_error(reactor.spawn_prepared(&mut missing, record), ErrorKind::NotFound, &reactor);
+        assert_spawn_error(
+            reactor.spawn_prepared(&mut missing, record),
+            ErrorKind::NotFound,
+            &reactor,
+        );
 
         // Not executable.
         let dir = std::env::temp_dir().join(format!("evchild-prepared-{}", std::process::id()));
@@ -162,15 +193,27 @@ fn exec_failures_are_typed_and_leave_nothing() {
         // A working directory that does not exist.
         let mut nowhere = Prepared::new("true");
         nowhere.current_dir("/nonexistent/evchild-dir");
-        assert_spawn_error(reactor.spawn_prepared(&mut nowhere, record), ErrorKind::NotFound, &reactor);
+        assert_spawn_error(
+            reactor.spawn_prepared(&mut nowhere, record),
+            ErrorKind::NotFound,
+            &reactor,
+        );
 
         // Builder misuse, reported at the start.
         let mut bad = Prepared::new("true");
         bad.set_arg(3, "x");
-        assert_spawn_error(reactor.spawn_prepared(&mut bad, record), ErrorKind::InvalidInput, &reactor);
+        assert_spawn_error(
+            reactor.spawn_prepared(&mut bad, record),
+            ErrorKind::InvalidInput,
+            &reactor,
+        );
         let mut bad = Prepared::new("true");
         bad.arg("a\0b");
-        assert_spawn_error(reactor.spawn_prepared(&mut bad, record), ErrorKind::InvalidInput, &reactor);
+        assert_spawn_error(
+            reactor.spawn_prepared(&mut bad, record),
+            ErrorKind::InvalidInput,
+            &reactor,
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
     check.finish();
@@ -189,9 +232,14 @@ fn piped_round_trip_sees_end_of_file() {
         util::assert_cloexec_nonblock(spawned.stdout.as_ref().unwrap());
         let mut stdin = spawned.stdin.unwrap();
         stdin.set_nonblocking(false).unwrap();
-        stdin.write_all(format!("hello {round}\n").as_bytes()).unwrap();
+        stdin
+            .write_all(format!("hello {round}\n").as_bytes())
+            .unwrap();
         drop(stdin); // cat sees end of file only if no slot holds the pipe
-        assert_eq!(read_all(spawned.stdout.unwrap()), format!("hello {round}\n"));
+        assert_eq!(
+            read_all(spawned.stdout.unwrap()),
+            format!("hello {round}\n")
+        );
         run(&mut reactor, &mut lp, &mut deaths, round + 1);
         deaths.assert_code(spawned.id, 0);
     }
@@ -229,13 +277,22 @@ fn environment_and_arguments() {
     assert_eq!(output_of(&mut p), ("b|parent|two\n".into(), 0));
     p.env_remove("EVCHILD_PREPARED_PARENT");
     assert_eq!(output_of(&mut p), ("b||two\n".into(), 0));
-    p.env_clear().env("EVCHILD_A", "c").env("PATH", "/usr/bin:/bin");
+    p.env_clear()
+        .env("EVCHILD_A", "c")
+        .env("PATH", "/usr/bin:/bin");
     let mut listing = Prepared::new("env");
     listing.env_clear().env("ONLY", "1");
     assert_eq!(output_of(&mut listing), ("ONLY=1\n".into(), 0));
     assert_eq!(output_of(&mut p), ("c||two\n".into(), 0));
     let args: Vec<_> = p.get_args().collect();
-    assert_eq!(args, ["-c", "echo \"$EVCHILD_A|$EVCHILD_PREPARED_PARENT|$0\"", "two"]);
+    assert_eq!(
+        args,
+        [
+            "-c",
+            "echo \"$EVCHILD_A|$EVCHILD_PREPARED_PARENT|$0\"",
+            "two"
+        ]
+    );
     std::env::remove_var("EVCHILD_PREPARED_PARENT");
     drop((p, listing));
     check.finish();
@@ -262,9 +319,12 @@ fn process_group() {
         p.arg("30").process_group(0);
         let id: ChildId = reactor.spawn_prepared(&mut p, record).expect("spawn").id;
         // The child set its group before the clone returned (vfork).
-        let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(id.pid().as_raw()))).unwrap();
+        let pgid =
+            nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(id.pid().as_raw()))).unwrap();
         assert_eq!(pgid.as_raw(), id.pid().as_raw());
-        reactor.kill_group(id, evchild::Signal::KILL).expect("kill_group");
+        reactor
+            .kill_group(id, evchild::Signal::KILL)
+            .expect("kill_group");
         run(&mut reactor, &mut lp, &mut deaths, 1);
         deaths.assert_signal(id, libc::SIGKILL);
     }
@@ -273,7 +333,9 @@ fn process_group() {
 
 /// The descriptors an `ls /proc/self/fd` child listed.
 fn listed(out: &str) -> BTreeSet<RawFd> {
-    out.split_whitespace().map(|n| n.parse().expect("a number")).collect()
+    out.split_whitespace()
+        .map(|n| n.parse().expect("a number"))
+        .collect()
 }
 
 #[test]
@@ -359,7 +421,8 @@ fn signal_mask_and_dispositions() {
     use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
     let bit = |sig: i32| 1u64 << (sig - 1);
     // SAFETY: an empty handler, async-signal-safe; restored below.
-    let old_usr1 = unsafe { signal::signal(Signal::SIGUSR1, SigHandler::Handler(on_usr1)) }.unwrap();
+    let old_usr1 =
+        unsafe { signal::signal(Signal::SIGUSR1, SigHandler::Handler(on_usr1)) }.unwrap();
     // SAFETY: SIG_IGN for SIGWINCH; restored below.
     let old_winch = unsafe { signal::signal(Signal::SIGWINCH, SigHandler::SigIgn) }.unwrap();
     let mut usr2 = SigSet::empty();
@@ -385,7 +448,11 @@ fn signal_mask_and_dispositions() {
     assert_ne!(ignored & bit(libc::SIGWINCH), 0, "ignored stays ignored");
     assert_eq!(ignored & bit(libc::SIGPIPE), 0, "SIGPIPE is default");
     assert_eq!(caught, 0, "no handler");
-    assert_eq!(died, -libc::SIGUSR1, "a handled signal is default in the child");
+    assert_eq!(
+        died,
+        -libc::SIGUSR1,
+        "a handled signal is default in the child"
+    );
     drop((p, die));
     check.finish();
 }
@@ -401,7 +468,9 @@ fn spawn_output_prepared_collects_both_streams() {
     for i in 0..20 {
         line.set_arg(1, format!("echo out{i}; echo err{i} >&2; exit {}", i % 3));
         reactor
-            .spawn_output_prepared(&mut line, evchild::OutputOptions::new(), |d, _, o| d.push(o))
+            .spawn_output_prepared(&mut line, evchild::OutputOptions::new(), |d, _, o| {
+                d.push(o)
+            })
             .expect("spawn_output_prepared");
     }
     let mut fed = sh("tr a-z A-Z");

@@ -92,7 +92,7 @@ fn a_start_allocates_only_the_callback_box() {
         // box does not allocate) — so nothing at all here.
         assert_eq!(counted, 0, "{backend:?}: allocations in 8 starts");
         // A capturing callback: its Box is the one allocation per start.
-        let tag = vec![1u8; 4];
+        let tag = [1u8; 4];
         let counted = allocations(|| {
             for _ in 0..8 {
                 let tag = tag.len();

@@ -362,9 +362,7 @@ impl Prepared {
     /// The environment changes made with the builder (`None`: removed), in
     /// key order, as std's `Command::get_envs`.
     pub fn get_envs(&self) -> impl ExactSizeIterator<Item = (&OsStr, Option<&OsStr>)> {
-        self.env
-            .iter()
-            .map(|(k, v)| (k.as_os_str(), v.as_deref()))
+        self.env.iter().map(|(k, v)| (k.as_os_str(), v.as_deref()))
     }
 
     /// The working directory, if one was set.

@@ -16,7 +16,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
 use super::{Prepared, Redirect};
-use crate::sys::spawn::{self as sys, ChildPlan, ChildStack, CStrings, Move};
+use crate::sys::spawn::{self as sys, CStrings, ChildPlan, ChildStack, Move};
 use crate::Pid;
 
 /// The parts built once and reused by every start.
@@ -128,7 +128,9 @@ impl Prepared {
                 continue;
             };
             let c = c_string(candidate.into_os_string().into_vec())?;
-            if meta.is_file() && nix::unistd::access(c.as_c_str(), nix::unistd::AccessFlags::X_OK).is_ok() {
+            if meta.is_file()
+                && nix::unistd::access(c.as_c_str(), nix::unistd::AccessFlags::X_OK).is_ok()
+            {
                 return Ok(c);
             }
             denied = true;

@@ -7,7 +7,7 @@
 use mio::unix::pipe::{Receiver, Sender};
 
 use crate::reactor::OnDeath;
-use crate::{Backend, Exit, Pid, Prepared, Reactor, Result, Spawned};
+use crate::{Backend, Exit, Prepared, Reactor, Result, Spawned};
 
 impl<C> Reactor<C> {
     /// Starts `prepared` and registers the child, so that `on_death` runs
@@ -107,7 +107,7 @@ impl<C> Reactor<C> {
                 return Err(prepared.spawn_error(source));
             }
         };
-        match self.register_started_with(starting, Pid::from(pid), pidfd, on_death) {
+        match self.register_started_with(starting, pid, pidfd, on_death) {
             Ok(id) => Ok(id),
             Err(e) => {
                 self.watcher.abort_start(acquired);

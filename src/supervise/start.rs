@@ -267,7 +267,9 @@ impl fmt::Debug for Start {
         match &self.0 {
             How::Command(_) => f.write_str("Start::command(..)"),
             How::Fork(_) => f.write_str("Start::fork(..)"),
-            How::Prepared(start) => write!(f, "Start::prepared({:?})", start.prepared.get_program()),
+            How::Prepared(start) => {
+                write!(f, "Start::prepared({:?})", start.prepared.get_program())
+            }
         }
     }
 }

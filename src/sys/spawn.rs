@@ -159,7 +159,12 @@ impl Drop for ChildStack {
 
 impl std::fmt::Debug for ChildStack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} KiB + {} B guard", (self.len - self.guard) / 1024, self.guard)
+        write!(
+            f,
+            "{} KiB + {} B guard",
+            (self.len - self.guard) / 1024,
+            self.guard
+        )
     }
 }
 
@@ -321,10 +326,11 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
     // parent does not touch it meanwhile.
     let plan = unsafe { &mut *arg.cast::<ChildPlan>() };
 
-    // 1. SAFETY (all of this function's blocks): each is one raw system
-    // call with integer arguments or pointers into the plan, which the
-    // parent built valid (NUL-terminated strings, null-terminated arrays,
-    // `move_count` moves, `close_count` ranges) and keeps alive.
+    // 1. All of this function's blocks are one raw system call each, with
+    // integer arguments or pointers into the plan, which the parent built
+    // valid (NUL-terminated strings, null-terminated arrays, `move_count`
+    // moves, `close_count` ranges) and keeps alive ("see above" below).
+    // SAFETY: close_range takes integers only.
     let unshared = unsafe {
         libc::syscall(
             libc::SYS_close_range,
@@ -401,7 +407,14 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
         // Move `i`'s source first goes to `high + i`, above every source
         // and target (close-on-exec: closed at exec).
         // SAFETY: see above.
-        if unsafe { libc::dup3(m.source, plan.high.wrapping_add(i as c_int), libc::O_CLOEXEC) } < 0 {
+        if unsafe {
+            libc::dup3(
+                m.source,
+                plan.high.wrapping_add(i as c_int),
+                libc::O_CLOEXEC,
+            )
+        } < 0
+        {
             fail(plan, Step::Descriptors);
         }
         i += 1;
