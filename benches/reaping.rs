@@ -24,7 +24,8 @@
 //!   `0,1000,10000`);
 //! * `EVCHILD_BENCH_DEPTH`: children in flight at once (default 8);
 //! * `EVCHILD_BENCH_REAPERS`: which evchild reapers to run, comma-separated
-//!   from `pidfd,peek,peek-zombie,scan,always` (default: all);
+//!   from `pidfd,prepared,peek,peek-zombie,scan,always` (default: all;
+//!   `prepared` is `pidfd` started through `Reactor::spawn_prepared`);
 //! * `EVCHILD_BENCH_PEERS`: which peers to run, comma-separated from
 //!   `posix_spawn,std,tokio,async-process` (default: all that are built in),
 //!   or `0` for none;
@@ -43,7 +44,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use evchild::{Backend, Exit, Hooks, Pid, Reactor, SigchldOwner};
+use evchild::{Backend, Exit, Hooks, Pid, Prepared, Reactor, Redirect, SigchldOwner};
 use evchild_testkit::bench::{
     load_average, machine, median, pid_max, raise_nofile, rusage, thread_cpu,
 };
@@ -380,11 +381,15 @@ enum Variant {
     PeekForeignZombie,
     Scan,
     LibraryAlways,
+    /// `Pidfd`, started through `Reactor::spawn_prepared` (its `Prepared`
+    /// built before the idle children are adopted).
+    Prepared,
 }
 
 impl Variant {
-    const ALL: [Variant; 5] = [
+    const ALL: [Variant; 6] = [
         Variant::Pidfd,
+        Variant::Prepared,
         Variant::Peek,
         Variant::PeekForeignZombie,
         Variant::Scan,
@@ -398,6 +403,7 @@ impl Variant {
             Variant::PeekForeignZombie => "peek, 1 foreign zombie",
             Variant::Scan => "scan",
             Variant::LibraryAlways => "LibraryAlways",
+            Variant::Prepared => "pidfd, spawn_prepared",
         }
     }
 
@@ -409,12 +415,15 @@ impl Variant {
             Variant::PeekForeignZombie => "peek-zombie",
             Variant::Scan => "scan",
             Variant::LibraryAlways => "always",
+            Variant::Prepared => "prepared",
         }
     }
 
     fn hooks(self) -> Hooks<Ctx> {
         match self {
-            Variant::Pidfd => Hooks::new(SigchldOwner::Library).backend(Backend::Pidfd),
+            Variant::Pidfd | Variant::Prepared => {
+                Hooks::new(SigchldOwner::Library).backend(Backend::Pidfd)
+            }
             Variant::Peek | Variant::PeekForeignZombie => {
                 Hooks::new(SigchldOwner::Library).backend(Backend::Peek)
             }
@@ -425,7 +434,7 @@ impl Variant {
 
     fn expected_backend(self) -> Option<Backend> {
         match self {
-            Variant::Pidfd => Some(Backend::Pidfd),
+            Variant::Pidfd | Variant::Prepared => Some(Backend::Pidfd),
             Variant::Peek | Variant::PeekForeignZombie => Some(Backend::Peek),
             Variant::Scan => Some(Backend::Scan),
             Variant::LibraryAlways => None,
@@ -461,6 +470,8 @@ struct Loop {
     reactor: Reactor<Ctx>,
     ctx: Ctx,
     command: Command,
+    /// The same `/bin/true` stream, for the `prepared` variant.
+    prepared: Option<Prepared>,
 }
 
 impl Loop {
@@ -473,7 +484,10 @@ impl Loop {
         loop {
             while started < n && self.ctx.in_flight < depth {
                 let before = thread_cpu();
-                self.reactor.spawn(&mut self.command, on_stream_death)?;
+                match &mut self.prepared {
+                    Some(prepared) => self.reactor.spawn_prepared(prepared, on_stream_death)?,
+                    None => self.reactor.spawn(&mut self.command, on_stream_death)?,
+                };
                 spawn += thread_cpu() - before;
                 started += 1;
                 self.ctx.in_flight += 1;
@@ -500,7 +514,8 @@ fn evchild_cell(
     nofile: u64,
 ) -> Res<Result<Sample, String>> {
     let m = idle.pids.len() as u64;
-    if variant == Variant::Pidfd && m + FD_MARGIN > nofile {
+    let pidfds = matches!(variant, Variant::Pidfd | Variant::Prepared);
+    if pidfds && m + FD_MARGIN > nofile {
         return Ok(Err(format!("n/a: RLIMIT_NOFILE {nofile}")));
     }
     let reactor = Reactor::new(variant.hooks())?;
@@ -517,7 +532,16 @@ fn evchild_cell(
         reactor,
         ctx: Ctx::default(),
         command,
+        prepared: None,
     };
+    if variant == Variant::Prepared {
+        // Built before the idle children's pidfds exist: its descriptors
+        // are reserved low, so each child copies a small table.
+        let mut truth = Prepared::new(TRUE);
+        truth.stdin(Redirect::Null);
+        truth.build()?;
+        lp.prepared = Some(truth);
+    }
     lp.poll
         .registry()
         .register(&mut lp.reactor, CHILDREN, Interest::READABLE)?;

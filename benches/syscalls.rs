@@ -20,7 +20,9 @@
 //! * `EVCHILD_CPU_CHILDREN`: children measured per CPU cell (default 2000);
 //! * `EVCHILD_CPU_ROUNDS`: CPU rounds (default 11);
 //! * `EVCHILD_CPU_DEPTH`: K of the CPU comparison (default 8);
-//! * `EVCHILD_SYSCALLS_SUBJECTS`: a subset of `bare,pidfd,peek,scan,always`;
+//! * `EVCHILD_SYSCALLS_SUBJECTS`: a subset of
+//!   `bare,pidfd,prepared,peek,scan,always` (`prepared`: the `Pidfd`
+//!   backend, started through `Reactor::spawn_prepared`);
 //! * `EVCHILD_SYSCALLS_OUT=FILE`: also write the report there.
 //!
 //! Without `--bench` (under `cargo test --benches`) it runs a smoke-sized
@@ -33,7 +35,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use evchild::{Backend, Exit, Hooks, Reactor, SigchldOwner};
+use evchild::{Backend, Exit, Hooks, Prepared, Reactor, Redirect, SigchldOwner};
 use evchild_testkit::bench::{load_average, median, min_max, rusage};
 use mio::{Events, Interest, Poll, Token};
 
@@ -59,12 +61,15 @@ enum Subject {
     Peek,
     Scan,
     Always,
+    /// `Pidfd`, started through `Reactor::spawn_prepared`.
+    Prepared,
 }
 
 impl Subject {
-    const ALL: [Subject; 5] = [
+    const ALL: [Subject; 6] = [
         Subject::Bare,
         Subject::Pidfd,
+        Subject::Prepared,
         Subject::Peek,
         Subject::Scan,
         Subject::Always,
@@ -77,6 +82,7 @@ impl Subject {
             Subject::Peek => "peek",
             Subject::Scan => "scan",
             Subject::Always => "always",
+            Subject::Prepared => "prepared",
         }
     }
 
@@ -87,6 +93,7 @@ impl Subject {
             Subject::Peek => "Peek",
             Subject::Scan => "Scan",
             Subject::Always => "LibraryAlways",
+            Subject::Prepared => "Pidfd, spawn_prepared",
         }
     }
 
@@ -101,7 +108,9 @@ impl Subject {
         let library = Hooks::new(SigchldOwner::Library);
         match self {
             Subject::Bare => None,
-            Subject::Pidfd => Some((library.backend(Backend::Pidfd), Some(Backend::Pidfd))),
+            Subject::Pidfd | Subject::Prepared => {
+                Some((library.backend(Backend::Pidfd), Some(Backend::Pidfd)))
+            }
             Subject::Peek => Some((library.backend(Backend::Peek), Some(Backend::Peek))),
             Subject::Scan => Some((library.backend(Backend::Scan), Some(Backend::Scan))),
             Subject::Always => Some((Hooks::new(SigchldOwner::LibraryAlways), None)),
@@ -181,10 +190,13 @@ struct Loop {
     reactor: Reactor<Ctx>,
     ctx: Ctx,
     command: Command,
+    /// The same stream as `command`, for the `prepared` subject (built at
+    /// set-up, so its descriptors are reserved low).
+    prepared: Option<Prepared>,
 }
 
 impl Loop {
-    fn new(hooks: Hooks<Ctx>, expected: Option<Backend>) -> Res<Loop> {
+    fn new(hooks: Hooks<Ctx>, expected: Option<Backend>, prepared: bool) -> Res<Loop> {
         let reactor = Reactor::new(hooks)?;
         if expected.is_some() && reactor.backend() != expected {
             return Err(format!("asked for {expected:?}, got {:?}", reactor.backend()).into());
@@ -195,7 +207,14 @@ impl Loop {
             reactor,
             ctx: Ctx::default(),
             command: true_command(),
+            prepared: None,
         };
+        if prepared {
+            let mut truth = Prepared::new(TRUE);
+            truth.stdin(Redirect::Null);
+            truth.build()?;
+            lp.prepared = Some(truth);
+        }
         lp.poll
             .registry()
             .register(&mut lp.reactor, Token(0), Interest::READABLE)?;
@@ -207,7 +226,10 @@ impl Loop {
         self.ctx.done = 0;
         loop {
             while started < n && self.ctx.in_flight < depth {
-                self.reactor.spawn(&mut self.command, on_death)?;
+                match &mut self.prepared {
+                    Some(prepared) => self.reactor.spawn_prepared(prepared, on_death)?,
+                    None => self.reactor.spawn(&mut self.command, on_death)?,
+                };
                 started += 1;
                 self.ctx.in_flight += 1;
             }
@@ -248,7 +270,10 @@ struct Sample {
 /// markers in a strace log).
 fn work(subject: Subject, n: usize, warmup: usize, depth: usize) -> Res<Sample> {
     let (mut lp, mut command) = match subject.hooks() {
-        Some((hooks, expected)) => (Some(Loop::new(hooks, expected)?), None),
+        Some((hooks, expected)) => (
+            Some(Loop::new(hooks, expected, subject == Subject::Prepared)?),
+            None,
+        ),
         None => (None, Some(true_command())),
     };
     let stream =

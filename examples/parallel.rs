@@ -6,19 +6,20 @@
 //! cargo run --example parallel -- --demo
 //! ```
 //!
-//! `Reactor::spawn_output` reads each command's output and calls us once
+//! `Reactor::spawn_output_prepared` starts each line from one `Prepared`
+//! (`sh -c LINE`, built once; `set_arg` swaps the line), reads its output and calls us once
 //! with the status and both streams; `terminate_group` stops a command that
 //! runs too long; Ctrl-C is a handler writing to a self-pipe in our `Poll`.
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 use std::io::{self, ErrorKind, IsTerminal, Read};
-use std::os::{fd::IntoRawFd, unix::process::CommandExt, unix::process::ExitStatusExt};
-use std::process::{exit, Command, Stdio};
+use std::os::{fd::IntoRawFd, unix::process::ExitStatusExt};
+use std::process::exit;
 use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use evchild::{ChildId, DropPolicy, Hooks, Output, OutputOptions, Reactor};
+use evchild::{ChildId, DropPolicy, Hooks, Output, OutputOptions, Prepared, Reactor, Redirect};
 use mio::{unix::pipe, Events, Interest, Poll, Token};
 use nix::sys::signal::{signal, SigHandler, Signal};
 
@@ -120,6 +121,8 @@ struct Runner {
     jobs: usize,
     timeout: Option<Duration>,
     interrupted: bool,
+    /// `sh -c LINE`, built at the first start and reused.
+    line: Option<Prepared>,
 }
 
 impl Runner {
@@ -128,16 +131,22 @@ impl Runner {
             let (row, now) = (self.next, Instant::now());
             self.next += 1;
             let r = &mut self.rows[row];
-            let mut command = Command::new("sh");
-            // Not our stdin (the list, or the terminal); a group of its own.
-            command.args(["-c", &r.command]).stdin(Stdio::null());
+            // `sh -c LINE`, described once: each start rebuilds only the
+            // LINE argument. Not our stdin (the list, or the terminal); a
+            // group of its own.
+            let line = self.line.get_or_insert_with(|| {
+                let mut sh = Prepared::new("sh");
+                sh.args(["-c", ""]).stdin(Redirect::Null).process_group(0);
+                sh
+            });
+            line.set_arg(1, &r.command);
             let options = OutputOptions::new().cap(64 << 20); // per stream
             let done = move |runner: &mut Runner, reactor: &mut _, out| {
                 runner.complete(row, Ok(out));
                 runner.fill(reactor); // a slot is free: start the next now
             };
             (r.started, self.running) = (Some(now), self.running + 1);
-            match reactor.spawn_output(command.process_group(0), options, done) {
+            match reactor.spawn_output_prepared(line, options, done) {
                 Ok(id) => (r.id, r.deadline) = (Some(id), self.timeout.map(|t| now + t)),
                 Err(e) => self.complete(row, Err(format!("not started: {e}"))),
             }

@@ -15,16 +15,15 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use evchild::supervise::{
     worker, Event, HasSupervisor, PoolConfig, PoolId, Start, Supervisor, WorkerState,
 };
-use evchild::{earliest, Hooks, Reactor};
+use evchild::{earliest, Hooks, Prepared, Reactor};
 use mio::unix::pipe::{self, Receiver};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -506,14 +505,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Some(p) => p.clone(),
             None => std::env::current_exe()?,
         };
-        Start::command(move |_| {
-            let mut cmd = Command::new(&exe);
-            cmd.args(["--worker", &fd.to_string()]);
-            if beat {
-                cmd.arg("--beat");
-            }
-            cmd
-        })
+        // The same program for every worker: described once, started
+        // through `clone(CLONE_VFORK)` with no `pre_exec` (no fork of the
+        // master). The child gets only its stdio, the status descriptor the
+        // pool passes, and the listener, passed at its own number.
+        let mut worker = Prepared::new(&exe);
+        worker.args(["--worker", &fd.to_string()]);
+        if beat {
+            worker.arg("--beat");
+        }
+        worker.pass_fd(listener.as_fd().try_clone_to_owned()?, fd);
+        Start::prepared(worker)
     };
     let t0 = Instant::now();
     let pool = app

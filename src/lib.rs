@@ -64,6 +64,13 @@
 //!   bounds the child's life. Both take a `Command` by value or by
 //!   `&mut`, so builder chains work. [`IntoStdio`] hands a spawned pipe
 //!   end to the next child of a pipeline.
+//! * [`Reactor::spawn_prepared`] (and [`Reactor::spawn_output_prepared`])
+//!   start a [`Prepared`] command: described once, with its `argv`,
+//!   `envp`, path and descriptors built at the first start and reused, and
+//!   started with `clone(CLONE_VFORK)`, whose pidfd comes from the clone
+//!   and whose child copies only the descriptors it needs: cheaper than
+//!   `spawn` per child, and flat in the number of descriptors the parent
+//!   holds. No `pre_exec`: `spawn` remains the general path.
 //! * [`Reactor::watch`] adopts a child the process started some other way.
 //! * `unsafe` [`Reactor::fork`] is libxl's raw primitive, for children that
 //!   run Rust code of their own; `unsafe` [`Reactor::fork_with`] runs a
@@ -355,9 +362,11 @@
 //! |---|---|
 //! | `types/` | the public vocabulary: ids, exits, signals, errors, hooks |
 //! | `reactor/` | [`Reactor`]: starting (`spawn`, `fork`, `watch`), control, `dispatch`, output streams, drop |
+//! | `prepared/` | [`Prepared`]: a command described once (builder, [`Redirect`]) and its prebuilt form (argv, envp, path, `/dev/null`, descriptor slots, the child's stack), reused by every start |
 //! | `watch/` | the one place that decides how each child is watched, reaped and signalled, and the reactor's epoll set |
 //! | `reap/` | the reaping passes, behind the `Reap` seam a fuzzed process model also implements |
 //! | `process/` | all process-wide state behind one futex lock (waiters sleep in the kernel; no system call under it but a handler install, and a few `sched_yield`s while a running handler finishes when a slot is emptied): the `SIGCHLD` handler and disposition, fork generations, the routes between reactors, the orphans |
+//! | `sys/spawn.rs` | the start of a `Prepared` child: `clone(CLONE_VM \| CLONE_VFORK \| CLONE_FILES [\| CLONE_PIDFD])`, the async-signal-safe child function (`close_range(CLOSE_RANGE_UNSHARE)`, signal reset, `execve`) |
 //! | `sys/` | every raw (`libc`) system call, and all `unsafe` code but the `unsafe fn` declarations of `Reactor::fork`, `fork_with` and `supervise::Start::fork` (epoll, `fcntl` and signal masks go through nix's safe calls where they are used) |
 //! | `supervise/` | worker pools on the public API |
 //!
@@ -376,6 +385,7 @@
 #![deny(missing_docs, missing_debug_implementations, unsafe_code)]
 #![warn(rust_2018_idioms, clippy::undocumented_unsafe_blocks)]
 
+mod prepared;
 mod process;
 mod reactor;
 mod reap;
@@ -451,6 +461,7 @@ pub fn earliest(
     }
 }
 
+pub use prepared::{Prepared, Redirect};
 pub use reactor::{
     ChildStatus, DropPolicy, Forgotten, IntoStdio, Output, OutputOptions, Reactor, Spawned, Stats,
     Stream,

@@ -23,6 +23,7 @@ mod drop;
 mod fork;
 mod lifecycle;
 mod output;
+mod prepared;
 mod spawn;
 mod stdio;
 pub(crate) mod streams;
@@ -255,15 +256,29 @@ impl<C> Reactor<C> {
     /// either), the error is returned and nothing is registered: the caller
     /// decides what becomes of the child.
     pub(crate) fn register(&mut self, pid: Pid, on_death: OnDeath<C>) -> Result<ChildId> {
+        self.register_with(pid, None, on_death)
+    }
+
+    /// [`register`](Self::register) with the child's pidfd, if the caller
+    /// has it (from `clone(CLONE_PIDFD)`): the watcher uses it instead of
+    /// opening one. A pidfd given with a backend that does not use pidfds
+    /// is closed.
+    pub(crate) fn register_with(
+        &mut self,
+        pid: Pid,
+        given: Option<std::os::fd::OwnedFd>,
+        on_death: OnDeath<C>,
+    ) -> Result<ChildId> {
         if pid.as_raw() <= 0 || pid == self.owner {
             return Err(Error::InvalidPid { pid });
         }
         // An orphan's pidfd is reused only if it still names an unreaped
         // child (someone else may have reaped the orphan, and the kernel
         // given its pid to this new child).
-        let pidfd = crate::process::orphans::take(pid)
+        let orphan = crate::process::orphans::take(pid)
             .flatten()
             .filter(|fd| crate::sys::is_unreaped_child(fd.as_fd()));
+        let pidfd = given.or(orphan);
         let serial = self.next_serial;
         let watch = self.watcher.watch(pid, serial, pidfd)?;
         self.next_serial += 1;
@@ -306,7 +321,19 @@ impl<C> Reactor<C> {
         pid: Pid,
         on_death: OnDeath<C>,
     ) -> Result<ChildId> {
-        match self.register(pid, on_death) {
+        self.register_started_with(starting, pid, None, on_death)
+    }
+
+    /// [`register_started`](Self::register_started) with the child's
+    /// pidfd, if the start gave one.
+    pub(crate) fn register_started_with(
+        &mut self,
+        starting: Starting,
+        pid: Pid,
+        pidfd: Option<std::os::fd::OwnedFd>,
+        on_death: OnDeath<C>,
+    ) -> Result<ChildId> {
+        match self.register_with(pid, pidfd, on_death) {
             Ok(id) => {
                 self.watcher.claim(starting, id);
                 Ok(id)

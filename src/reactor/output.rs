@@ -21,7 +21,60 @@ use std::time::Duration;
 
 use crate::reactor::deadlines::Target;
 use crate::reactor::streams::{Job, Pipe, Stream, STDIN};
-use crate::{ChildId, Error, Exit, Reactor, Result};
+use crate::{ChildId, Error, Exit, Prepared, Reactor, Redirect, Result, Spawned};
+
+/// What [`Reactor::spawn_output`] can start: std's `Command` (through
+/// `spawn`) or a [`Prepared`] (through `spawn_prepared`), so that the
+/// collection of the output is written once.
+trait Launch {
+    /// Pipes stdout and stderr; stdin null (`Some(false)`), piped
+    /// (`Some(true)`) or as it is (`None`).
+    fn output_stdio(&mut self, stdin: Option<bool>);
+
+    fn launch<C>(
+        &mut self,
+        reactor: &mut Reactor<C>,
+        on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + Send + 'static,
+    ) -> Result<Spawned>;
+}
+
+impl Launch for Command {
+    fn output_stdio(&mut self, stdin: Option<bool>) {
+        self.stdout(Stdio::piped()).stderr(Stdio::piped());
+        match stdin {
+            Some(false) => self.stdin(Stdio::null()),
+            Some(true) => self.stdin(Stdio::piped()),
+            None => self,
+        };
+    }
+
+    fn launch<C>(
+        &mut self,
+        reactor: &mut Reactor<C>,
+        on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + Send + 'static,
+    ) -> Result<Spawned> {
+        reactor.spawn(self, on_death)
+    }
+}
+
+impl Launch for Prepared {
+    fn output_stdio(&mut self, stdin: Option<bool>) {
+        self.stdout(Redirect::Piped).stderr(Redirect::Piped);
+        match stdin {
+            Some(false) => self.stdin(Redirect::Null),
+            Some(true) => self.stdin(Redirect::Piped),
+            None => self,
+        };
+    }
+
+    fn launch<C>(
+        &mut self,
+        reactor: &mut Reactor<C>,
+        on_death: impl FnOnce(&mut C, &mut Reactor<C>, Exit) + Send + 'static,
+    ) -> Result<Spawned> {
+        reactor.spawn_prepared(self, on_death)
+    }
+}
 
 /// What the child's stdin is.
 #[derive(Clone)]
@@ -335,19 +388,72 @@ impl<C> Reactor<C> {
         options: OutputOptions,
         on_done: impl FnOnce(&mut C, &mut Reactor<C>, Output) + Send + 'static,
     ) -> Result<ChildId> {
+        self.spawn_output_with(command.borrow_mut(), options, on_done)
+    }
+
+    /// [`spawn_output`](Self::spawn_output) for a [`Prepared`] command:
+    /// the same collection of the output, through
+    /// [`spawn_prepared`](Self::spawn_prepared)'s start. The `Prepared`'s
+    /// stdout and stderr are set to [`Redirect::Piped`], and its stdin to
+    /// [`Redirect::Null`] (or `Piped` with [`OutputOptions::stdin`]; left
+    /// as it is with [`OutputOptions::command_stdin`]); setting them to
+    /// what they already are rebuilds nothing, so configure the `Prepared`
+    /// that way once and every start reuses its slots.
+    ///
+    /// ```
+    /// use evchild::{Hooks, Output, OutputOptions, Prepared, Reactor};
+    ///
+    /// let mut children = Reactor::<Vec<Output>>::new(Hooks::default())?;
+    /// let mut line = Prepared::new("sh");
+    /// line.args(["-c", ""]);
+    /// for text in ["echo one", "echo two >&2; exit 2"] {
+    ///     line.set_arg(1, text);
+    ///     children.spawn_output_prepared(&mut line, OutputOptions::new(), |done, _, output| {
+    ///         done.push(output)
+    ///     })?;
+    /// }
+    /// let mut done = Vec::new();
+    /// while done.len() < 2 {
+    ///     children.dispatch(&mut done)?; // a real program waits in mio::Poll
+    /// }
+    /// done.sort_by_key(|o| o.status().and_then(|s| s.code()));
+    /// assert_eq!(done[0].stdout, b"one\n");
+    /// assert_eq!(done[1].stderr, b"two\n");
+    /// # Ok::<(), evchild::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As for [`spawn_output`](Self::spawn_output).
+    pub fn spawn_output_prepared(
+        &mut self,
+        prepared: &mut Prepared,
+        options: OutputOptions,
+        on_done: impl FnOnce(&mut C, &mut Reactor<C>, Output) + Send + 'static,
+    ) -> Result<ChildId> {
+        self.spawn_output_with(prepared, options, on_done)
+    }
+
+    fn spawn_output_with(
+        &mut self,
+        command: &mut impl Launch,
+        options: OutputOptions,
+        on_done: impl FnOnce(&mut C, &mut Reactor<C>, Output) + Send + 'static,
+    ) -> Result<ChildId> {
         self.check_process()?;
-        let command = command.borrow_mut();
-        command.stdout(Stdio::piped()).stderr(Stdio::piped());
         let input = match options.stdin {
             Input::Null => {
-                command.stdin(Stdio::null());
+                command.output_stdio(Some(false));
                 Vec::new()
             }
             Input::Bytes(bytes) => {
-                command.stdin(Stdio::piped());
+                command.output_stdio(Some(true));
                 bytes
             }
-            Input::Command => Vec::new(),
+            Input::Command => {
+                command.output_stdio(None);
+                Vec::new()
+            }
         };
         let job = self.outputs.jobs.insert(Job {
             id: None,
@@ -368,7 +474,7 @@ impl<C> Reactor<C> {
             on_chunk: None,
         });
         let serial = self.next_serial;
-        let spawned = self.spawn(command, move |ctx, reactor, exit| {
+        let spawned = command.launch(self, move |ctx: &mut C, reactor: &mut Reactor<C>, exit| {
             reactor.output_exited(ctx, job, exit);
         });
         let spawned = match spawned {

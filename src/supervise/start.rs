@@ -1,5 +1,7 @@
 //! How a pool starts a worker: a command built for each worker (through
-//! [`Reactor::spawn`]), or a function run in a forked child (through
+//! [`Reactor::spawn`]), a [`Prepared`] description started again for each
+//! (through [`Reactor::spawn_prepared`], which passes the status
+//! descriptor with no `pre_exec`), or a function run in a forked child (through
 //! [`Reactor::fork_with`], so that a panic aborts the worker instead of
 //! unwinding into the master's frames).
 //!
@@ -24,7 +26,7 @@ use std::process::Command;
 use super::status::{StatusPipe, ENV, MASTER_ENV};
 use super::{HasSupervisor, PoolId, WorkerId};
 use crate::sys::worker as sys;
-use crate::{ChildId, Exit, Reactor, Result, Spawned};
+use crate::{ChildId, Exit, Prepared, Reactor, Result, Spawned};
 
 /// What a worker's start is told: which worker it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,10 +40,20 @@ pub struct WorkerSpec {
 
 type MakeCommand = Box<dyn FnMut(&WorkerSpec) -> Command + Send>;
 type RunForked = Box<dyn FnMut(&WorkerSpec) -> i32 + Send>;
+type EachWorker = Box<dyn FnMut(&WorkerSpec, &mut Prepared) + Send>;
+
+/// A `Start::prepared` pool's description, and the status descriptor it
+/// was last given (passed again only if the pool's changed).
+struct PreparedStart {
+    prepared: Prepared,
+    each: Option<EachWorker>,
+    passed: Option<std::os::fd::RawFd>,
+}
 
 enum How {
     Command(MakeCommand),
     Fork(RunForked),
+    Prepared(Box<PreparedStart>),
 }
 
 /// How a pool starts its workers.
@@ -72,6 +84,49 @@ impl Start {
     /// ```
     pub fn command(make: impl FnMut(&WorkerSpec) -> Command + Send + 'static) -> Self {
         Start(How::Command(Box::new(make)))
+    }
+
+    /// Each worker is `prepared`, started with
+    /// [`Reactor::spawn_prepared`]: the same program every time, described
+    /// once, with no `pre_exec` (so no `fork` of the master, whatever its
+    /// size: the child is a `clone(CLONE_VM | CLONE_VFORK)`). The pool
+    /// gives each worker what [`command`](Self::command) gives it: the
+    /// [`ENV`](super::ENV) and `EVCHILD_WORKER_MASTER` variables (patched
+    /// into the prebuilt environment per worker), the status descriptor
+    /// (passed with [`Prepared::pass_fd`] at the number `ENV` names; the
+    /// `Prepared` keeps a close-on-exec copy of it), the process group and
+    /// the parent-death signal, if configured. The child gets nothing else
+    /// of the master's descriptors (see [`Prepared`]'s *Descriptors*).
+    ///
+    /// ```
+    /// use evchild::{Prepared, Redirect};
+    /// use evchild::supervise::Start;
+    /// let mut worker = Prepared::new("/usr/local/bin/my-worker");
+    /// worker.arg("--serve").stdin(Redirect::Null);
+    /// let start = Start::prepared(worker);
+    /// # let _ = start;
+    /// ```
+    pub fn prepared(prepared: Prepared) -> Self {
+        Start(How::Prepared(Box::new(PreparedStart {
+            prepared,
+            each: None,
+            passed: None,
+        })))
+    }
+
+    /// [`prepared`](Self::prepared), with `each(spec, &mut prepared)`
+    /// called before each worker's start, to change what differs per worker
+    /// (an argument with [`Prepared::set_arg`], a variable with
+    /// [`Prepared::env`]: each rebuilds only its own string).
+    pub fn prepared_with(
+        prepared: Prepared,
+        each: impl FnMut(&WorkerSpec, &mut Prepared) + Send + 'static,
+    ) -> Self {
+        Start(How::Prepared(Box::new(PreparedStart {
+            prepared,
+            each: Some(Box::new(each)),
+            passed: None,
+        })))
     }
 
     /// Each worker is a forked child (no exec) that runs `run(spec)` and
@@ -135,6 +190,30 @@ impl Start {
                 let spawned = reactor.spawn(&mut cmd, on_death)?;
                 Ok((spawned.id, Some(spawned)))
             }
+            How::Prepared(start) => {
+                let PreparedStart {
+                    prepared,
+                    each,
+                    passed,
+                } = &mut **start;
+                if let Some(each) = each {
+                    each(&spec, prepared);
+                }
+                prepared.env(ENV, format!("{fd}:{token}"));
+                prepared.env(MASTER_ENV, master.to_string());
+                if process_group {
+                    prepared.process_group(0);
+                }
+                prepared.parent_death_signal(pdeathsig.map(|signal| (signal, master)));
+                if *passed != Some(fd) {
+                    let copy = crate::sys::spawn::dup_raw(fd)
+                        .map_err(|e| crate::Error::io("fcntl(F_DUPFD_CLOEXEC)", e))?;
+                    prepared.pass_fd(copy, fd);
+                    *passed = Some(fd);
+                }
+                let spawned = reactor.spawn_prepared(prepared, on_death)?;
+                Ok((spawned.id, Some(spawned)))
+            }
             How::Fork(run) => {
                 let fds = how.fds;
                 let child = || {
@@ -188,6 +267,9 @@ impl fmt::Debug for Start {
         match &self.0 {
             How::Command(_) => f.write_str("Start::command(..)"),
             How::Fork(_) => f.write_str("Start::fork(..)"),
+            How::Prepared(start) => {
+                write!(f, "Start::prepared({:?})", start.prepared.get_program())
+            }
         }
     }
 }

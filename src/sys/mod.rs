@@ -22,6 +22,9 @@
 //! * `leak.rs`: [`Leakable`], a value dropped normally or leaked in a
 //!   forked child.
 //! * `fork.rs`: `fork`, `_exit`, `pthread_atfork`.
+//! * `spawn.rs`: the start of a `Prepared` child (`clone` with
+//!   `CLONE_VM | CLONE_VFORK | CLONE_FILES`, the async-signal-safe child
+//!   function), its stack and argument arrays, and its descriptor slots.
 //! * `worker.rs`: what `supervise` needs for its workers' status channel
 //!   and start-up (`write`, `close`, `fcntl`, `prctl(PR_SET_PDEATHSIG)`).
 
@@ -33,6 +36,7 @@ mod leak;
 mod lock;
 mod pidfd;
 mod signal;
+pub(crate) mod spawn;
 mod timer;
 mod wait;
 pub(crate) mod worker;
