@@ -310,7 +310,32 @@ impl Idle {
             let child = sleep.spawn()?;
             idle.pids.push(Pid::from(child.id()));
         }
+        idle.settle();
         Ok(idle)
+    }
+
+    /// Waits (at most a minute) until every idle child sleeps in `sleep`'s
+    /// `nanosleep`: their exec and start-up (10,000 dynamic loaders) go on
+    /// after `spawn` returns, and would otherwise share the CPUs with the
+    /// first cells measured.
+    fn settle(&self) {
+        let asleep = |pid: &Pid| {
+            std::fs::read_to_string(format!("/proc/{}/syscall", pid.as_raw())).is_ok_and(|s| {
+                let nr = s.split_whitespace().next().and_then(|n| n.parse::<i64>().ok());
+                nr == Some(libc::SYS_clock_nanosleep) || nr == Some(libc::SYS_nanosleep)
+            })
+        };
+        let end = Instant::now() + Duration::from_secs(60);
+        let mut from = 0;
+        while from < self.pids.len() && Instant::now() < end {
+            match self.pids[from..].iter().position(|pid| !asleep(pid)) {
+                Some(i) => {
+                    from += i;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                None => from = self.pids.len(),
+            }
+        }
     }
 }
 
@@ -535,12 +560,7 @@ fn evchild_cell(
         prepared: None,
     };
     if variant == Variant::Prepared {
-        // Built before the idle children's pidfds exist: its descriptors
-        // are reserved low, so each child copies a small table.
-        let mut truth = Prepared::new(TRUE);
-        truth.stdin(Redirect::Null);
-        truth.build()?;
-        lp.prepared = Some(truth);
+        lp.prepared = PREPARED.with(|p| p.borrow_mut().take());
     }
     lp.poll
         .registry()
@@ -588,6 +608,9 @@ fn evchild_cell(
     }
     // The reactor leaves the idle children alone (DropPolicy::Leave): the
     // next cell adopts them again.
+    if let Some(prepared) = lp.prepared.take() {
+        PREPARED.with(|p| *p.borrow_mut() = Some(prepared));
+    }
     drop(lp);
     if let Some(pid) = zombie {
         waitpid_blocking(pid)?;
@@ -1149,11 +1172,24 @@ fn ratios(rows: &[Row], levels: &[usize], variants: &[Variant]) -> String {
     s
 }
 
+thread_local! {
+    /// The `prepared` variant's `/bin/true`, built at the start of the
+    /// program, before any idle child or pidfd exists (between cells the
+    /// idle children's pidfds stay open in the orphan list), so its
+    /// descriptors are reserved low and each child copies a small table,
+    /// as the docs of `Prepared::build` advise.
+    static PREPARED: std::cell::RefCell<Option<Prepared>> = const { std::cell::RefCell::new(None) };
+}
+
 fn main() -> Res<()> {
     if let Ok(spec) = std::env::var(PEER_CELL) {
         return peer_helper(&spec);
     }
     let cfg = Config::from_env()?;
+    let mut truth = Prepared::new(TRUE);
+    truth.stdin(Redirect::Null);
+    truth.build()?;
+    PREPARED.with(|p| *p.borrow_mut() = Some(truth));
     let started = Instant::now();
     let nofile = raise_nofile();
     let pid_max = pid_max();
