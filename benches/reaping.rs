@@ -29,6 +29,7 @@
 //! * `EVCHILD_BENCH_PEERS`: which peers to run, comma-separated from
 //!   `posix_spawn,std,tokio,async-process` (default: all that are built in),
 //!   or `0` for none;
+//! * `EVCHILD_BENCH_PROGRAM`: the stream's program (default `/bin/true`);
 //! * `EVCHILD_BENCH_OUT=FILE`: also write the report there.
 //!
 //! Without `--bench` (that is, under `cargo test --benches`), it runs a
@@ -51,7 +52,15 @@ use evchild_testkit::bench::{
 use mio::{Events, Interest, Poll, Token};
 
 /// The short-lived child.
-const TRUE: &str = "/bin/true";
+/// The stream's program: `/bin/true`, or `EVCHILD_BENCH_PROGRAM` (a
+/// statically linked one, say, to take the dynamic loader out of the
+/// child's cost).
+fn true_program() -> &'static str {
+    static PROGRAM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PROGRAM.get_or_init(|| {
+        std::env::var("EVCHILD_BENCH_PROGRAM").unwrap_or_else(|_| "/bin/true".into())
+    })
+}
 /// Descriptors kept free beside the pidfds (std, mio, the test harness).
 const FD_MARGIN: u64 = 256;
 
@@ -321,7 +330,10 @@ impl Idle {
     fn settle(&self) {
         let asleep = |pid: &Pid| {
             std::fs::read_to_string(format!("/proc/{}/syscall", pid.as_raw())).is_ok_and(|s| {
-                let nr = s.split_whitespace().next().and_then(|n| n.parse::<i64>().ok());
+                let nr = s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse::<i64>().ok());
                 nr == Some(libc::SYS_clock_nanosleep) || nr == Some(libc::SYS_nanosleep)
             })
         };
@@ -549,7 +561,7 @@ fn evchild_cell(
             return Ok(Err(format!("n/a: got {:?}", reactor.backend())));
         }
     }
-    let mut command = Command::new(TRUE);
+    let mut command = Command::new(true_program());
     command.stdin(Stdio::null());
     let mut lp = Loop {
         poll: Poll::new()?,
@@ -572,7 +584,7 @@ fn evchild_cell(
     let zombie = if variant == Variant::PeekForeignZombie {
         // Not registered and not reaped until the cell is over: other code's
         // child that its owner has not collected yet.
-        let child = Command::new(TRUE).stdin(Stdio::null()).spawn()?;
+        let child = Command::new(true_program()).stdin(Stdio::null()).spawn()?;
         let pid = child.id() as libc::pid_t;
         wait_exited_unreaped(pid)?;
         Some(pid)
@@ -628,7 +640,7 @@ fn evchild_cell(
 /// std's `Command::spawn` (posix_spawn) and a blocking `waitpid(-1)`: the
 /// floor for everything that spawns through std.
 fn bare_std(n: usize, depth: usize) -> Res<(usize, Duration)> {
-    let mut command = Command::new(TRUE);
+    let mut command = Command::new(true_program());
     command.stdin(Stdio::null());
     let (mut started, mut done, mut spawn) = (0, 0, Duration::ZERO);
     while done < n {
@@ -655,7 +667,7 @@ extern "C" {
 /// libc's `posix_spawn` with no file actions or attributes, and a blocking
 /// `waitpid(-1)`: the floor for any spawner.
 fn bare_posix_spawn(n: usize, depth: usize) -> Res<(usize, Duration)> {
-    let path = CString::new(TRUE)?;
+    let path = CString::new(true_program())?;
     let argv: [*mut c_char; 2] = [path.as_ptr() as *mut c_char, std::ptr::null_mut()];
     let (mut started, mut done, mut spawn) = (0, 0, Duration::ZERO);
     while done < n {
@@ -706,7 +718,7 @@ mod async_peers {
 
     use evchild_testkit::bench::thread_cpu;
 
-    use super::{Res, TRUE};
+    use super::{true_program, Res};
 
     type Task = Pin<Box<dyn Future<Output = io::Result<()>>>>;
 
@@ -782,7 +794,7 @@ mod async_peers {
             .map(|_| {
                 let budget = budget.clone();
                 let task: Task = Box::pin(async move {
-                    let mut command = tokio::process::Command::new(TRUE);
+                    let mut command = tokio::process::Command::new(true_program());
                     command.stdin(Stdio::null());
                     while budget.take(n) {
                         let mut child = budget.timed(|| command.spawn())?;
@@ -805,7 +817,7 @@ mod async_peers {
             .map(|_| {
                 let budget = budget.clone();
                 let task: Task = Box::pin(async move {
-                    let mut command = async_process::Command::new(TRUE);
+                    let mut command = async_process::Command::new(true_program());
                     command.stdin(Stdio::null());
                     while budget.take(n) {
                         let mut child = budget.timed(|| command.spawn())?;
@@ -1186,7 +1198,7 @@ fn main() -> Res<()> {
         return peer_helper(&spec);
     }
     let cfg = Config::from_env()?;
-    let mut truth = Prepared::new(TRUE);
+    let mut truth = Prepared::new(true_program());
     truth.stdin(Redirect::Null);
     truth.build()?;
     PREPARED.with(|p| *p.borrow_mut() = Some(truth));

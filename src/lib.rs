@@ -347,11 +347,26 @@
 //! child's CPU per spawn there (the descriptor table). `Pidfd` gave the
 //! most children per second at every size, so `Backend::Auto` chooses it
 //! where `pidfd_open` and `waitid(P_PIDFD)` work (Linux ≥ 5.4, no seccomp
-//! veto) and `Peek` elsewhere. Choose `Peek` for a process that spawns far
-//! more than it keeps alive and is short of descriptors. A program that
-//! expects hundreds of live children should raise its soft
-//! `RLIMIT_NOFILE`; children past the limit are not lost, but watched
-//! through `SIGCHLD` (and scanned).
+//! veto) and `Peek` elsewhere. A program that expects hundreds of live
+//! children should raise its soft `RLIMIT_NOFILE`; children past the limit
+//! are not lost, but watched through `SIGCHLD` (and scanned).
+//!
+//! What `Pidfd` costs at a start depends on how the child is started. With
+//! [`Reactor::spawn`] (std's `Command`), three system calls more than a
+//! bare std loop (`pidfd_open`, `EPOLL_CTL_ADD`, the pidfd's `close`) and
+//! the disposition query, and every later spawn copies the whole
+//! descriptor table, pidfds included. With [`Reactor::spawn_prepared`] the
+//! pidfd comes from the `clone` itself and the child copies only the
+//! descriptors it needs, so a start costs less than std's own spawn, and
+//! the same with 10,000 live children as with none (`BENCHMARKS.md`,
+//! *Issue 15*). **`Peek` is the better choice** for a program that starts
+//! its children through std's `Command`, keeps few of them alive at once
+//! (say, fewer than a hundred), and either is short of descriptors or
+//! wants the last few microseconds per child: it holds no descriptor per
+//! child, and each start costs about 1.1× a bare std loop against
+//! `Pidfd`'s 1.2×. Past a few hundred live children `Pidfd` is the better
+//! choice whatever the start: each `Peek` or `Scan` wake-up walks every
+//! child.
 //!
 //! # How it is built
 //!

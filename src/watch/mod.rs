@@ -20,7 +20,7 @@
 //! |---|---|
 //! | descriptor | an epoll set holding the wake pipe, the process's orphan set (nested), with `Pidfd` one pidfd per child, the pipes of `spawn_output` children (tagged epoll data: a stream bit plus a slab key), and from the first `terminate` on a `timerfd` |
 //! | wake-up | with `Pidfd`, the pidfds; otherwise one `SIGCHLD` handler per process, installed once, writing to each registered wake pipe (a fixed table of 256 slots, held while the reactor needs the handler) |
-//! | a start | one `sigaction(SIGCHLD, NULL)` query (see *Coexistence*); with `Pidfd`, `pidfd_open` and `EPOLL_CTL_ADD`; two uncontended rounds of the process lock (the routes' claim) and one atomic load for the orphan list |
+//! | a start | one `sigaction(SIGCHLD, NULL)` query (see *Coexistence*); with `Pidfd`, `pidfd_open` (not for `spawn_prepared`: its `clone` returns the pidfd) and `EPOLL_CTL_ADD` (one-shot: no `EPOLL_CTL_DEL` at the end, the close takes it out); two uncontended rounds of the process lock (the routes' claim) and one atomic load for the orphan list |
 //! | `Library` reaping | see the crate docs' *Backends* |
 //! | `LibraryAlways` reaping | `wait4(-1, WNOHANG)` until nothing is left: k+1 calls for k exits; while starts are in flight, a peek and a reap per exit (see `process::routes`) |
 //! | orphans | nothing until one dies; then one `waitid` each, by the first reactor to look |
