@@ -282,13 +282,18 @@
 //! [`Error::HandlerConflict`] if it does not chain. Use `Mainloop` mode
 //! with such a handler.
 //!
-//! Every child start (`spawn`, `fork`, `watch`, in every mode) first reads
-//! the disposition (one `sigaction(SIGCHLD, NULL, ..)` query):
+//! Every child start (`spawn`, `spawn_prepared`, `fork`, `watch`, in every
+//! mode) first reads the disposition (one `sigaction(SIGCHLD, NULL, ..)`
+//! query; for a `spawn_prepared` start whose reactor does not need the
+//! handler, the query is the child's, made after the `clone` and before
+//! anything else it does, since the child reads every disposition anyway
+//! to reset the handlers):
 //! * `SIG_IGN` or `SA_NOCLDWAIT` makes the kernel reap children by itself,
 //!   so nothing can be waited for: evchild refuses it with
-//!   [`Error::HandlerConflict`], starting nothing, rather than report every
-//!   child lost (or, in `Mainloop` mode, leave its callback pending for
-//!   ever);
+//!   [`Error::HandlerConflict`], starting nothing (a `spawn_prepared`
+//!   child that finds it stops before `execve`: nothing of the command
+//!   runs), rather than report every child lost (or, in `Mainloop` mode,
+//!   leave its callback pending for ever);
 //! * `SIG_DFL` where evchild needs its handler (other code reset `SIGCHLD`,
 //!   as libuv and libev do when they stop, or restored the default after
 //!   ignoring it): evchild installs its handler again, chaining to nothing.

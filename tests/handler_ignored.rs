@@ -373,21 +373,41 @@ fn pidfd_backend_refuses_when_children_are_reaped_by_the_kernel() {
                     record,
                 )
                 .map(|_| ());
+            // A prepared start: here the child checks the disposition (no
+            // query in the parent) and must stop before running anything.
+            let mark = std::env::temp_dir().join(format!(
+                "evchild-ign-prepared-{}-{}",
+                std::process::id(),
+                outcomes.len()
+            ));
+            let _ = std::fs::remove_file(&mark);
+            let mut prepared = evchild::Prepared::new("sh");
+            prepared
+                .args(["-c", "touch \"$0\""])
+                .arg(&mark)
+                .stdin(evchild::Redirect::Null);
+            let prepared_result = reactor.spawn_prepared(&mut prepared, record).map(|_| ());
+            std::thread::sleep(Duration::from_millis(50));
+            let ran = mark.exists();
+            let _ = std::fs::remove_file(&mark);
             assert_eq!(disposition(), before, "{what}: the disposition changed");
             // Settle whatever was started: the kernel reaps it, evchild can
             // only report it lost (if at all: a child whose pidfd could not
             // be opened, because the kernel had reaped it already, is
             // watched through the handler, which cannot be installed).
-            let started = usize::from(forked.is_ok()) + usize::from(spawned.is_ok());
+            let started = usize::from(forked.is_ok())
+                + usize::from(spawned.is_ok())
+                + usize::from(prepared_result.is_ok());
             let deadline = Instant::now() + Duration::from_secs(2);
             while deaths.len() < started && Instant::now() < deadline {
                 reactor.dispatch(&mut deaths).expect("dispatch");
                 std::thread::sleep(Duration::from_millis(1));
             }
             let refused = |r: &evchild::Result<()>| matches!(r, Err(Error::HandlerConflict { .. }));
-            if !refused(&forked) || !refused(&spawned) {
+            if !refused(&forked) || !refused(&spawned) || !refused(&prepared_result) || ran {
                 outcomes.push(format!(
-                    "{what}: fork {forked:?}, spawn {spawned:?}; {started} started, reports {:?}",
+                    "{what}: fork {forked:?}, spawn {spawned:?}, spawn_prepared \
+                     {prepared_result:?} (the command ran: {ran}); {started} started, reports {:?}",
                     deaths.iter().map(|d| d.outcome).collect::<Vec<_>>()
                 ));
             }

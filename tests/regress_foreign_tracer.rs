@@ -97,7 +97,11 @@ fn a_zombie_held_by_another_tracer_is_reported_once_it_is_let_go() {
             let mut release = Gate::new();
             let tracer = fork_tracer(child.pid().as_raw(), &ready, &release);
             drop(ready.1);
-            assert_eq!(util::read_byte(ready.0.as_raw_fd()), Some(1), "{what}: seize");
+            assert_eq!(
+                util::read_byte(ready.0.as_raw_fd()),
+                Some(1),
+                "{what}: seize"
+            );
             // The child exits; its tracer holds the zombie.
             gate.open();
             // (A wait for it, even with `WNOWAIT`, would block until the

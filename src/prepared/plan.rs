@@ -298,7 +298,11 @@ impl Prepared {
 
     /// Starts the child (after [`build_parts`](Self::build_parts) and
     /// [`open_pipes`](Self::open_pipes)).
-    pub(crate) fn launch(&mut self, pidfd: bool) -> io::Result<(Pid, Option<OwnedFd>)> {
+    pub(crate) fn launch(
+        &mut self,
+        pidfd: bool,
+        check_sigchld: bool,
+    ) -> io::Result<(Pid, Option<OwnedFd>)> {
         let built = &mut self.built;
         let (Some(argv), Some(envp), Some(path), Some(dir), Some(layout), Some(stack)) = (
             &built.argv,
@@ -321,6 +325,7 @@ impl Prepared {
         plan.two_phase = layout.two_phase;
         plan.closes = layout.closes.as_ptr();
         plan.close_count = layout.closes.len();
+        plan.check_sigchld = check_sigchld;
         sys::clone_exec(&mut plan, stack, pidfd)
     }
 

@@ -164,20 +164,31 @@ fn current() -> Result<Action, Error> {
 
 fn check_usable(old: &Action) -> Result<(), Error> {
     if old.handler() == libc::SIG_IGN {
-        return Err(Error::HandlerConflict {
-            reason: "SIGCHLD is ignored (SIG_IGN), so the kernel reaps children at once and no \
-                     exit status can be waited for; set SIGCHLD back to SIG_DFL, or reap \
-                     without evchild",
-        });
+        return Err(refusal(true));
     }
     if old.flags() & libc::SA_NOCLDWAIT != 0 {
-        return Err(Error::HandlerConflict {
-            reason: "the SIGCHLD disposition has SA_NOCLDWAIT, so the kernel reaps children at \
-                     once and no exit status can be waited for; install the handler without \
-                     SA_NOCLDWAIT",
-        });
+        return Err(refusal(false));
     }
     Ok(())
+}
+
+/// The error for a `SIGCHLD` disposition that makes the kernel reap
+/// children: ignored (`SIG_IGN`), or (not `ignored`) with `SA_NOCLDWAIT`.
+pub(crate) fn refusal(ignored: bool) -> Error {
+    Error::HandlerConflict {
+        reason: match ignored {
+            true => {
+                "SIGCHLD is ignored (SIG_IGN), so the kernel reaps children at once and no \
+                 exit status can be waited for; set SIGCHLD back to SIG_DFL, or reap \
+                 without evchild"
+            }
+            false => {
+                "the SIGCHLD disposition has SA_NOCLDWAIT, so the kernel reaps children at \
+                 once and no exit status can be waited for; install the handler without \
+                 SA_NOCLDWAIT"
+            }
+        },
+    }
 }
 
 /// Remembers `old` for chaining, reusing the saved copy when nothing changed

@@ -120,7 +120,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use crate::sys::{Lock, LockGuard};
 
-pub(crate) use disposition::before_start;
+pub(crate) use disposition::{before_start, refusal};
 pub(crate) use handler::{register, Registration};
 pub(crate) use routes::ReapAllToken;
 

@@ -39,7 +39,11 @@ impl<C> Reactor<C> {
     /// per [`Piped`](crate::Redirect::Piped) stream a `pipe2`, two `dup3`,
     /// a `close` and an `fcntl`; two `rt_sigprocmask` and one `clone`;
     /// then the registration (with the `Pidfd` backend one `epoll_ctl`,
-    /// and no `pidfd_open`: the clone returned the pidfd). It allocates
+    /// and no `pidfd_open`: the clone returned the pidfd). Where the
+    /// reactor's children need no `SIGCHLD` handler (the `Pidfd` backend),
+    /// not even the disposition query of every other start: the child,
+    /// which reads every disposition to reset the handlers, checks
+    /// `SIGCHLD` first and stops before `execve` if it is ignored. It allocates
     /// nothing but the reactor's `Box` for `on_death`. The child copies
     /// only the descriptors below the `Prepared`'s highest (see its
     /// *Descriptors*), and no page table.
@@ -97,14 +101,24 @@ impl<C> Reactor<C> {
         on_death: OnDeath<C>,
     ) -> Result<crate::ChildId> {
         self.children.reserve_one();
-        let acquired = self.watcher.before_start(self.children.len())?;
+        // Where the handler is not needed, the child checks the SIGCHLD
+        // disposition (it reads them all anyway): no query here.
+        let (acquired, child_checks) = self
+            .watcher
+            .before_start_checked_by_child(self.children.len())?;
         let starting = self.watcher.start();
         let want_pidfd = self.backend() == Some(Backend::Pidfd);
-        let (pid, pidfd) = match prepared.launch(want_pidfd) {
+        let (pid, pidfd) = match prepared.launch(want_pidfd, child_checks) {
             Ok(started) => started,
             Err(source) => {
                 self.watcher.abort_start(acquired);
-                return Err(prepared.spawn_error(source));
+                let refused = source
+                    .get_ref()
+                    .and_then(|e| e.downcast_ref::<crate::sys::spawn::SigchldRefused>());
+                return Err(match refused {
+                    Some(refused) => self.watcher.refused_by_child(refused.ignored),
+                    None => prepared.spawn_error(source),
+                });
             }
         };
         match self.register_started_with(starting, pid, pidfd, on_death) {

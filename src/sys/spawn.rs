@@ -186,7 +186,27 @@ pub(crate) enum Step {
     Chdir = 4,
     Descriptors = 5,
     Exec = 6,
+    /// `SIGCHLD` is ignored or has `SA_NOCLDWAIT` (the check the parent
+    /// left to the child, which reads every disposition anyway).
+    SigchldIgnored = 7,
+    SigchldNoCldWait = 8,
 }
+
+/// The error [`clone_exec`] returns (inside an `io::Error`) when the child
+/// found `SIGCHLD` ignored (`ignored`) or with `SA_NOCLDWAIT` (not
+/// `ignored`) and stopped before `execve`: nothing ran.
+#[derive(Debug)]
+pub(crate) struct SigchldRefused {
+    pub(crate) ignored: bool,
+}
+
+impl std::fmt::Display for SigchldRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SIGCHLD is ignored or has SA_NOCLDWAIT")
+    }
+}
+
+impl std::error::Error for SigchldRefused {}
 
 /// Everything the child function reads, and the two fields it writes on
 /// failure: pointers into the `Prepared`'s built form (which outlives the
@@ -219,6 +239,10 @@ pub(crate) struct ChildPlan {
     /// passed descriptors.
     pub(crate) closes: *const [u32; 2],
     pub(crate) close_count: usize,
+    /// Whether the child checks the `SIGCHLD` disposition before anything
+    /// else it does (the parent made no query): ignored or `SA_NOCLDWAIT`,
+    /// it stops before `execve` ([`Step::SigchldIgnored`]).
+    pub(crate) check_sigchld: bool,
     /// The parent thread's signal mask, restored in the child (set by
     /// [`clone_exec`]).
     old_mask: u64,
@@ -248,6 +272,7 @@ impl ChildPlan {
             high: 3,
             closes: ptr::null(),
             close_count: 0,
+            check_sigchld: false,
             old_mask: 0,
             errno: 0,
             step: 0,
@@ -290,6 +315,15 @@ fn fail(plan: &mut ChildPlan, step: Step) -> ! {
     unsafe { libc::_exit(127) }
 }
 
+/// Ends the child before `execve` for a refused `SIGCHLD` disposition
+/// (nothing of the command ran). Async-signal-safe.
+fn refuse(plan: &mut ChildPlan, step: Step) -> ! {
+    plan.errno = 0;
+    plan.step = step as c_int;
+    // SAFETY: as in `fail`.
+    unsafe { libc::_exit(127) }
+}
+
 /// The child: runs on [`ChildStack`] in the parent's memory (`CLONE_VM`)
 /// while the parent thread is suspended (`CLONE_VFORK`), with every signal
 /// blocked, until it `execve`s or `_exit`s.
@@ -310,7 +344,11 @@ fn fail(plan: &mut ChildPlan, step: Step) -> ! {
 ///
 /// 1. Unshares the descriptor table, copying only the descriptors below
 ///    `low` (`unshare(CLONE_FILES)` before Linux 5.9: a full copy).
-/// 2. Resets every handled signal to `SIG_DFL` (a handler of the parent
+/// 2. With `check_sigchld`, stops (before anything the child would do)
+///    if `SIGCHLD` is ignored or has `SA_NOCLDWAIT`: its disposition is a
+///    copy of the parent's at the clone (no `CLONE_SIGHAND`), and this loop
+///    reads it anyway, so the parent's own query is saved.
+///    Resets every handled signal to `SIG_DFL` (a handler of the parent
 ///    must never run here, in its memory), `SIGPIPE` too (as std does for
 ///    its children; Rust programs ignore it), leaves ignored ones ignored,
 ///    and restores the parent thread's signal mask (as std: the child
@@ -360,6 +398,14 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
             // EINVAL: they are left as they are, and the kernel resets
             // handled ones at exec).
             let queried = unsafe { libc::sigaction(sig, ptr::null(), &mut old) } == 0;
+            if queried && sig == libc::SIGCHLD && plan.check_sigchld {
+                if old.sa_sigaction == libc::SIG_IGN {
+                    refuse(plan, Step::SigchldIgnored);
+                }
+                if old.sa_flags & libc::SA_NOCLDWAIT != 0 {
+                    refuse(plan, Step::SigchldNoCldWait);
+                }
+            }
             let handled = old.sa_sigaction != libc::SIG_IGN && old.sa_sigaction != libc::SIG_DFL;
             if queried && (handled || sig == libc::SIGPIPE) {
                 // SAFETY: see above.
@@ -511,7 +557,14 @@ pub(crate) fn clone_exec(
         unsafe { OwnedFd::from_raw_fd(raw_pidfd) }
     });
     if plan.step != 0 {
+        // (With SIGCHLD ignored the kernel reaped it already: ECHILD.)
         reap(pid);
+        if plan.step == Step::SigchldIgnored as c_int
+            || plan.step == Step::SigchldNoCldWait as c_int
+        {
+            let ignored = plan.step == Step::SigchldIgnored as c_int;
+            return Err(io::Error::other(SigchldRefused { ignored }));
+        }
         let errno = if plan.errno == 0 {
             libc::EIO
         } else {

@@ -258,6 +258,30 @@ impl Watcher {
         Ok(acquire)
     }
 
+    /// [`before_start`](Self::before_start) for a start whose child can
+    /// check the `SIGCHLD` disposition itself (a `Prepared` start: its child
+    /// reads every disposition anyway, and stops before `execve` if
+    /// `SIGCHLD` is ignored or has `SA_NOCLDWAIT`). When this reactor's
+    /// children do not need the handler, nothing is asked of the kernel
+    /// here, and the second value is `true`: the child must check. When
+    /// they do, this is `before_start`, and the second value `false`.
+    pub(crate) fn before_start_checked_by_child(&mut self, live: usize) -> Result<(bool, bool)> {
+        if self.needs_handler(live + 1) {
+            return self.before_start(live).map(|acquired| (acquired, false));
+        }
+        Ok((false, true))
+    }
+
+    /// The child of a start found `SIGCHLD` ignored (or with
+    /// `SA_NOCLDWAIT`) and stopped: the error `before_start` would have
+    /// returned, with the same wake-up (children the reactor already has
+    /// may have been reaped by the kernel: the next dispatch reports them
+    /// lost).
+    pub(crate) fn refused_by_child(&self, ignored: bool) -> Error {
+        self.pipe.wake();
+        process::refusal(ignored)
+    }
+
     /// Undoes [`before_start`](Self::before_start) after a start failed.
     pub(crate) fn abort_start(&mut self, acquired: bool) {
         if acquired {
