@@ -362,8 +362,9 @@
 //! the disposition query, and every later spawn copies the whole
 //! descriptor table, pidfds included. With [`Reactor::spawn_prepared`] the
 //! pidfd comes from the `clone` itself and the child copies only the
-//! descriptors it needs, so a start costs less than std's own spawn, and
-//! the same with 10,000 live children as with none (`BENCHMARKS.md`,
+//! descriptors it needs, so a start costs the parent less than std's own
+//! spawn (about 0.9× at eight in flight), and about the same work per
+//! child with 10,000 live children as with none (`BENCHMARKS.md`,
 //! *Issue 15*). **`Peek` is the better choice** for a program that starts
 //! its children through std's `Command`, keeps few of them alive at once
 //! (say, fewer than a hundred), and either is short of descriptors or
