@@ -136,7 +136,7 @@
 //!
 //! | mode | who has the `SIGCHLD` handler | who reaps | children evchild did not start |
 //! |---|---|---|---|
-//! | `Library` (default) | with the (default) `Pidfd` backend, nobody, unless a child has no pidfd (`RLIMIT_NOFILE` reached) or asked for stop reports, or an orphan of a dropped reactor has none; with `Peek` and `Scan`, evchild. Installed at the first child that needs it and kept for the life of the process; the reactor is in the handler's table only while such children live | evchild, **its own children only**: by pidfd, or by pid where there is none (see *Backends*) | never touched |
+//! | `Library` (default) | with the (default) `Pidfd` backend, nobody, unless a child has no pidfd (`RLIMIT_NOFILE` reached) or asked for stop reports, or has died but is held by another process's tracer (until it is reaped), or an orphan of a dropped reactor has none; with `Peek` and `Scan`, evchild. Installed at the first child that needs it and kept for the life of the process; the reactor is in the handler's table only while such children live | evchild, **its own children only**: by pidfd, or by pid where there is none (see *Backends*) | never touched |
 //! | `Mainloop` | the application | the application, which reports each pid with [`reaped`](Reactor::reaped); or it calls [`sigchld_occurred`](Reactor::sigchld_occurred) and evchild reaps its own; statuses a `LibraryAlways` reactor routed here come through `dispatch` | `reaped` answers [`Error::UnknownChild`] |
 //! | `LibraryAlways` | evchild, from `new`/`set_mode` on (registered until drop) | evchild reaps **every** child of the process (`wait4(-1)`); a child another reactor of the process registered is handed to that reactor, with its exact status | handed to the unknown-child hook ([`Hooks::unknown_child`]); if there is none or it declines, counted in [`Stats::unknown_unclaimed`] (and logged with the `log` feature) |
 //!
@@ -213,7 +213,8 @@
 //!     kernel reaped meanwhile are reported `Lost` by the next `dispatch`;
 //!   * a start by a reactor whose children need evchild's handler (a
 //!     `SIGCHLD` backend, `LibraryAlways`, or `Pidfd` children without a
-//!     pidfd or with stop reports) reinstalls it if other code reset
+//!     pidfd, with stop reports, or dead but held by another process's
+//!     tracer) reinstalls it if other code reset
 //!     `SIGCHLD` to `SIG_DFL`, and is refused ([`Error::HandlerConflict`])
 //!     if a handler installed over evchild's does not call it (checked once
 //!     per such handler: see *Coexistence*);
@@ -285,9 +286,9 @@
 //! Every child start (`spawn`, `spawn_prepared`, `fork`, `watch`, in every
 //! mode) first reads the disposition (one `sigaction(SIGCHLD, NULL, ..)`
 //! query; for a `spawn_prepared` start whose reactor does not need the
-//! handler, the query is the child's, made after the `clone` and before
-//! anything else it does, since the child reads every disposition anyway
-//! to reset the handlers):
+//! handler, the query is the child's, made after the `clone` while it
+//! reads every disposition to reset the handlers, and before it changes
+//! anything else or execs):
 //! * `SIG_IGN` or `SA_NOCLDWAIT` makes the kernel reap children by itself,
 //!   so nothing can be waited for: evchild refuses it with
 //!   [`Error::HandlerConflict`], starting nothing (a `spawn_prepared`
@@ -357,10 +358,11 @@
 //! are not lost, but watched through `SIGCHLD` (and scanned).
 //!
 //! What `Pidfd` costs at a start depends on how the child is started. With
-//! [`Reactor::spawn`] (std's `Command`), three system calls more than a
-//! bare std loop (`pidfd_open`, `EPOLL_CTL_ADD`, the pidfd's `close`) and
-//! the disposition query, and every later spawn copies the whole
-//! descriptor table, pidfds included. With [`Reactor::spawn_prepared`] the
+//! [`Reactor::spawn`] (std's `Command`), six system calls more than a
+//! bare std loop at one child in flight (`pidfd_open`, `EPOLL_CTL_ADD`,
+//! the pidfd's `close`, the disposition query and the loop's two
+//! `epoll_wait`; `waitid` replaces `wait4`), and every later spawn copies
+//! the whole descriptor table, pidfds included. With [`Reactor::spawn_prepared`] the
 //! pidfd comes from the `clone` itself and the child copies only the
 //! descriptors it needs, so a start costs the parent less than std's own
 //! spawn (about 0.9× at eight in flight), and about the same work per

@@ -207,6 +207,17 @@ fn exec_failures_are_typed_and_leave_nothing() {
             ErrorKind::InvalidInput,
             &reactor,
         );
+        // Reported once: the misused call changed nothing, and the next
+        // start proceeds.
+        let id = reactor
+            .spawn_prepared(&mut bad, record)
+            .expect("the next start")
+            .id;
+        let mut deaths = Deaths::default();
+        assert!(reactor
+            .wait_for(&mut deaths, id, Some(Duration::from_secs(30)))
+            .expect("wait_for"));
+        deaths.assert_code(id, 0);
         let mut bad = Prepared::new("true");
         bad.arg("a\0b");
         assert_spawn_error(
@@ -364,6 +375,34 @@ fn passed_descriptor_and_nothing_else() {
     std::fs::File::from(read).read_to_string(&mut got).unwrap();
     assert_eq!(got, "hi\n");
     drop(inheritable);
+    check.finish();
+}
+
+/// A descriptor given to `pass_fd` is close-on-exec in the parent at once
+/// (before the `Prepared` is built), so no other spawn inherits it.
+#[test]
+fn a_passed_descriptor_leaks_into_no_other_spawn() {
+    let check = Check::start();
+    let (read, write) = util::pipe();
+    // SAFETY: dup(2) of an open descriptor; the result is owned below.
+    let inheritable = unsafe { libc::dup(write.as_raw_fd()) };
+    assert!(inheritable >= 0);
+    // SAFETY: a new descriptor we own.
+    let inheritable = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(inheritable) };
+    let number = inheritable.as_raw_fd();
+    let mut p = Prepared::new("true");
+    p.pass_fd(inheritable, 9);
+    let out = std::process::Command::new("ls")
+        .arg("/proc/self/fd")
+        .output()
+        .expect("ls");
+    let fds = listed(&String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !fds.contains(&number),
+        "a std child inherited {number}: {fds:?}"
+    );
+    drop(p);
+    drop((read, write));
     check.finish();
 }
 

@@ -151,3 +151,54 @@ fn a_zombie_held_by_another_tracer_is_reported_once_it_is_let_go() {
     check.finish();
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// `Pidfd`: while such a zombie waits, the reactor holds a `SIGCHLD`
+/// registration (the tracer's letting go is signalled); once the child
+/// leaves the reactor otherwise (`forget`), the registration goes with it
+/// at once, and the caller reaps the child with the pidfd it got back.
+#[test]
+fn a_forgotten_held_zombie_keeps_no_handler() {
+    let check = Check::start();
+    if !util::ptrace::ptrace_or_skip() || !util::pidfd_or_skip("the whole test") {
+        return check.finish();
+    }
+    {
+        let _kill = KillOnPanic;
+        let (mut reactor, _lp, mut deaths) = util::library_loop_with::<Deaths>(Backend::Pidfd);
+        util::assert_no_registration("a Pidfd reactor with no child");
+        let mut gate = Gate::new();
+        let child = fork_gated(&mut reactor, &gate, 7, record);
+        let ready = util::pipe();
+        let mut release = Gate::new();
+        let tracer = fork_tracer(child.pid().as_raw(), &ready, &release);
+        drop(ready.1);
+        assert_eq!(util::read_byte(ready.0.as_raw_fd()), Some(1), "seize");
+        gate.open();
+        let end = Instant::now() + LIMIT;
+        while util::proc_state(child.pid().as_raw()) != Some('Z') {
+            assert!(Instant::now() < end, "the child did not exit");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(util::readable_within(reactor.as_raw_fd(), LIMIT));
+        reactor.dispatch(&mut deaths).expect("dispatch");
+        assert_eq!(deaths.total(), 0);
+        util::assert_registrations(1, "a held zombie");
+        let forgotten = reactor.forget(child).expect("forget");
+        util::assert_no_registration("once the held zombie was forgotten");
+        reactor.dispatch(&mut deaths).expect("dispatch");
+        release.open();
+        assert_eq!(util::reap_child(Pid::from_raw(tracer)), exited(0));
+        let pidfd = forgotten.pidfd.expect("its pidfd");
+        let status = nix::sys::wait::waitid(
+            nix::sys::wait::Id::PIDFd(std::os::fd::AsFd::as_fd(&pidfd)),
+            nix::sys::wait::WaitPidFlag::WEXITED,
+        )
+        .expect("waitid(P_PIDFD)");
+        assert_eq!(
+            status,
+            nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(child.pid().as_raw()), 7)
+        );
+        assert_eq!(deaths.total(), 0, "a forgotten child reported");
+    }
+    check.finish();
+}

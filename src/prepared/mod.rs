@@ -178,9 +178,10 @@ impl Prepared {
     /// `value`, rebuilding only that string of the prebuilt `argv`: for a
     /// runner that changes one argument per start (`sh -c LINE`).
     ///
-    /// An `index` past the arguments is reported by the next start
-    /// ([`Error::Spawn`](crate::Error::Spawn) with `InvalidInput`), as std
-    /// reports a bad `Command` at `spawn`.
+    /// An `index` past the arguments changes nothing and is reported by
+    /// the next start (which fails with [`Error::Spawn`](crate::Error::Spawn)
+    /// and `InvalidInput`, as std reports a bad `Command` at `spawn`; the
+    /// one after it proceeds).
     pub fn set_arg(&mut self, index: usize, value: impl AsRef<OsStr>) -> &mut Self {
         let value = value.as_ref();
         let Some(arg) = self.args.get_mut(index) else {
@@ -302,11 +303,18 @@ impl Prepared {
     /// moved to the lowest free descriptor when the `Prepared` is built.
     /// Passing another `fd` as the same `child_fd` replaces the first.
     ///
-    /// A `child_fd` below 3 is reported by the next start
-    /// ([`Error::Spawn`](crate::Error::Spawn) with `InvalidInput`).
+    /// A `child_fd` below 3 changes nothing and is reported by the next
+    /// start (which fails with [`Error::Spawn`](crate::Error::Spawn) and
+    /// `InvalidInput`; the one after it proceeds).
     pub fn pass_fd(&mut self, fd: OwnedFd, child_fd: RawFd) -> &mut Self {
         if child_fd < 3 {
             self.invalid = Some(format!("pass_fd to descriptor {child_fd}, below 3"));
+            return self;
+        }
+        // Close-on-exec in the parent from now on, so no other spawn
+        // inherits it (the child gets it through its move).
+        if let Err(e) = crate::sys::spawn::set_cloexec(std::os::fd::AsFd::as_fd(&fd)) {
+            self.invalid = Some(format!("pass_fd: fcntl(FD_CLOEXEC): {e}"));
             return self;
         }
         self.passed.retain(|(target, _)| *target != child_fd);

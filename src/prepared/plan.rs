@@ -144,7 +144,8 @@ impl Prepared {
 
     /// Builds every part that is missing (the first start builds them all).
     pub(super) fn build_parts(&mut self) -> io::Result<()> {
-        if let Some(why) = &self.invalid {
+        // Reported once: the misused call changed nothing.
+        if let Some(why) = self.invalid.take() {
             return Err(invalid(why));
         }
         if self.built.argv.is_none() {

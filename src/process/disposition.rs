@@ -2,7 +2,9 @@
 //! to the handler ours replaced.
 //!
 //! Every child start and every registration costs one
-//! `sigaction(SIGCHLD, NULL, &cur)` query; an install (`sigaction` with a new
+//! `sigaction(SIGCHLD, NULL, &cur)` query (but a `spawn_prepared` start
+//! whose reactor needs no handler: its child checks, see
+//! `Watcher::before_start_checked_by_child`); an install (`sigaction` with a new
 //! action) happens only the first time, after other code reset `SIGCHLD` to
 //! `SIG_DFL`, or when stop reports are switched on or off. See the parent
 //! module's `# Handler lifetime` for the decision table.
@@ -26,8 +28,8 @@ pub(super) fn installs() -> u64 {
     INSTALLS.load(Ordering::Relaxed)
 }
 
-/// Before a child is started (by `spawn`, `fork` or `watch`, in every
-/// mode): refuses a disposition that would make the kernel reap the child,
+/// Before a child is started (by `spawn`, `fork`, `watch`, or a
+/// `spawn_prepared` whose reactor needs the handler; in every mode): refuses a disposition that would make the kernel reap the child,
 /// and, if `needs_handler`, makes sure our handler will run (see the parent
 /// module's `# Handler lifetime`). One `sigaction(SIGCHLD, NULL, &cur)`
 /// query, without the lock, when nothing needs installing (the steady

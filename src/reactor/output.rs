@@ -3,7 +3,7 @@
 //!
 //! The child's stdout and stderr read ends (and its stdin write end, when
 //! the application gives input) go into the reactor's own epoll set, next
-//! to the wake pipe and the pidfds, level-triggered, under a tagged key
+//! to the wake pipe and the pidfds; they are level-triggered, under a tagged key
 //! (see `poller.rs`). So the application's `Poll` needs no extra token: the
 //! reactor's one descriptor becomes readable when output is there, and
 //! `dispatch` reads it. Both streams are read as they come, so a child that

@@ -40,10 +40,12 @@ impl<C> Reactor<C> {
     /// a `close` and an `fcntl`; two `rt_sigprocmask` and one `clone`;
     /// then the registration (with the `Pidfd` backend one `epoll_ctl`,
     /// and no `pidfd_open`: the clone returned the pidfd). Where the
-    /// reactor's children need no `SIGCHLD` handler (the `Pidfd` backend),
-    /// not even the disposition query of every other start: the child,
-    /// which reads every disposition to reset the handlers, checks
-    /// `SIGCHLD` first and stops before `execve` if it is ignored. It allocates
+    /// reactor's children need no `SIGCHLD` handler (the `Pidfd` backend,
+    /// `Mainloop` mode), not even the disposition query of every other
+    /// start: the child, which reads every disposition to reset the
+    /// handlers, checks `SIGCHLD` as it does and stops before it changes
+    /// anything else (process group, directory, descriptors) and before
+    /// `execve` if `SIGCHLD` is ignored or has `SA_NOCLDWAIT`. It allocates
     /// nothing but the reactor's `Box` for `on_death`. The child copies
     /// only the descriptors below the `Prepared`'s highest (see its
     /// *Descriptors*), and no page table.
@@ -64,8 +66,11 @@ impl<C> Reactor<C> {
     ///   byte (`InvalidInput`), or `clone`, a pipe or a descriptor failed.
     ///   Nothing is registered, and no zombie is left (a child whose exec
     ///   failed has been reaped).
-    /// * [`Error::HandlerConflict`](crate::Error::HandlerConflict),
-    ///   [`Error::TooManyReactors`](crate::Error::TooManyReactors),
+    /// * [`Error::HandlerConflict`](crate::Error::HandlerConflict):
+    ///   nothing of the command ran (a child the check was left to was
+    ///   cloned and `_exit`ed before `execve`; under `SA_NOCLDWAIT` with a
+    ///   handler of the application's, that handler sees its `SIGCHLD`).
+    /// * [`Error::TooManyReactors`](crate::Error::TooManyReactors),
     ///   [`Error::ForkedChild`](crate::Error::ForkedChild): nothing was
     ///   started.
     pub fn spawn_prepared(

@@ -20,7 +20,7 @@
 //! |---|---|
 //! | descriptor | an epoll set holding the wake pipe, the process's orphan set (nested), with `Pidfd` one pidfd per child, the pipes of `spawn_output` children (tagged epoll data: a stream bit plus a slab key), and from the first `terminate` on a `timerfd` |
 //! | wake-up | with `Pidfd`, the pidfds; otherwise one `SIGCHLD` handler per process, installed once, writing to each registered wake pipe (a fixed table of 256 slots, held while the reactor needs the handler) |
-//! | a start | one `sigaction(SIGCHLD, NULL)` query (see *Coexistence*); with `Pidfd`, `pidfd_open` (not for `spawn_prepared`: its `clone` returns the pidfd) and `EPOLL_CTL_ADD` (one-shot: no `EPOLL_CTL_DEL` at the end, the close takes it out); two uncontended rounds of the process lock (the routes' claim) and one atomic load for the orphan list |
+//! | a start | one `sigaction(SIGCHLD, NULL)` query (see *Coexistence*; made by the child instead for a `spawn_prepared` start whose reactor needs no handler); with `Pidfd`, `pidfd_open` (not for `spawn_prepared`: its `clone` returns the pidfd) and `EPOLL_CTL_ADD` (one-shot: no `EPOLL_CTL_DEL` at the end, the close takes it out); two uncontended rounds of the process lock (the routes' claim) and one atomic load for the orphan list |
 //! | `Library` reaping | see the crate docs' *Backends* |
 //! | `LibraryAlways` reaping | `wait4(-1, WNOHANG)` until nothing is left: k+1 calls for k exits; while starts are in flight, a peek and a reap per exit (see `process::routes`) |
 //! | orphans | nothing until one dies; then one `waitid` each, by the first reactor to look |
@@ -110,13 +110,13 @@ pub(crate) struct Watcher {
     stops: usize,
     /// Children with stop reports (possibly stale: pruned by each pass).
     stateful: Vec<Pid>,
-    /// Tags of the pidfds that are ready, reused between dispatches.
+    /// Tags of the pidfds `epoll_wait` reported, reused between calls.
     ready: Vec<Tag>,
-    /// Tags of pidfds that fired (so are disarmed: one-shot) for children
-    /// that could not be reaped yet (a zombie another process's tracer
-    /// holds): looked at again by every `dispatch`, and meanwhile the
-    /// reactor holds the `SIGCHLD` handler, whose signal says when the
-    /// tracer lets go.
+    /// Tags of pidfds that fired (so are disarmed: one-shot) and whose
+    /// children have not been reaped yet: those of this wake-up, and any
+    /// that could not be reaped (a zombie another process's tracer holds),
+    /// looked at again by every `dispatch`; meanwhile the reactor holds
+    /// the `SIGCHLD` handler, whose signal says when the tracer lets go.
     fired: Vec<Tag>,
     /// The children to reap by pidfd in this pass, reused.
     listed: Vec<Pid>,
@@ -203,6 +203,7 @@ impl Watcher {
         self.fallbacks = 0;
         self.stops = 0;
         self.stateful.clear();
+        self.fired.clear();
         Ok(())
     }
 
@@ -432,9 +433,12 @@ impl Watcher {
     /// writes a new byte, so the loop wakes again), notes the pids of ready
     /// pidfds, and leaves the keys of ready output streams in `streams`.
     pub(crate) fn collect(&mut self, streams: &mut Vec<usize>) -> io::Result<Woken> {
-        self.ready.clear();
         streams.clear();
-        let woken = self.poller.ready(&mut self.ready, streams)?;
+        // The pidfds reported are disarmed (one-shot): they go to `fired`
+        // at once, so an error below cannot lose their only report.
+        let woken = self.poller.ready(&mut self.ready, streams);
+        self.fired.append(&mut self.ready);
+        let woken = woken?;
         if woken.pipe {
             self.pipe.drain()?;
         }
@@ -476,7 +480,7 @@ impl Watcher {
         if woken.pipe {
             orphans::reap_signalled(sys);
         }
-        if !self.ready.is_empty() || !self.fired.is_empty() {
+        if !self.fired.is_empty() {
             self.reap_fired(table, sys, out)?;
         }
         if !woken.pipe {
@@ -520,7 +524,6 @@ impl Watcher {
                 .get(tag.pid)
                 .is_some_and(|v| v.pidfd().is_some() && Tag::of(tag.pid, v.serial()) == *tag)
         };
-        self.fired.append(&mut self.ready);
         self.fired.retain(|tag| current(table, tag));
         self.listed.clear();
         self.listed.extend(self.fired.iter().map(|tag| tag.pid));
@@ -683,6 +686,8 @@ impl Watcher {
             return;
         }
         self.stateful.retain(|&pid| is_live(pid));
+        // A child that left the table (`forget`) keeps no handler.
+        self.fired.retain(|tag| is_live(tag.pid));
         if !self.needs_handler(live) {
             self.registration = None;
         }
