@@ -238,9 +238,20 @@ impl Default for OutputOptions {
 
 impl fmt::Debug for OutputOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        /// `N bytes`, unquoted.
+        struct Bytes(usize);
+        impl fmt::Debug for Bytes {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{} bytes", self.0)
+            }
+        }
+        let bytes;
         let stdin: &dyn fmt::Debug = match &self.stdin {
             Input::Null => &"null",
-            Input::Bytes(bytes) => &format_args!("{} bytes", bytes.len()),
+            Input::Bytes(input) => {
+                bytes = Bytes(input.len());
+                &bytes
+            }
             Input::Command => &"the command's",
         };
         f.debug_struct("OutputOptions")
