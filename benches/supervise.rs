@@ -38,7 +38,9 @@
 //! `EVCHILD_BENCH_OPS_SECS` (seconds per run of part 3, default 10),
 //! `EVCHILD_BENCH_QUICK` (20 kills, 1 s cells, 4 s runs),
 //! `EVCHILD_BENCH_ONLY=ops` (part 3 alone), `EVCHILD_BENCH_HEAP_MIB` (a heap
-//! of that size in the master during part 1, default 0). Without `--bench` (under
+//! of that size in the master during part 1, default 0),
+//! `EVCHILD_BENCH_START=prepared` (part 1's workers through
+//! `Start::prepared` instead of `Start::command`). Without `--bench` (under
 //! `cargo test --benches`) it runs a smoke-sized pass of part 1 and skips
 //! the others.
 
@@ -195,11 +197,19 @@ fn replacement_latency(n: usize, kills: usize) -> Res<Vec<Duration>> {
         &mut reactor,
         "bench",
         config,
-        Start::command(move |_| {
-            let mut cmd = Command::new(&exe);
-            cmd.env(WORKER_ENV, "1").stdin(Stdio::piped());
-            cmd
-        }),
+        match std::env::var("EVCHILD_BENCH_START").as_deref() {
+            Ok("prepared") => {
+                let mut worker = evchild::Prepared::new(&exe);
+                worker.env(WORKER_ENV, "1").stdin(evchild::Redirect::Piped);
+                worker.build()?;
+                Start::prepared(worker)
+            }
+            _ => Start::command(move |_| {
+                let mut cmd = Command::new(&exe);
+                cmd.env(WORKER_ENV, "1").stdin(Stdio::piped());
+                cmd
+            }),
+        },
     )?;
     let mut turn = |reactor: &mut Reactor<App>, app: &mut App, max: Duration| -> Res<Vec<Event>> {
         let timeout = earliest(earliest(reactor.timeout(), app.sup.timeout()), Some(max));
