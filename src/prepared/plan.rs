@@ -128,9 +128,7 @@ impl Prepared {
                 continue;
             };
             let c = c_string(candidate.into_os_string().into_vec())?;
-            if meta.is_file()
-                && nix::unistd::access(c.as_c_str(), nix::unistd::AccessFlags::X_OK).is_ok()
-            {
+            if meta.is_file() && sys::is_executable(&c) {
                 return Ok(c);
             }
             denied = true;

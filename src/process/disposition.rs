@@ -49,7 +49,7 @@ pub(crate) fn before_start(needs_handler: bool) -> Result<(), Error> {
         return check_chains(&cur);
     }
     let state = super::lock();
-    let shadowing = ensure(true, wants_stops())?;
+    let shadowing = ensure(wants_stops())?;
     // The check raises a signal into other code's handler: not under the
     // lock.
     drop(state);
@@ -113,10 +113,10 @@ fn shadowed(cur: &Action) -> bool {
 /// stop reports. Returns the disposition of a handler installed over ours,
 /// which the caller checks ([`check_chains`]) once it has let go of the
 /// lock.
-fn ensure(needs_handler: bool, stops: bool) -> Result<Option<Action>, Error> {
+fn ensure(stops: bool) -> Result<Option<Action>, Error> {
     let cur = current()?;
     check_usable(&cur)?;
-    if !needs_handler || cur.is(on_sigchld) {
+    if cur.is(on_sigchld) {
         return Ok(None);
     }
     if cur.handler() == libc::SIG_DFL {

@@ -67,6 +67,13 @@ impl<C> Reactor<C> {
             return Err(Error::ForeignId { id });
         }
         if let Some(entry) = self.entry(id) {
+            // Reaped by a reap-all reactor already: its pid may name another
+            // child now, so the routed status, not a probe by pid.
+            if let Some(status) = self.watcher.reaped_elsewhere(id, &entry.watch) {
+                return Ok(ChildStatus::Dead(Outcome::Reaped(ExitStatus::from_raw(
+                    status.raw,
+                ))));
+            }
             let target = Target {
                 pid: id.pid,
                 pidfd: entry.watch.pidfd(),

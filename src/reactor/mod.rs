@@ -311,6 +311,40 @@ impl<C> Reactor<C> {
         Ok(self.id(pid, serial))
     }
 
+    /// The bracket of every `spawn` and `spawn_prepared`: room in the table;
+    /// the `SIGCHLD` check and, where needed, the handler, before the child
+    /// exists (`Watcher::before_start`; with `child_may_check`,
+    /// `before_start_checked_by_child`); the start marked in flight in the
+    /// routes; `launch`, told whether the child must check the disposition
+    /// itself; then the registration, which claims the start (a child that
+    /// cannot be registered is killed and reaped). On every error the
+    /// handler acquired for this start is given back. `launch` returns the
+    /// child's pid, its pidfd if the start gave one, and whatever else the
+    /// caller needs afterwards.
+    pub(crate) fn start_child<T>(
+        &mut self,
+        child_may_check: bool,
+        on_death: OnDeath<C>,
+        launch: impl FnOnce(&Watcher, bool) -> Result<(Pid, Option<std::os::fd::OwnedFd>, T)>,
+    ) -> Result<(ChildId, T)> {
+        self.children.reserve_one();
+        let live = self.children.len();
+        let (acquired, child_checks) = match child_may_check {
+            true => self.watcher.before_start_checked_by_child(live)?,
+            false => (self.watcher.before_start(live)?, false),
+        };
+        let starting = self.watcher.start();
+        let launched = launch(&self.watcher, child_checks);
+        let registered = launched.and_then(|(pid, pidfd, extra)| {
+            self.register_started_with(starting, pid, pidfd, on_death)
+                .map(|id| (id, extra))
+        });
+        if registered.is_err() {
+            self.watcher.abort_start(acquired);
+        }
+        registered
+    }
+
     /// [`register`](Self::register) for a child this reactor started: if it
     /// cannot be registered, it is killed and reaped at once (the caller
     /// gets no id, so nothing could ever stop or report it), and the error

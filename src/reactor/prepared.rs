@@ -7,7 +7,8 @@
 use mio::unix::pipe::{Receiver, Sender};
 
 use crate::reactor::OnDeath;
-use crate::{Backend, Exit, Prepared, Reactor, Result, Spawned};
+use crate::sys::spawn::SigchldRefused;
+use crate::{Exit, Prepared, Reactor, Result, Spawned};
 
 impl<C> Reactor<C> {
     /// Starts `prepared` and registers the child, so that `on_death` runs
@@ -88,50 +89,25 @@ impl<C> Reactor<C> {
             .map_err(|source| prepared.spawn_error(source))?;
         // From here the slots hold the child's pipe ends: they get
         // /dev/null back whatever happens, so the parent sees end of file.
-        let started = self.start_prepared(prepared, on_death);
+        let want_pidfd = self.watcher.uses_pidfds();
+        // Where the handler is not needed, the child checks the SIGCHLD
+        // disposition (it reads them all anyway): no query here.
+        let started = self.start_child(true, on_death, |watcher, child_checks| {
+            let (pid, pidfd) = prepared
+                .launch(want_pidfd, child_checks)
+                .map_err(|source| match SigchldRefused::of(&source) {
+                    Some(refused) => watcher.refused_by_child(refused.ignored),
+                    None => prepared.spawn_error(source),
+                })?;
+            Ok((pid, pidfd, ()))
+        });
         prepared.release();
-        let id = started?;
+        let (id, ()) = started?;
         Ok(Spawned {
             id,
             stdin: pipes.stdin.map(Sender::from),
             stdout: pipes.stdout.map(Receiver::from),
             stderr: pipes.stderr.map(Receiver::from),
         })
-    }
-
-    /// `spawn`'s bracket around the `Prepared`'s start.
-    fn start_prepared(
-        &mut self,
-        prepared: &mut Prepared,
-        on_death: OnDeath<C>,
-    ) -> Result<crate::ChildId> {
-        self.children.reserve_one();
-        // Where the handler is not needed, the child checks the SIGCHLD
-        // disposition (it reads them all anyway): no query here.
-        let (acquired, child_checks) = self
-            .watcher
-            .before_start_checked_by_child(self.children.len())?;
-        let starting = self.watcher.start();
-        let want_pidfd = self.backend() == Some(Backend::Pidfd);
-        let (pid, pidfd) = match prepared.launch(want_pidfd, child_checks) {
-            Ok(started) => started,
-            Err(source) => {
-                self.watcher.abort_start(acquired);
-                let refused = source
-                    .get_ref()
-                    .and_then(|e| e.downcast_ref::<crate::sys::spawn::SigchldRefused>());
-                return Err(match refused {
-                    Some(refused) => self.watcher.refused_by_child(refused.ignored),
-                    None => prepared.spawn_error(source),
-                });
-            }
-        };
-        match self.register_started_with(starting, pid, pidfd, on_death) {
-            Ok(id) => Ok(id),
-            Err(e) => {
-                self.watcher.abort_start(acquired);
-                Err(e)
-            }
-        }
     }
 }

@@ -116,26 +116,13 @@ impl<C> Reactor<C> {
         self.check_process()?;
         let command = command.borrow_mut();
         let on_death: OnDeath<C> = Box::new(on_death);
-        self.children.reserve_one();
-        let acquired = self.watcher.before_start(self.children.len())?;
-        let starting = self.watcher.start();
-        let mut child = match command.spawn() {
-            Ok(child) => child,
-            Err(source) => {
-                self.watcher.abort_start(acquired);
-                return Err(Error::Spawn {
-                    program: command.get_program().to_string_lossy().into_owned(),
-                    source,
-                });
-            }
-        };
-        let id = match self.register_started(starting, Pid::from(child.id()), on_death) {
-            Ok(id) => id,
-            Err(e) => {
-                self.watcher.abort_start(acquired);
-                return Err(e);
-            }
-        };
+        let (id, mut child) = self.start_child(false, on_death, |_, _| {
+            let child = command.spawn().map_err(|source| Error::Spawn {
+                program: command.get_program().to_string_lossy().into_owned(),
+                source,
+            })?;
+            Ok((Pid::from(child.id()), None, child))
+        })?;
         // std's `Child` neither waits nor kills on drop: from here on the
         // reactor alone owns the child's death.
         match nonblocking_stdio(&mut child) {

@@ -320,10 +320,10 @@ pub(crate) fn reap_peek<R: Reap, T: Watched>(
 pub(crate) fn reap_listed<R: Reap, T: Watched>(
     sys: &mut R,
     table: &mut ChildTable<T>,
-    pids: &[Pid],
+    pids: impl IntoIterator<Item = Pid>,
     mut out: impl FnMut(Reaped<T>),
 ) -> io::Result<()> {
-    for &pid in pids {
+    for pid in pids {
         finish_or_lost(sys, table, pid, &mut out)?;
     }
     Ok(())
@@ -668,7 +668,7 @@ mod tests {
             match pass {
                 "scan" => reap_scan(&mut procs, &mut table, &mut scratch, &mut push),
                 "peek" => reap_peek(&mut procs, &mut table, &mut scratch, &mut push),
-                "listed" => reap_listed(&mut procs, &mut table, &[pid(1)], &mut push),
+                "listed" => reap_listed(&mut procs, &mut table, [pid(1)], &mut push),
                 _ => reap_all(&mut procs, &mut table, &mut push),
             }
             .unwrap();
@@ -697,7 +697,7 @@ mod tests {
         let stranger = procs.spawn(pid(4));
         procs.exit(pid(4), 7 << 8);
         let mut out = Vec::new();
-        reap_listed(&mut procs, &mut table, &[pid(4)], |r| out.push(r)).unwrap();
+        reap_listed(&mut procs, &mut table, [pid(4)], |r| out.push(r)).unwrap();
         assert_eq!(out, [Reaped::Lost(pid(4), ByPidfd(serial))]);
         assert_eq!(procs.child(pid(4)), Some((stranger, Some(7 << 8))));
     }

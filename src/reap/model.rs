@@ -366,7 +366,9 @@ impl Model {
             ),
             Mode::Scan => reap_scan(&mut self.procs, table, scratch, |r| out.push(r)),
             Mode::Peek => reap_peek(&mut self.procs, table, scratch, |r| out.push(r)),
-            Mode::Pidfd => reap_listed(&mut self.procs, table, &ready, |r| out.push(r)),
+            Mode::Pidfd => reap_listed(&mut self.procs, table, ready.iter().copied(), |r| {
+                out.push(r)
+            }),
             Mode::States => {
                 let mut stateful: Vec<Pid> = start.keys().copied().collect();
                 reap_states(&mut self.procs, table, &mut stateful, |r| out.push(r))

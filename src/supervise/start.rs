@@ -227,10 +227,7 @@ impl Start {
                     }
                     super::worker::set_channel(fd, token, master);
                     if process_group {
-                        let _ = nix::unistd::setpgid(
-                            nix::unistd::Pid::from_raw(0),
-                            nix::unistd::Pid::from_raw(0),
-                        );
+                        crate::sys::worker::set_own_process_group(0);
                     }
                     run(&spec)
                 };
@@ -244,8 +241,7 @@ impl Start {
                     // Also from the parent, so that a signal to the group
                     // cannot come before the child's own call (EACCES once
                     // it has, or ESRCH: harmless).
-                    let pid = nix::unistd::Pid::from_raw(id.pid().as_raw());
-                    let _ = nix::unistd::setpgid(pid, pid);
+                    crate::sys::worker::set_own_process_group(id.pid().as_raw());
                 }
                 Ok((id, None))
             }

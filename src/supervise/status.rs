@@ -20,7 +20,6 @@ use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use mio::unix::pipe::Receiver;
-use nix::fcntl::OFlag;
 
 use super::core::Report;
 use crate::{Error, Result};
@@ -63,8 +62,7 @@ pub(crate) struct StatusPipe {
 
 impl StatusPipe {
     pub(crate) fn new() -> Result<Self> {
-        let (read, write) =
-            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::io("pipe2", e))?;
+        let (read, write) = crate::sys::spawn::pipe().map_err(|e| Error::io("pipe2", e))?;
         let read = Receiver::from(read);
         read.set_nonblocking(true)
             .map_err(|e| Error::io("fcntl(O_NONBLOCK)", e))?;

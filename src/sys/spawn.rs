@@ -200,6 +200,13 @@ pub(crate) struct SigchldRefused {
     pub(crate) ignored: bool,
 }
 
+impl SigchldRefused {
+    /// The refusal `error` carries, if it is one.
+    pub(crate) fn of(error: &io::Error) -> Option<&SigchldRefused> {
+        error.get_ref()?.downcast_ref()
+    }
+}
+
 impl std::fmt::Display for SigchldRefused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SIGCHLD is ignored or has SA_NOCLDWAIT")
@@ -594,6 +601,11 @@ fn owned(fd: c_int) -> io::Result<OwnedFd> {
     }
     // SAFETY: a new descriptor the kernel just returned, owned by nobody.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `access(path, X_OK)`: whether this process may execute `path`.
+pub(crate) fn is_executable(path: &CStr) -> bool {
+    nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_ok()
 }
 
 /// `open("/dev/null", O_RDWR | O_CLOEXEC)`.

@@ -74,6 +74,14 @@ pub(crate) fn getppid() -> i32 {
 }
 
 /// `getpid(2)` (always succeeds). Async-signal-safe.
+/// `setpgid(pid, pid)` (`pid` 0: the calling process), result ignored:
+/// the caller sets a worker's group from both sides, and the loser's
+/// `EACCES`/`ESRCH` is harmless. Async-signal-safe.
+pub(crate) fn set_own_process_group(pid: i32) {
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let _ = nix::unistd::setpgid(pid, pid);
+}
+
 pub(crate) fn getpid() -> i32 {
     nix::unistd::getpid().as_raw()
 }

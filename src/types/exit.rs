@@ -25,7 +25,7 @@ impl Pid {
 
     /// The pid of this process (`getpid(2)`). This is async-signal-safe.
     pub fn this() -> Self {
-        Pid(nix::unistd::getpid().as_raw())
+        Pid(crate::sys::worker::getpid())
     }
 }
 

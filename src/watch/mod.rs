@@ -118,8 +118,6 @@ pub(crate) struct Watcher {
     /// looked at again by every `dispatch`; meanwhile the reactor holds
     /// the `SIGCHLD` handler, whose signal says when the tracer lets go.
     fired: Vec<Tag>,
-    /// The children to reap by pidfd in this pass, reused.
-    listed: Vec<Pid>,
     /// Strangers of a reap-all pass being routed, reused.
     strangers: Vec<(Pid, Waited)>,
     /// Statuses routed to this reactor, reused.
@@ -158,7 +156,6 @@ impl Watcher {
             stateful: Vec::new(),
             ready: Vec::new(),
             fired: Vec::new(),
-            listed: Vec::new(),
             strangers: Vec::new(),
             routed: Vec::new(),
             scratch: Vec::new(),
@@ -216,7 +213,8 @@ impl Watcher {
         (self.mode == SigchldOwner::Library).then_some(self.backend)
     }
 
-    fn uses_pidfds(&self) -> bool {
+    /// Whether children are watched (and named) through pidfds.
+    pub(crate) fn uses_pidfds(&self) -> bool {
         self.backend() == Some(Backend::Pidfd)
     }
 
@@ -314,9 +312,7 @@ impl Watcher {
             Err(_e) => {
                 #[cfg(feature = "log")]
                 log::warn!("evchild: no pidfd for child {pid} ({_e}); watching it through SIGCHLD");
-                if self.registration.is_none() {
-                    self.registration = Some(process::register(self.pipe.write_raw())?);
-                }
+                self.hold_handler()?;
                 self.fallbacks += 1;
                 // It may have died before the handler was there: look now.
                 self.pipe.wake();
@@ -382,9 +378,7 @@ impl Watcher {
     /// whatever the backend, so this takes the handler (without
     /// `SA_NOCLDSTOP`).
     pub(crate) fn want_stops(&mut self, pid: Pid, watch: &mut Watch) -> Result<()> {
-        if self.registration.is_none() {
-            self.registration = Some(process::register(self.pipe.write_raw())?);
-        }
+        self.hold_handler()?;
         if let Some(registration) = self.registration.as_mut() {
             registration.want_stops();
         }
@@ -405,13 +399,25 @@ impl Watcher {
     /// pid, unless a reap-all reactor has already reaped it (its status
     /// routed here, not yet collected: [`Error::AlreadyReaped`]).
     pub(crate) fn signal(&self, id: ChildId, watch: &Watch, signal: Signal) -> Result<()> {
-        match &watch.pidfd {
-            Some(pidfd) => sys::pidfd_send_signal(pidfd.fd(), signal.as_raw())
-                .map_err(|e| Error::io("pidfd_send_signal", e)),
-            // Reaped by a reap-all reactor (its status routed here, or a pass
-            // running that may have): the pid may be another process's.
-            None if routes::peek_routed(id).is_some() => Err(Error::AlreadyReaped { pid: id.pid }),
-            None => sys::kill(id.pid, signal.as_raw()).map_err(|e| Error::io("kill", e)),
+        if let Some(pidfd) = &watch.pidfd {
+            return sys::pidfd_send_signal(pidfd.fd(), signal.as_raw())
+                .map_err(|e| Error::io("pidfd_send_signal", e));
+        }
+        if self.reaped_elsewhere(id, watch).is_some() {
+            return Err(Error::AlreadyReaped { pid: id.pid });
+        }
+        sys::kill(id.pid, signal.as_raw()).map_err(|e| Error::io("kill", e))
+    }
+
+    /// The one rule before acting on a child by pid: a child without a
+    /// pidfd that a reap-all reactor has already reaped (its status routed
+    /// here, not yet collected, or a pass running that may have) has a pid
+    /// that may now be another process's, or another child's. Its routed
+    /// status, if so. (A child with a pidfd is named by it: `None`.)
+    pub(crate) fn reaped_elsewhere(&self, id: ChildId, watch: &Watch) -> Option<Waited> {
+        match watch.pidfd {
+            Some(_) => None,
+            None => routes::peek_routed(id),
         }
     }
 
@@ -525,19 +531,25 @@ impl Watcher {
                 .is_some_and(|v| v.pidfd().is_some() && Tag::of(tag.pid, v.serial()) == *tag)
         };
         self.fired.retain(|tag| current(table, tag));
-        self.listed.clear();
-        self.listed.extend(self.fired.iter().map(|tag| tag.pid));
-        let reaped = passes::reap_listed(sys, table, &self.listed, &mut *out)
+        let pids = self.fired.iter().map(|tag| tag.pid);
+        let reaped = passes::reap_listed(sys, table, pids, &mut *out)
             .map_err(|e| Error::io("waitid(P_PIDFD)", e));
         self.fired.retain(|tag| current(table, tag));
-        if !self.fired.is_empty() && self.registration.is_none() {
-            if let Ok(registration) = process::register(self.pipe.write_raw()) {
-                self.registration = Some(registration);
-                // Let go before the handler was there: look again.
-                self.pipe.wake();
-            }
+        // Let go before the handler was there: look again.
+        if !self.fired.is_empty() && self.hold_handler().is_ok_and(|acquired| acquired) {
+            self.pipe.wake();
         }
         reaped
+    }
+
+    /// Takes the handler registration if the reactor does not hold it yet;
+    /// whether this call took it.
+    fn hold_handler(&mut self) -> Result<bool> {
+        if self.registration.is_some() {
+            return Ok(false);
+        }
+        self.registration = Some(process::register(self.pipe.write_raw())?);
+        Ok(true)
     }
 
     /// One probe per child without a pidfd (`Scan`, the `Pidfd` backend's
