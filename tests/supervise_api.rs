@@ -128,11 +128,7 @@ fn unknown_children_still_go_to_the_reactors_hook() {
     drop(stranger);
     assert!(h.run_until(Duration::from_secs(5), |h| h.app.unknown.contains(&pid)));
     assert_eq!(h.active(pool), 2, "the pool lost no worker");
-    assert!(!h
-        .app
-        .events
-        .iter()
-        .any(|(_, e)| matches!(e, Event::Exited { exit, .. } if exit.id.pid() == pid)));
+    assert!(!h.seen(|e| matches!(e, Event::Exited { exit, .. } if exit.id.pid() == pid)));
 
     h.stop(Duration::from_secs(1), Duration::from_secs(5));
     drop(h);

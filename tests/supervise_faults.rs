@@ -6,14 +6,15 @@ mod supervise_util;
 use evchild_testkit as util;
 
 use std::collections::HashSet;
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use evchild::supervise::{Event, PoolConfig, PoolId, Start, Timeout, WorkerState};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use supervise_util::{join, listener, load, load_while, request, worker_command, Harness};
+use supervise_util::{
+    join, listener, load, load_while, request, serving, sigkill, stop_and_check, Harness,
+};
 use util::{Check, KillOnPanic};
 
 /// Not a test: the worker program of this binary (see `supervise_util`).
@@ -35,12 +36,7 @@ fn killed_workers_are_replaced_and_every_failure_is_theirs() {
         .workers(4, 12)
         .idle(2, 6)
         .interval(INTERVAL);
-    let fd = listener.as_raw_fd();
-    let pool = h.add_pool(
-        "killed",
-        config,
-        Start::command(move |_| worker_command(fd, "serve")),
-    );
+    let pool = h.add_pool("killed", config, serving(&listener, "serve"));
     assert!(h.run_until(Duration::from_secs(10), |h| h
         .count(pool, WorkerState::Idle)
         >= 4));
@@ -72,11 +68,7 @@ fn killed_workers_are_replaced_and_every_failure_is_theirs() {
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
                 let pid = victims[(seed % victims.len() as u64) as usize];
-                nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                )
-                .unwrap();
+                sigkill(pid);
                 kills.push((Instant::now(), pid));
             }
         }
@@ -91,10 +83,7 @@ fn killed_workers_are_replaced_and_every_failure_is_theirs() {
     });
     assert!(back || h.active(pool) >= 4, "{} workers", h.active(pool));
     assert!(
-        !h.app
-            .events
-            .iter()
-            .any(|(_, e)| matches!(e, Event::Throttled { .. })),
+        !h.seen(|e| matches!(e, Event::Throttled { .. })),
         "workers that had served requests do not throttle"
     );
 
@@ -135,10 +124,7 @@ fn killed_workers_are_replaced_and_every_failure_is_theirs() {
     h.run_until(Duration::from_secs(5), |h| reported(h) == killed);
     assert_eq!(reported(&h), killed);
 
-    h.stop(Duration::from_secs(2), Duration::from_secs(10));
-    drop(h);
-    drop(listener);
-    check.finish();
+    stop_and_check(h, listener, check);
 }
 
 #[test]
@@ -232,12 +218,8 @@ fn a_worker_that_never_reports_ready_is_killed_and_throttles() {
     // Issue 14, item 5: the kill is reported as the fault it was, in the
     // event and on the scoreboard, with the limit it broke.
     assert!(exit.fault, "{exit:?}");
-    assert!(h
-        .app
-        .events
-        .iter()
-        .any(|(_, e)| matches!(e, Event::Exited { fault: true, .. })));
-    assert!(h.app.events.iter().any(|(_, e)| matches!(
+    assert!(h.seen(|e| matches!(e, Event::Exited { fault: true, .. })));
+    assert!(h.seen(|e| matches!(
         e,
         Event::TimedOut {
             limit: Timeout::Start,
@@ -277,14 +259,6 @@ fn a_failed_spawn_throttles_without_a_fork_storm() {
     check.finish();
 }
 
-fn sigkill(pid: u32) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-}
-
 fn busy_worker(h: &Harness, pool: PoolId) -> Option<u32> {
     h.app
         .sup
@@ -314,12 +288,7 @@ fn a_worker_killed_during_its_first_request_is_replaced_not_throttled() {
             Duration::from_secs(30),
             Duration::from_secs(60),
         );
-    let fd = listener.as_raw_fd();
-    let pool = h.add_pool(
-        "first",
-        config,
-        Start::command(move |_| worker_command(fd, "serve")),
-    );
+    let pool = h.add_pool("first", config, serving(&listener, "serve"));
     assert!(h.run_until(Duration::from_secs(10), |h| h
         .count(pool, WorkerState::Idle)
         == 1));
@@ -340,14 +309,11 @@ fn a_worker_killed_during_its_first_request_is_replaced_not_throttled() {
     assert_eq!(exit.requests, 0);
     assert!(!exit.fault, "{exit:?}");
     assert!(p.throttled_until().is_none());
-    assert!(!h.app.events.iter().any(|(_, e)| matches!(
+    assert!(!h.seen(|e| matches!(
         e,
         Event::Throttled { .. } | Event::Exited { fault: true, .. }
     )));
-    h.stop(Duration::from_secs(2), Duration::from_secs(10));
-    drop(h);
-    drop(listener);
-    check.finish();
+    stop_and_check(h, listener, check);
 }
 
 /// Issue 14, item 3: with idle(1, 4) the idle shortage under load is 1,
@@ -363,12 +329,7 @@ fn the_pool_doubles_its_starts_while_the_shortage_lasts() {
         .workers(2, 16)
         .idle(1, 4)
         .interval(INTERVAL);
-    let fd = listener.as_raw_fd();
-    let pool = h.add_pool(
-        "grow",
-        config,
-        Start::command(move |_| worker_command(fd, "serve")),
-    );
+    let pool = h.add_pool("grow", config, serving(&listener, "serve"));
     assert!(h.run_until(Duration::from_secs(10), |h| h
         .count(pool, WorkerState::Idle)
         == 2));
@@ -376,9 +337,7 @@ fn the_pool_doubles_its_starts_while_the_shortage_lasts() {
     let clients = load_while(addr, 32, 300, Arc::clone(&stop));
     let grown = h.run_until(Duration::from_secs(30), |h| h.active(pool) == 16);
     stop.store(true, Ordering::Relaxed);
-    while !clients.iter().all(|c| c.is_finished()) {
-        h.turn(Duration::from_millis(20));
-    }
+    h.turn_until_finished(&clients);
     let outcomes = join(clients);
     assert!(grown, "{} workers", h.active(pool));
     // Starts made in one turn of the loop share its timestamp: the largest
@@ -393,10 +352,7 @@ fn the_pool_doubles_its_starts_while_the_shortage_lasts() {
         "at most {largest} starts per interval: {batches:?}"
     );
     assert!(outcomes.iter().all(|o| o.ok));
-    h.stop(Duration::from_secs(2), Duration::from_secs(10));
-    drop(h);
-    drop(listener);
-    check.finish();
+    stop_and_check(h, listener, check);
 }
 
 /// After N faults in a window the pool stops starting, says so, and the
@@ -417,12 +373,7 @@ fn a_crash_loop_gives_up_visibly_until_unthrottled() {
         )
         .give_up(4, Duration::from_secs(10));
     let pool = h.add_pool("crash", config, supervise_util::sh("exit 1"));
-    let gave_up = |h: &Harness| {
-        h.app
-            .events
-            .iter()
-            .any(|(_, e)| matches!(e, Event::GaveUp { faults: 4, .. }))
-    };
+    let gave_up = |h: &Harness| h.seen(|e| matches!(e, Event::GaveUp { faults: 4, .. }));
     assert!(h.run_until(Duration::from_secs(10), |h| gave_up(h)));
     assert!(h.app.sup.pool(pool).unwrap().has_given_up());
     let line = h
@@ -468,12 +419,7 @@ fn a_stuck_worker_is_killed_and_replaced_by_the_busy_timeout() {
         .idle(0, 2)
         .interval(INTERVAL)
         .busy_timeout(Duration::from_millis(300));
-    let fd = listener.as_raw_fd();
-    let pool = h.add_pool(
-        "stuck",
-        config,
-        Start::command(move |_| worker_command(fd, "serve")),
-    );
+    let pool = h.add_pool("stuck", config, serving(&listener, "serve"));
     assert!(h.run_until(Duration::from_secs(10), |h| h
         .count(pool, WorkerState::Idle)
         == 1));
@@ -481,7 +427,7 @@ fn a_stuck_worker_is_killed_and_replaced_by_the_busy_timeout() {
     assert!(h.run_until(Duration::from_secs(10), |h| busy_worker(h, pool).is_some()));
     let victim = busy_worker(&h, pool).unwrap();
     let killed = h.run_until(Duration::from_secs(10), |h| {
-        h.app.events.iter().any(|(_, e)| {
+        h.seen(|e| {
             matches!(e, Event::Exited { exit, fault: false, .. }
                 if exit.id.pid().as_raw() as u32 == victim
                     && exit.status().and_then(|s| {
@@ -492,7 +438,7 @@ fn a_stuck_worker_is_killed_and_replaced_by_the_busy_timeout() {
     });
     assert!(killed);
     assert!(!client.join().unwrap().ok);
-    assert!(h.app.events.iter().any(|(_, e)| matches!(
+    assert!(h.seen(|e| matches!(
         e,
         Event::TimedOut {
             limit: Timeout::Busy,
@@ -503,10 +449,7 @@ fn a_stuck_worker_is_killed_and_replaced_by_the_busy_timeout() {
         .count(pool, WorkerState::Idle)
         == 1));
     assert!(h.app.sup.pool(pool).unwrap().throttled_until().is_none());
-    h.stop(Duration::from_secs(2), Duration::from_secs(10));
-    drop(h);
-    drop(listener);
-    check.finish();
+    stop_and_check(h, listener, check);
 }
 
 /// systemd's `WatchdogSec`: a worker silent past the heartbeat interval is
@@ -523,19 +466,10 @@ fn silent_workers_are_killed_by_the_heartbeat_and_beating_ones_live() {
         .idle(0, 1)
         .interval(INTERVAL)
         .heartbeat(Duration::from_millis(400));
-    let fd = listener.as_raw_fd();
-    let beating = h.add_pool(
-        "beating",
-        config.clone(),
-        Start::command(move |_| worker_command(fd, "beat")),
-    );
-    let silent = h.add_pool(
-        "silent",
-        config,
-        Start::command(move |_| worker_command(fd, "serve")),
-    );
+    let beating = h.add_pool("beating", config.clone(), serving(&listener, "beat"));
+    let silent = h.add_pool("silent", config, serving(&listener, "serve"));
     let timed_out = |h: &Harness, pool: PoolId| {
-        h.app.events.iter().any(|(_, e)| {
+        h.seen(|e| {
             matches!(e, Event::TimedOut { worker, limit: Timeout::Heartbeat } if worker.pool == pool)
         })
     };
@@ -543,8 +477,5 @@ fn silent_workers_are_killed_by_the_heartbeat_and_beating_ones_live() {
     h.run_until(Duration::from_millis(1000), |_| false);
     assert!(!timed_out(&h, beating));
     assert_eq!(h.app.sup.pool(beating).unwrap().starts(), 1);
-    h.stop(Duration::from_secs(2), Duration::from_secs(10));
-    drop(h);
-    drop(listener);
-    check.finish();
+    stop_and_check(h, listener, check);
 }

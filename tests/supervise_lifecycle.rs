@@ -10,7 +10,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
 use evchild::supervise::{Event, PoolConfig, Start, WorkerState};
-use supervise_util::{join, listener, load, worker_command, Harness};
+use supervise_util::{join, listener, load, serving, stop_and_check, worker_command, Harness};
 use util::{Check, KillOnPanic};
 
 /// Not a test: the worker program of this binary (see `supervise_util`).
@@ -56,14 +56,7 @@ fn reload_under_load_fails_no_request() {
     assert_eq!(h.app.sup.pool(pool).unwrap().generation(), 2);
     // Within the grace (plus an interval of slack for the loaded machine),
     // every live worker is of the new generation.
-    let renewed = h.run_until(grace + INTERVAL, |h| {
-        h.app
-            .sup
-            .pool(pool)
-            .unwrap()
-            .workers()
-            .all(|w| w.generation == 2)
-    });
+    let renewed = h.run_until(grace + INTERVAL, |h| h.all_of_generation(pool, 2));
     let old: Vec<_> = h
         .app
         .sup
@@ -102,10 +95,7 @@ fn reload_under_load_fails_no_request() {
         .all(|e| !e.fault && e.exit.status().and_then(|s| s.code()) == Some(0)));
     assert!(pool_ref.active() >= 4);
 
-    h.stop(Duration::from_secs(2), Duration::from_secs(10));
-    drop(h);
-    drop(listener);
-    check.finish();
+    stop_and_check(h, listener, check);
 }
 
 #[test]
@@ -115,7 +105,6 @@ fn stop_under_load_completes_requests_and_kills_the_stubborn() {
     let (listener, addr) = listener();
     let (stubborn_listener, _) = supervise_util::listener();
     let mut h = Harness::new();
-    let fd = listener.as_raw_fd();
     let served = h.add_pool(
         "served",
         PoolConfig::new()
@@ -123,9 +112,8 @@ fn stop_under_load_completes_requests_and_kills_the_stubborn() {
             .workers(4, 8)
             .idle(1, 8)
             .interval(INTERVAL),
-        Start::command(move |_| worker_command(fd, "serve")),
+        serving(&listener, "serve"),
     );
-    let sfd = stubborn_listener.as_raw_fd();
     let stubborn = h.add_pool(
         "stubborn",
         PoolConfig::new()
@@ -133,7 +121,7 @@ fn stop_under_load_completes_requests_and_kills_the_stubborn() {
             .workers(2, 2)
             .idle(0, 2)
             .interval(INTERVAL),
-        Start::command(move |_| worker_command(sfd, "stubborn")),
+        serving(&stubborn_listener, "stubborn"),
     );
     assert!(h.run_until(Duration::from_secs(10), |h| {
         h.count(served, WorkerState::Idle) >= 4 && h.count(stubborn, WorkerState::Idle) >= 2
@@ -214,12 +202,7 @@ fn workers_are_replaced_after_max_requests() {
         .idle(0, 1)
         .max_requests(3)
         .interval(INTERVAL);
-    let fd = listener.as_raw_fd();
-    let pool = h.add_pool(
-        "limited",
-        config,
-        Start::command(move |_| worker_command(fd, "serve")),
-    );
+    let pool = h.add_pool("limited", config, serving(&listener, "serve"));
     // Ten requests, in lock-step with the loop: each one when the pool has
     // its one worker idle and no other worker alive, so the count is exact.
     // (Without the lock-step a worker may take one more request before the
@@ -259,8 +242,5 @@ fn workers_are_replaced_after_max_requests() {
     assert!(p
         .last_exits()
         .all(|e| e.requests == 3 && !e.fault && e.exit.status().and_then(|s| s.code()) == Some(0)));
-    h.stop(Duration::from_secs(2), Duration::from_secs(10));
-    drop(h);
-    drop(listener);
-    check.finish();
+    stop_and_check(h, listener, check);
 }

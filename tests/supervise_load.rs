@@ -4,13 +4,12 @@
 mod supervise_util;
 use evchild_testkit as util;
 
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use evchild::supervise::{Event, PoolConfig, Start, WorkerState};
+use evchild::supervise::{Event, PoolConfig, WorkerState};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use supervise_util::{join, listener, load_while, worker_command, Harness};
+use supervise_util::{join, listener, load_while, serving, stop_and_check, Harness};
 use util::{Check, KillOnPanic};
 
 /// Not a test: the worker program of this binary (see `supervise_util`).
@@ -33,8 +32,7 @@ fn grows_to_the_maximum_under_load_and_retires_idle_workers_after() {
         .idle(2, 4)
         .interval(INTERVAL)
         .max_spawn_rate(8);
-    let fd = listener.as_raw_fd();
-    let start = Start::command(move |_| worker_command(fd, "serve"));
+    let start = serving(&listener, "serve");
     let pool = h.add_pool("load", config, start);
     assert!(
         h.run_until(Duration::from_secs(10), |h| h
@@ -58,9 +56,7 @@ fn grows_to_the_maximum_under_load_and_retires_idle_workers_after() {
         false
     });
     stop.store(true, Ordering::Relaxed);
-    while !clients.iter().all(|c| c.is_finished()) {
-        h.turn(Duration::from_millis(20));
-    }
+    h.turn_until_finished(&clients);
     let outcomes = join(clients);
     let failed: Vec<_> = outcomes.iter().filter(|o| !o.ok).collect();
     assert!(grown, "the pool grows to its maximum under load");
@@ -107,14 +103,7 @@ fn grows_to_the_maximum_under_load_and_retires_idle_workers_after() {
             pair[1] - pair[0]
         );
     }
-    assert!(!h
-        .app
-        .events
-        .iter()
-        .any(|(_, e)| matches!(e, Event::Throttled { .. })));
+    assert!(!h.seen(|e| matches!(e, Event::Throttled { .. })));
 
-    h.stop(Duration::from_secs(2), Duration::from_secs(10));
-    drop(h);
-    drop(listener);
-    check.finish();
+    stop_and_check(h, listener, check);
 }

@@ -87,10 +87,7 @@ fn prepared_workers_report_ready_serve_and_stop() {
             );
         }
         assert!(
-            !h.app
-                .events
-                .iter()
-                .any(|(_, e)| matches!(e, Event::Throttled { .. } | Event::GaveUp { .. })),
+            !h.seen(|e| matches!(e, Event::Throttled { .. } | Event::GaveUp { .. })),
             "{:?}",
             h.app.events
         );

@@ -19,7 +19,7 @@ use std::time::Duration;
 use evchild::supervise::{Event, PoolConfig, Start, Supervisor, WorkerState};
 use evchild::Error;
 use mio::{Interest, Token};
-use supervise_util::{sh, worker_command, Harness};
+use supervise_util::{serving, sh, sigkill, stop_and_check, worker_command, Harness};
 use util::{Check, KillOnPanic};
 
 /// Not a test: the worker program of this binary (see `supervise_util`).
@@ -56,11 +56,10 @@ fn an_executed_workers_status_descriptor_is_close_on_exec_in_the_worker() {
     let _reap = KillOnPanic;
     let (listener, _) = supervise_util::listener();
     let mut h = Harness::new();
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
     let pool = h.add_pool(
         "cloexec",
         PoolConfig::new().start(1).workers(1, 1),
-        Start::command(move |_| worker_command(fd, "serve")),
+        serving(&listener, "serve"),
     );
     assert!(h.run_until(Duration::from_secs(10), |h| h
         .count(pool, WorkerState::Idle)
@@ -68,10 +67,7 @@ fn an_executed_workers_status_descriptor_is_close_on_exec_in_the_worker() {
     let pid = *h.pids(pool).iter().next().unwrap();
     let (status_fd, cloexec) = status_fd_cloexec(pid);
     assert!(cloexec, "fd {status_fd} of worker {pid} is inheritable");
-    h.stop(Duration::from_secs(2), Duration::from_secs(10));
-    drop(h);
-    drop(listener);
-    check.finish();
+    stop_and_check(h, listener, check);
 }
 
 /// Issue 14, item 7 (parent side): while the pool spawns workers, a spawn
@@ -228,26 +224,19 @@ fn a_dropped_supervisors_worker_is_not_mistaken_for_a_new_ones() {
     let new_pid = *h.pids(pool).iter().next().unwrap();
     let new_worker = h.app.sup.pool(pool).unwrap().workers().next().unwrap().id;
     assert_eq!(new_worker.number(), 1, "same token");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(old_pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    sigkill(old_pid);
     // The old worker's death is dispatched.
     assert!(h.run_until(Duration::from_secs(10), |h| h.reactor.len() == 1));
     h.run_until(Duration::from_millis(100), |_| false);
     assert_eq!(h.pids(pool), [new_pid].into_iter().collect());
     assert!(
-        !h.app
-            .events
-            .iter()
-            .any(|(_, e)| matches!(e, Event::Exited { .. })),
+        !h.seen(|e| matches!(e, Event::Exited { .. })),
         "{:?}",
         h.app.events
     );
     // And the new worker is still the pool's to stop.
     h.stop(Duration::from_secs(2), Duration::from_secs(10));
-    assert!(h.app.events.iter().any(|(_, e)| matches!(
+    assert!(h.seen(|e| matches!(
         e,
         Event::Exited { exit, .. } if exit.id.pid().as_raw() as u32 == new_pid
     )));
@@ -292,10 +281,7 @@ fn impossible_sizes_are_refused_and_events_read_well_in_a_log() {
     );
     let pool = h.add_pool("log", config, sh("exit 7"));
     assert!(h.run_until(Duration::from_secs(10), |h| h
-        .app
-        .events
-        .iter()
-        .any(|(_, e)| matches!(e, Event::Throttled { .. }))));
+        .seen(|e| matches!(e, Event::Throttled { .. }))));
     let lines: Vec<String> = h.app.events.iter().map(|(_, e)| e.to_string()).collect();
     let pid = h
         .app

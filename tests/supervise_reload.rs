@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use evchild::supervise::{Event, PoolConfig, PoolId, Start, WorkerState};
-use supervise_util::{join, listener, load_while, persistent, worker_command, Harness};
+use supervise_util::{
+    join, listener, load_while, persistent, serving, stop_and_check, worker_command, Harness,
+};
 use util::{Check, KillOnPanic};
 
 /// Not a test: the worker program of this binary (see `supervise_util`).
@@ -29,10 +31,6 @@ const INTERVAL: Duration = Duration::from_millis(200);
 /// Ready workers that serve (idle or busy, not retiring): the capacity.
 fn capacity(h: &Harness, pool: PoolId) -> usize {
     h.count(pool, WorkerState::Idle) + h.count(pool, WorkerState::Busy)
-}
-
-fn has(h: &Harness, pred: impl Fn(&Event) -> bool) -> bool {
-    h.app.events.iter().any(|(_, e)| pred(e))
 }
 
 #[test]
@@ -80,10 +78,8 @@ fn a_broken_reload_is_abandoned_and_a_good_one_never_lowers_capacity() {
     broken.store(true, Ordering::Relaxed);
     h.app.sup.reload(&mut h.reactor, pool).unwrap();
     assert!(
-        h.run_until(Duration::from_secs(10), |h| has(h, |e| matches!(
-            e,
-            Event::ReloadAbandoned { .. }
-        ))),
+        h.run_until(Duration::from_secs(10), |h| h
+            .seen(|e| matches!(e, Event::ReloadAbandoned { .. }))),
         "the reload was not abandoned"
     );
     let reason = h
@@ -137,7 +133,7 @@ fn a_broken_reload_is_abandoned_and_a_good_one_never_lowers_capacity() {
     let mut lowest = before;
     let done = h.run_until(Duration::from_secs(15), |h| {
         lowest = lowest.min(capacity(h, pool));
-        has(h, |e| matches!(e, Event::Reloaded { generation: 3, .. }))
+        h.seen(|e| matches!(e, Event::Reloaded { generation: 3, .. }))
     });
     assert!(done, "the second reload did not complete");
     assert!(
@@ -147,29 +143,18 @@ fn a_broken_reload_is_abandoned_and_a_good_one_never_lowers_capacity() {
     assert!(t_reload.elapsed() < Duration::from_secs(30));
     h.run_until(Duration::from_millis(300), |_| false);
     stop.store(true, Ordering::Relaxed);
-    while !clients.iter().all(|c| c.is_finished()) {
-        h.turn(Duration::from_millis(20));
-    }
+    h.turn_until_finished(&clients);
     let outcomes = join(clients);
     let failed = outcomes.iter().filter(|o| !o.ok).count();
     assert_eq!(failed, 0, "{failed} of {} requests failed", outcomes.len());
     // Every old worker left gracefully.
-    assert!(h.run_until(Duration::from_secs(5), |h| h
-        .app
-        .sup
-        .pool(pool)
-        .unwrap()
-        .workers()
-        .all(|w| w.generation == 3)));
+    assert!(h.run_until(Duration::from_secs(5), |h| h.all_of_generation(pool, 3)));
     let p = h.app.sup.pool(pool).unwrap();
     for e in p.last_exits().filter(|e| e.generation == 1) {
         assert_eq!(e.exit.status().and_then(|s| s.code()), Some(0), "{e:?}");
         assert!(!e.fault);
     }
-    h.stop(Duration::from_secs(2), Duration::from_secs(10));
-    drop(h);
-    drop(listener);
-    check.finish();
+    stop_and_check(h, listener, check);
 }
 
 #[test]
@@ -186,12 +171,7 @@ fn persistent_connections_are_finished_within_the_drain_time() {
         .interval(INTERVAL)
         .drain(drain)
         .retire_grace(Duration::from_secs(20));
-    let fd = listener.as_raw_fd();
-    let pool = h.add_pool(
-        "persistent",
-        config,
-        Start::command(move |_| worker_command(fd, "serve")),
-    );
+    let pool = h.add_pool("persistent", config, serving(&listener, "serve"));
     assert!(h.run_until(Duration::from_secs(10), |h| capacity(h, pool) >= 6));
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..4)
@@ -207,20 +187,11 @@ fn persistent_connections_are_finished_within_the_drain_time() {
     h.run_until(Duration::from_millis(200), |_| false);
     let t0 = Instant::now();
     h.app.sup.reload(&mut h.reactor, pool).unwrap();
-    let gone = h.run_until(Duration::from_secs(10), |h| {
-        h.app
-            .sup
-            .pool(pool)
-            .unwrap()
-            .workers()
-            .all(|w| w.generation == 2)
-    });
+    let gone = h.run_until(Duration::from_secs(10), |h| h.all_of_generation(pool, 2));
     let took = t0.elapsed();
     assert!(gone, "old workers left after {took:?}");
     stop.store(true, Ordering::Relaxed);
-    while !clients.iter().all(|c| c.is_finished()) {
-        h.turn(Duration::from_millis(20));
-    }
+    h.turn_until_finished(&clients);
     let (mut ok, mut failed, mut connections) = (0, 0, 0);
     for c in clients {
         let (o, f, n) = c.join().unwrap();
@@ -247,10 +218,7 @@ fn persistent_connections_are_finished_within_the_drain_time() {
     // reports idle between two requests is retired then, before the drain
     // time; how often that happens is the scheduler's business.)
     let _ = took;
-    h.stop(Duration::from_secs(2), Duration::from_secs(10));
-    drop(h);
-    drop(listener);
-    check.finish();
+    stop_and_check(h, listener, check);
 }
 
 /// `resize` changes the sizes at once, and a reload may carry a new
@@ -266,12 +234,7 @@ fn resize_and_a_reload_with_new_sizes() {
         .workers(2, 4)
         .idle(0, 8)
         .interval(INTERVAL);
-    let fd = listener.as_raw_fd();
-    let pool = h.add_pool(
-        "resize",
-        config.clone(),
-        Start::command(move |_| worker_command(fd, "serve")),
-    );
+    let pool = h.add_pool("resize", config.clone(), serving(&listener, "serve"));
     assert!(h.run_until(Duration::from_secs(10), |h| capacity(h, pool) == 2));
     // Up: 5 at once (the maximum rises with it).
     h.app.sup.resize(&mut h.reactor, pool, 5, 8).unwrap();
@@ -292,12 +255,8 @@ fn resize_and_a_reload_with_new_sizes() {
         .sup
         .reload_with(&mut h.reactor, pool, config.workers(2, 2))
         .unwrap();
-    assert!(
-        h.run_until(Duration::from_secs(10), |h| has(h, |e| matches!(
-            e,
-            Event::Reloaded { generation: 2, .. }
-        )))
-    );
+    assert!(h.run_until(Duration::from_secs(10), |h| h
+        .seen(|e| matches!(e, Event::Reloaded { generation: 2, .. }))));
     assert!(h.run_until(Duration::from_secs(10), |h| h.reactor.len() == 2));
     let p = h.app.sup.pool(pool).unwrap();
     assert!(p.workers().all(|w| w.generation == 2));
@@ -310,8 +269,5 @@ fn resize_and_a_reload_with_new_sizes() {
         .unwrap_err();
     assert!(matches!(err, evchild::Error::InvalidConfig { .. }), "{err}");
     assert_eq!(h.active(pool), 2);
-    h.stop(Duration::from_secs(2), Duration::from_secs(10));
-    drop(h);
-    drop(listener);
-    check.finish();
+    stop_and_check(h, listener, check);
 }

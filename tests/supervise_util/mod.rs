@@ -13,7 +13,7 @@
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -203,6 +203,31 @@ pub fn worker_command(listener: RawFd, mode: &str) -> Command {
         .env(WORKER_ENV, format!("{listener}:{mode}"))
         .stdout(Stdio::null());
     cmd
+}
+
+/// Workers that run [`worker_command`] in `mode`, serving on `listener`.
+pub fn serving(listener: &TcpListener, mode: &'static str) -> evchild::supervise::Start {
+    let fd = listener.as_raw_fd();
+    evchild::supervise::Start::command(move |_| worker_command(fd, mode))
+}
+
+/// Sends `SIGKILL` to `pid`, which must exist.
+pub fn sigkill(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
+/// The end of a test with executed workers on `listener`: stops the
+/// harness (a grace of 2 s, within 10 s), closes the listener, then
+/// finishes the leak check.
+pub fn stop_and_check(mut h: Harness, listener: TcpListener, check: evchild_testkit::Check) {
+    h.stop(Duration::from_secs(2), Duration::from_secs(10));
+    drop(h);
+    drop(listener);
+    check.finish();
 }
 
 // ---------------------------------------------------------------------------
@@ -434,6 +459,28 @@ impl Harness {
             .filter(|(_, e)| pred(e))
             .map(|(t, _)| *t)
             .collect()
+    }
+
+    /// Whether an event that `pred` picks was seen.
+    pub fn seen(&self, pred: impl Fn(&Event) -> bool) -> bool {
+        self.app.events.iter().any(|(_, e)| pred(e))
+    }
+
+    /// Turns until every one of `handles` has finished.
+    pub fn turn_until_finished<T>(&mut self, handles: &[std::thread::JoinHandle<T>]) {
+        while !handles.iter().all(|c| c.is_finished()) {
+            self.turn(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether every live worker of the pool is of `generation`.
+    pub fn all_of_generation(&self, pool: PoolId, generation: u64) -> bool {
+        self.app
+            .sup
+            .pool(pool)
+            .unwrap()
+            .workers()
+            .all(|w| w.generation == generation)
     }
 
     pub fn count(&self, pool: PoolId, state: WorkerState) -> usize {
