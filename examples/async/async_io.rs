@@ -42,13 +42,13 @@
 mod common;
 
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use async_io::{Async, Timer};
 use common::{report, report_driver, BoxError, Checked, FAN_OUT, GRACE, LIMIT};
-use evchild::{Backend, ChildId, DropPolicy, Exit, Hooks, Reactor, SigchldOwner, Stats};
+use evchild::{Backend, ChildId, Exit, Reactor, Stats};
 use mio::unix::pipe::Receiver;
 use smol::channel::{self, Sender};
 use smol::future;
@@ -320,15 +320,9 @@ async fn missing(children: Children) -> Checked {
 
 /// Runs every check; returns how many failed, or `None` on time-out.
 async fn run(backend: Backend) -> Result<Option<usize>, BoxError> {
-    let mut reactor = Reactor::<()>::new(Hooks::new(SigchldOwner::Library).backend(backend))?;
     // Should the example give up (time-out), it cancels the driver, which
-    // drops the reactor: kill what is left rather than leave it.
-    reactor.set_drop_policy(DropPolicy::KillAndReap(Duration::from_secs(1)));
-    println!(
-        "smol (async-io); evchild reactor, {:?} backend, one descriptor ({})",
-        reactor.backend().unwrap_or(Backend::Auto),
-        reactor.as_raw_fd()
-    );
+    // drops the reactor: that kills what is left rather than leave it.
+    let reactor = common::reactor(backend, "smol (async-io)")?;
     let (requests, inbox) = channel::unbounded();
     // smol's global executor runs tasks on a thread of its own.
     let driver = smol::spawn(drive(reactor, inbox));

@@ -7,11 +7,12 @@
 use std::error::Error as StdError;
 use std::fmt::Display;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-use evchild::{Backend, ChildId, Exit, Stats};
+use evchild::{Backend, ChildId, DropPolicy, Exit, Hooks, Reactor, SigchldOwner, Stats};
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -26,6 +27,20 @@ pub const GRACE: Duration = Duration::from_millis(300);
 /// How many children the checks start, and so how many reports the driver
 /// must have delivered.
 const CHILDREN: u64 = 4 + FAN_OUT as u64;
+
+/// The example's reactor, with the `backend` asked for; says so, after
+/// `runtime`. Should the example give up (time-out), whatever drops the
+/// reactor then kills and reaps what is left rather than leave it.
+pub fn reactor(backend: Backend, runtime: &str) -> Result<Reactor<()>, BoxError> {
+    let mut reactor = Reactor::<()>::new(Hooks::new(SigchldOwner::Library).backend(backend))?;
+    reactor.set_drop_policy(DropPolicy::KillAndReap(Duration::from_secs(1)));
+    println!(
+        "{runtime}; evchild reactor, {:?} backend, one descriptor ({})",
+        reactor.backend().unwrap_or(Backend::Auto),
+        reactor.as_raw_fd()
+    );
+    Ok(reactor)
+}
 
 // ---------------------------------------------------------------------------
 // The checks: their commands, and what they expect

@@ -55,12 +55,12 @@
 mod common;
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{report, report_driver, BoxError, Checked, FAN_OUT, GRACE, LIMIT};
-use evchild::{Backend, ChildId, DropPolicy, Exit, Hooks, Reactor, SigchldOwner, Stats};
+use evchild::{Backend, ChildId, Exit, Reactor, Stats};
 use mio::unix::pipe::Receiver;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, Interest};
@@ -333,15 +333,9 @@ async fn missing(children: Children) -> Checked {
 
 /// Runs every check; returns how many failed.
 async fn run(backend: Backend) -> Result<usize, BoxError> {
-    let mut reactor = Reactor::<()>::new(Hooks::new(SigchldOwner::Library).backend(backend))?;
     // Should the example give up (time-out), the runtime drops the driver
-    // and with it the reactor: kill what is left rather than leave it.
-    reactor.set_drop_policy(DropPolicy::KillAndReap(Duration::from_secs(1)));
-    println!(
-        "tokio multi-thread runtime; evchild reactor, {:?} backend, one descriptor ({})",
-        reactor.backend().unwrap_or(Backend::Auto),
-        reactor.as_raw_fd()
-    );
+    // and with it the reactor: that kills what is left rather than leave it.
+    let reactor = common::reactor(backend, "tokio multi-thread runtime")?;
     let (requests, inbox) = mpsc::unbounded_channel();
     let driver = tokio::spawn(drive(reactor, inbox));
     let children = Children(requests);
