@@ -47,7 +47,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -296,19 +296,12 @@ fn prefork_binary() -> Option<PathBuf> {
     path.exists().then_some(path)
 }
 
-/// Starts the server, waits for its address, loads it, stops it.
-fn throughput(
-    prefork: &PathBuf,
-    args: &[&str],
-    request: &str,
-    clients: usize,
-    secs: Duration,
-) -> Res<(f64, usize)> {
-    let mut server: Child = Command::new(prefork)
-        .args(args)
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let mut stderr = BufReader::new(server.stderr.take().expect("piped"));
+/// Starts the server `command` runs, with its stderr piped, and reads the
+/// address it listens on from its first line (`... on ADDR ...`). Returns
+/// it with the rest of its stderr, which the caller must drain.
+fn spawn_server(command: &mut Command) -> Res<(Child, BufReader<ChildStderr>, SocketAddr)> {
+    let mut child = command.stderr(Stdio::piped()).spawn()?;
+    let mut stderr = BufReader::new(child.stderr.take().expect("piped"));
     let mut line = String::new();
     stderr.read_line(&mut line)?;
     let addr: SocketAddr = line
@@ -317,6 +310,18 @@ fn throughput(
         .nth(1)
         .ok_or("no address in the server's first line")?
         .parse()?;
+    Ok((child, stderr, addr))
+}
+
+/// Starts the server, waits for its address, loads it, stops it.
+fn throughput(
+    prefork: &PathBuf,
+    args: &[&str],
+    request: &str,
+    clients: usize,
+    secs: Duration,
+) -> Res<(f64, usize)> {
+    let (mut server, mut stderr, addr) = spawn_server(Command::new(prefork).args(args))?;
     // Drain the server's log so it never blocks on a full pipe.
     let drain = std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     // Warm-up: let the pool start its workers.
@@ -382,20 +387,8 @@ struct Server {
 
 impl Server {
     fn start(prefork: &Path, args: &[&str]) -> Res<Server> {
-        let mut child = Command::new(prefork)
-            .args(args)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()?;
-        let mut stderr = BufReader::new(child.stderr.take().expect("piped"));
-        let mut line = String::new();
-        stderr.read_line(&mut line)?;
-        let addr: SocketAddr = line
-            .split_whitespace()
-            .skip_while(|w| *w != "on")
-            .nth(1)
-            .ok_or("no address in the server's first line")?
-            .parse()?;
+        let (child, stderr, addr) =
+            spawn_server(Command::new(prefork).args(args).stdout(Stdio::null()))?;
         let log = Arc::new(Mutex::new(Vec::new()));
         let l = Arc::clone(&log);
         let reader = std::thread::spawn(move || {

@@ -150,13 +150,16 @@ fn example_binary(name: &str) -> PathBuf {
     binary
 }
 
-/// The last modification of what the example is built from: its source,
-/// the library's sources, and the manifests and lock file.
+/// The last modification of what the example is built from: its source
+/// and the `common.rs` it includes, the library's sources, and the
+/// manifests and lock file.
 fn newest_source(manifest_dir: &Path, name: &str) -> SystemTime {
     // examples/async/ in evchild's workspace.
     let root = manifest_dir.join("../..");
     let mut files = vec![
         manifest_dir.join(format!("{name}.rs")),
+        // What both examples include (`#[path = "common.rs"] mod common`).
+        manifest_dir.join("common.rs"),
         manifest_dir.join("Cargo.toml"),
         root.join("Cargo.toml"),
         root.join("Cargo.lock"),

@@ -51,31 +51,22 @@
 //! passed, 1 otherwise (2 for bad arguments, or if it ran out of time).
 //! `examples_async.rs` beside it runs it (`cargo test -p evchild-async`).
 
-use std::error::Error as StdError;
+#[path = "common.rs"]
+mod common;
+
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::ExitStatusExt;
+use std::os::fd::OwnedFd;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use evchild::{Backend, ChildId, DropPolicy, Exit, Hooks, Reactor, SigchldOwner, Stats};
+use common::{report, report_driver, BoxError, Checked, FAN_OUT, GRACE, LIMIT};
+use evchild::{Backend, ChildId, Exit, Reactor, Stats};
 use mio::unix::pipe::Receiver;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
-
-type BoxError = Box<dyn StdError + Send + Sync>;
-
-/// How long the whole example may take before it gives up.
-const LIMIT: Duration = Duration::from_secs(30);
-/// How many children the `fan-out` check starts, each from its own task.
-const FAN_OUT: usize = 16;
-/// How many lines the `bulk` child prints.
-const LINES: usize = 200_000;
-/// How long the `stubborn` child gets to obey `SIGTERM` (it will not).
-const GRACE: Duration = Duration::from_millis(300);
 
 // ---------------------------------------------------------------------------
 // The driver: the one task that owns the reactor
@@ -207,17 +198,23 @@ struct Children(mpsc::UnboundedSender<Request>);
 
 impl Children {
     async fn spawn(&self, command: Command) -> Result<Child, BoxError> {
-        let (reply, answer) = oneshot::channel();
-        self.0
-            .send(Request::Spawn { command, reply })
-            .map_err(|_| "the driver has stopped")?;
-        Ok(answer.await.map_err(|_| "the driver has stopped")??)
+        self.ask(|reply| Request::Spawn { command, reply }).await
     }
 
     async fn terminate(&self, id: ChildId, grace: Duration) -> Result<(), BoxError> {
+        self.ask(|reply| Request::Terminate { id, grace, reply })
+            .await
+    }
+
+    /// Sends the driver the request `request` makes of a reply sender, and
+    /// waits for its answer.
+    async fn ask<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<evchild::Result<T>>) -> Request,
+    ) -> Result<T, BoxError> {
         let (reply, answer) = oneshot::channel();
         self.0
-            .send(Request::Terminate { id, grace, reply })
+            .send(request(reply))
             .map_err(|_| "the driver has stopped")?;
         Ok(answer.await.map_err(|_| "the driver has stopped")??)
     }
@@ -268,116 +265,44 @@ async fn read_line(stdout: &mut pipe::Receiver) -> io::Result<String> {
 }
 
 // ---------------------------------------------------------------------------
-// The checks, each a task of its own
+// The checks, each a task of its own (what each expects is in common.rs)
 // ---------------------------------------------------------------------------
-
-/// One check's result: a line to print, or what went wrong.
-type Checked = Result<String, BoxError>;
-
-fn sh(script: &str) -> Command {
-    let mut command = Command::new("/bin/sh");
-    command.args(["-c", script]);
-    command
-}
-
-/// A death report, for messages.
-fn shown(exit: &Exit) -> String {
-    exit.status()
-        .map_or("lost (reaped by other code)".to_string(), |s| s.to_string())
-}
-
-fn ensure(condition: bool, what: impl FnOnce() -> String) -> Result<(), BoxError> {
-    if condition {
-        Ok(())
-    } else {
-        Err(what().into())
-    }
-}
 
 /// A child's output and its exit code, collected at the same time.
 async fn echo(children: Children) -> Checked {
-    let (child, stdout) = spawn_piped(&children, sh("echo \"hello from $$\"; exit 3")).await?;
+    let (child, stdout) = spawn_piped(&children, common::echo_command()).await?;
     let pid = child.id.pid();
     // Read and wait together: a child that fills the pipe would never exit
     // if nobody read it.
     let (output, exit) = tokio::join!(read_to_end(stdout), child.wait());
-    let (output, exit) = (String::from_utf8(output?)?, exit?);
-    let code = exit.status().and_then(|s| s.code());
-    ensure(code == Some(3), || format!("exit code {code:?}, not 3"))?;
-    let expected = format!("hello from {pid}\n");
-    ensure(output == expected, || {
-        format!("output {output:?}, not {expected:?}")
-    })?;
-    Ok(format!("pid {pid}: output {output:?}, exit code 3"))
+    common::echo_verdict(pid, output, exit)
 }
 
 /// More output than a pipe holds, read while the child runs.
 async fn bulk(children: Children) -> Checked {
-    let mut seq = Command::new("seq");
-    seq.args(["1", &LINES.to_string()]);
-    let (child, stdout) = spawn_piped(&children, seq).await?;
+    let (child, stdout) = spawn_piped(&children, common::bulk_command()).await?;
     let (output, exit) = tokio::join!(read_to_end(stdout), child.wait());
-    let (output, exit) = (output?, exit?);
-    let lines = output.iter().filter(|&&b| b == b'\n').count();
-    let last = String::from_utf8_lossy(&output)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string();
-    ensure(exit.status().is_some_and(|s| s.success()), || {
-        format!("seq: {}", shown(&exit))
-    })?;
-    ensure(lines == LINES && last == LINES.to_string(), || {
-        format!("{lines} lines, the last {last:?}")
-    })?;
-    Ok(format!(
-        "{lines} lines ({} bytes) read while it ran, exit code 0",
-        output.len()
-    ))
+    common::bulk_verdict(output, exit)
 }
 
 /// `terminate` of a child that obeys `SIGTERM`.
 async fn polite(children: Children) -> Checked {
-    let child = children.spawn(sh("exec sleep 30")).await?;
+    let child = children.spawn(common::polite_command()).await?;
     let asked = Instant::now();
     children
         .terminate(child.id, Duration::from_secs(10))
         .await?;
-    let exit = child.wait().await?;
-    let signal = exit.status().and_then(|s| s.signal());
-    ensure(signal == Some(libc::SIGTERM), || {
-        format!("{}, not SIGTERM", shown(&exit))
-    })?;
-    Ok(format!(
-        "SIGTERM obeyed after {} ms: killed by signal 15",
-        asked.elapsed().as_millis()
-    ))
+    common::polite_verdict(asked, child.wait().await?)
 }
 
 /// `terminate` of a child that ignores `SIGTERM`: the deadline kills it.
 async fn stubborn(children: Children) -> Checked {
-    // `exec` keeps an ignored signal ignored, so `sleep` ignores SIGTERM.
-    let script = "trap '' TERM; echo ready; exec sleep 30";
-    let (child, mut stdout) = spawn_piped(&children, sh(script)).await?;
+    let (child, mut stdout) = spawn_piped(&children, common::stubborn_command()).await?;
     // Wait until the trap is set, or the SIGTERM could still kill it.
-    let line = read_line(&mut stdout).await?;
-    ensure(line == "ready\n", || format!("first line {line:?}"))?;
+    common::stubborn_ready(&read_line(&mut stdout).await?)?;
     let asked = Instant::now();
     children.terminate(child.id, GRACE).await?;
-    let exit = child.wait().await?;
-    let elapsed = asked.elapsed();
-    let signal = exit.status().and_then(|s| s.signal());
-    ensure(signal == Some(libc::SIGKILL), || {
-        format!("{}, not SIGKILL", shown(&exit))
-    })?;
-    ensure(elapsed >= GRACE, || {
-        format!("killed after {elapsed:?}, before the {GRACE:?} grace ran out")
-    })?;
-    Ok(format!(
-        "ignored SIGTERM; SIGKILL once the {} ms grace ran out ({} ms): signal 9",
-        GRACE.as_millis(),
-        elapsed.as_millis()
-    ))
+    common::stubborn_verdict(asked, child.wait().await?)
 }
 
 /// Many tasks, each starting a child and awaiting its report.
@@ -386,89 +311,31 @@ async fn fan_out(children: Children) -> Checked {
     for n in 0..FAN_OUT {
         let children = children.clone();
         tasks.spawn(async move {
-            let child = children.spawn(sh(&format!("exit {n}"))).await?;
-            let code = child.wait().await?.status().and_then(|s| s.code());
-            ensure(code == Some(n as i32), || {
-                format!("child {n}: exit code {code:?}")
-            })
+            let child = children.spawn(common::fan_out_command(n)).await?;
+            common::fan_out_child(n, child.wait().await?)
         });
     }
     while let Some(done) = tasks.join_next().await {
         done??;
     }
-    Ok(format!(
-        "{FAN_OUT} children from {FAN_OUT} tasks, each with its own exit code"
-    ))
+    common::fan_out_verdict()
 }
 
 /// A program that does not exist: an error at once, nothing to reap.
 async fn missing(children: Children) -> Checked {
-    match children
-        .spawn(Command::new("/nonexistent/evchild-example"))
-        .await
-    {
-        Ok(child) => Err(format!("started {}", child.id).into()),
-        Err(e) => match e.downcast_ref::<evchild::Error>() {
-            Some(evchild::Error::Spawn { source, .. })
-                if source.kind() == io::ErrorKind::NotFound =>
-            {
-                Ok("spawn failed at once: NotFound".to_string())
-            }
-            _ => Err(format!("unexpected error: {e}").into()),
-        },
-    }
+    let started = children.spawn(common::missing_command()).await;
+    common::missing_verdict(started.map(|child| child.id))
 }
-
-/// How many children the checks start, and so how many reports the driver
-/// must have delivered.
-const CHILDREN: u64 = 4 + FAN_OUT as u64;
 
 // ---------------------------------------------------------------------------
 // main
 // ---------------------------------------------------------------------------
 
-/// `--backend pidfd|peek|scan` (default: `Auto`).
-fn backend_from_args() -> Result<Backend, String> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        [] => Ok(Backend::Auto),
-        ["--backend", name] => match *name {
-            "auto" => Ok(Backend::Auto),
-            "pidfd" => Ok(Backend::Pidfd),
-            "peek" => Ok(Backend::Peek),
-            "scan" => Ok(Backend::Scan),
-            other => Err(format!(
-                "unknown backend {other:?}: pidfd, peek, scan or auto"
-            )),
-        },
-        _ => Err("usage: tokio [--backend pidfd|peek|scan|auto]".into()),
-    }
-}
-
-/// Whether this process has no child at all, zombies included
-/// (`waitid(P_ALL, WNOHANG | WNOWAIT)` answers `ECHILD`); reaps nothing.
-fn no_child_left() -> bool {
-    use nix::sys::wait::{waitid, Id, WaitPidFlag};
-    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-    waitid(Id::All, flags) == Err(nix::errno::Errno::ECHILD)
-}
-
 /// Runs every check; returns how many failed.
 async fn run(backend: Backend) -> Result<usize, BoxError> {
-    let mut reactor = Reactor::<()>::new(Hooks::new(SigchldOwner::Library).backend(backend))?;
     // Should the example give up (time-out), the runtime drops the driver
-    // and with it the reactor: kill what is left rather than leave it.
-    reactor.set_drop_policy(DropPolicy::KillAndReap(Duration::from_secs(1)));
-    println!(
-        "tokio multi-thread runtime; evchild reactor, {:?} backend, one descriptor ({})",
-        reactor.backend().unwrap_or(Backend::Auto),
-        reactor.as_raw_fd()
-    );
+    // and with it the reactor: that kills what is left rather than leave it.
+    let reactor = common::reactor(backend, "tokio multi-thread runtime")?;
     let (requests, inbox) = mpsc::unbounded_channel();
     let driver = tokio::spawn(drive(reactor, inbox));
     let children = Children(requests);
@@ -486,65 +353,22 @@ async fn run(backend: Backend) -> Result<usize, BoxError> {
     drop(children);
     let mut failed = 0;
     for (name, check) in checks {
-        match check.await {
-            Ok(Ok(line)) => println!("ok    {name:<9} {line}"),
-            Ok(Err(e)) => {
-                failed += 1;
-                println!("FAIL  {name:<9} {e}");
-            }
-            Err(e) => {
-                failed += 1;
-                println!("FAIL  {name:<9} the task failed: {e}");
-            }
-        }
+        let checked = check
+            .await
+            .unwrap_or_else(|e| Err(format!("the task failed: {e}").into()));
+        report(&mut failed, name, checked);
     }
-    let stats = driver.await??;
-    let no_child = no_child_left();
-    let line = format!(
-        "{} reaped (of {CHILDREN} expected), {} lost, in {} dispatches; {}",
-        stats.reaped,
-        stats.lost,
-        stats.dispatches,
-        if no_child {
-            "no child left"
-        } else {
-            "a child is left"
-        }
-    );
-    if stats.reaped == CHILDREN && stats.lost == 0 && no_child {
-        println!("ok    {:<9} {line}", "driver");
-    } else {
-        failed += 1;
-        println!("FAIL  {:<9} {line}", "driver");
-    }
+    report_driver(&mut failed, driver.await??);
     Ok(failed)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
-    let backend = match backend_from_args() {
+    let backend = match common::backend_from_args("tokio") {
         Ok(backend) => backend,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    match tokio::time::timeout(LIMIT, run(backend)).await {
-        Ok(Ok(0)) => {
-            println!("all checks passed");
-            ExitCode::SUCCESS
-        }
-        Ok(Ok(failed)) => {
-            println!("{failed} check(s) failed");
-            ExitCode::FAILURE
-        }
-        Ok(Err(e)) => {
-            println!("FAIL  {e}");
-            ExitCode::FAILURE
-        }
-        Err(_) => {
-            println!("FAIL  timed out after {LIMIT:?}");
-            ExitCode::from(2)
-        }
-    }
+    // A time-out (`Err(Elapsed)`) is `Ok(None)` to `finish`.
+    let outcome = tokio::time::timeout(LIMIT, run(backend)).await;
+    common::finish(outcome.map_or(Ok(None), |run| run.map(Some)))
 }
