@@ -391,7 +391,7 @@
 //! | `process/` | all process-wide state behind one futex lock (waiters sleep in the kernel; no system call under it but a handler install, and a few `sched_yield`s while a running handler finishes when a slot is emptied): the `SIGCHLD` handler and disposition, fork generations, the routes between reactors, the orphans |
 //! | `sys/spawn.rs` | the start of a `Prepared` child: `clone(CLONE_VM \| CLONE_VFORK \| CLONE_FILES [\| CLONE_PIDFD])`, the async-signal-safe child function (`close_range(CLOSE_RANGE_UNSHARE)`, signal reset, `execve`) |
 //! | `sys/` | every raw (`libc`) system call, and all `unsafe` code but the `unsafe fn` declarations of `Reactor::fork`, `fork_with` and `supervise::Start::fork` (epoll, `fcntl` and signal masks go through nix's safe calls where they are used) |
-//! | `supervise/` | worker pools on the public API |
+//! | `supervise/` | worker pools on the public API; its only process-wide state is a pool id counter and, in a worker process, its status channel (`supervise/worker.rs`: atomics, read after fork and in signal handlers, so lock-free by design) |
 //!
 //! Where this differs from the project's design notes, deliberately: death
 //! callbacks receive `&mut Reactor` as well as the context (so they can start

@@ -53,7 +53,9 @@ impl<C> Reactor<C> {
     /// output still being read (a `spawn_output` child), or reported,
     /// like tokio's `Child::try_wait`, but **it never reaps**: the status
     /// comes from a `waitid(WNOWAIT)` probe (by pidfd where the child has
-    /// one), or from the report already queued, and the death callback
+    /// one; a child without one that a `LibraryAlways` reactor has already
+    /// reaped is not probed by pid: its routed status is the answer), or
+    /// from the report already queued, and the death callback
     /// still runs once, in `dispatch`, with the same status.
     ///
     /// # Errors
