@@ -23,7 +23,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use std::time::{Duration, Instant};
 
-use evchild::{Backend, Outcome, Pid};
+use evchild::{Backend, ChildId, Outcome, Pid, Reactor};
 use util::{exited, fork_gated, record, Check, Deaths, Gate, KillOnPanic, BACKENDS};
 
 /// How long the test waits for anything that should happen.
@@ -75,6 +75,34 @@ fn fork_tracer(pid: libc::pid_t, ready: &(OwnedFd, OwnedFd), release: &Gate) -> 
     }
 }
 
+/// A child of `reactor` that exits with 7 while a tracer process (see
+/// [`fork_tracer`]) holds it: returns once it is a zombie, with the
+/// tracer's pid and the gate that lets the tracer go.
+#[track_caller]
+fn held_zombie(reactor: &mut Reactor<Deaths>, what: &str) -> (ChildId, libc::pid_t, Gate) {
+    let mut gate = Gate::new();
+    let child = fork_gated(reactor, &gate, 7, record);
+    let ready = util::pipe();
+    let release = Gate::new();
+    let tracer = fork_tracer(child.pid().as_raw(), &ready, &release);
+    drop(ready.1);
+    assert_eq!(
+        util::read_byte(ready.0.as_raw_fd()),
+        Some(1),
+        "{what}: seize"
+    );
+    // The child exits; its tracer holds the zombie.
+    gate.open();
+    // (A wait for it, even with `WNOWAIT`, would block until the tracer
+    // lets go: look at its state instead.)
+    let end = Instant::now() + LIMIT;
+    while util::proc_state(child.pid().as_raw()) != Some('Z') {
+        assert!(Instant::now() < end, "{what}: the child did not exit");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    (child, tracer, release)
+}
+
 #[test]
 fn a_zombie_held_by_another_tracer_is_reported_once_it_is_let_go() {
     let check = Check::start();
@@ -91,26 +119,7 @@ fn a_zombie_held_by_another_tracer_is_reported_once_it_is_let_go() {
             }
             let what = format!("{backend:?}");
             let (mut reactor, mut lp, mut deaths) = util::library_loop_with::<Deaths>(backend);
-            let mut gate = Gate::new();
-            let child = fork_gated(&mut reactor, &gate, 7, record);
-            let ready = util::pipe();
-            let mut release = Gate::new();
-            let tracer = fork_tracer(child.pid().as_raw(), &ready, &release);
-            drop(ready.1);
-            assert_eq!(
-                util::read_byte(ready.0.as_raw_fd()),
-                Some(1),
-                "{what}: seize"
-            );
-            // The child exits; its tracer holds the zombie.
-            gate.open();
-            // (A wait for it, even with `WNOWAIT`, would block until the
-            // tracer lets go: look at its state instead.)
-            let end = Instant::now() + LIMIT;
-            while util::proc_state(child.pid().as_raw()) != Some('Z') {
-                assert!(Instant::now() < end, "{what}: the child did not exit");
-                std::thread::sleep(Duration::from_millis(2));
-            }
+            let (child, tracer, mut release) = held_zombie(&mut reactor, &what);
             // The loop runs for 100 ms (taking every edge the exit gave, so
             // none is left over for later).
             let mut events = mio::Events::with_capacity(4);
@@ -166,19 +175,7 @@ fn a_forgotten_held_zombie_keeps_no_handler() {
         let _kill = KillOnPanic;
         let (mut reactor, _lp, mut deaths) = util::library_loop_with::<Deaths>(Backend::Pidfd);
         util::assert_no_registration("a Pidfd reactor with no child");
-        let mut gate = Gate::new();
-        let child = fork_gated(&mut reactor, &gate, 7, record);
-        let ready = util::pipe();
-        let mut release = Gate::new();
-        let tracer = fork_tracer(child.pid().as_raw(), &ready, &release);
-        drop(ready.1);
-        assert_eq!(util::read_byte(ready.0.as_raw_fd()), Some(1), "seize");
-        gate.open();
-        let end = Instant::now() + LIMIT;
-        while util::proc_state(child.pid().as_raw()) != Some('Z') {
-            assert!(Instant::now() < end, "the child did not exit");
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        let (child, tracer, mut release) = held_zombie(&mut reactor, "Pidfd");
         assert!(util::readable_within(reactor.as_raw_fd(), LIMIT));
         reactor.dispatch(&mut deaths).expect("dispatch");
         assert_eq!(deaths.total(), 0);
